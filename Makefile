@@ -1,0 +1,40 @@
+# make serve / make test set themselves up: a .venv with the project and its extras.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SOURCES := service client tests bench scripts examples
+
+.PHONY: serve test lint format openapi check-openapi clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[server,postgres,dev]"
+	@touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/runstore serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.typecheck: | $(STAMP)
+	@mkdir -p .typecheck/runstore
+	@ln -sfn ../../service .typecheck/runstore/service
+	@ln -sfn ../../client .typecheck/runstore/client
+
+lint: $(STAMP) .typecheck
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format $(SOURCES)
+	$(BIN)/ruff check --fix $(SOURCES)
+
+openapi: $(STAMP)
+	$(BIN)/python scripts/generate_openapi.py
+
+clean:
+	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache build *.egg-info

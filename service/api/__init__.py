@@ -1,0 +1,1 @@
+"""HTTP layer: routes, auth, body parsing and problem+json errors."""

@@ -1,0 +1,175 @@
+"""Reading request bodies and conditional headers, strictly.
+
+A body is read in chunks and refused with 413 as soon as it passes the limit, whatever
+``Content-Length`` claimed; it must be UTF-8 JSON with no NaN, no Infinity, no duplicate key and
+no number too large for a double.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from typing import Any, Final
+
+from starlette.requests import ClientDisconnect, Request
+
+from .problems import ProblemError
+
+__all__ = ["parse_etags", "parse_if_match", "read_json_body"]
+
+_JSON_MEDIA: Final = re.compile(r"^application/(?:[\w.+-]+\+)?json$", re.IGNORECASE)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is too large for a double")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r} in an object")
+            seen.add(key)
+    return obj
+
+
+_decoder = json.JSONDecoder(
+    parse_float=_parse_float, parse_constant=_reject_constant, object_pairs_hook=_unique_keys
+)
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a request body; ProblemError(malformed-json) says what is wrong with it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProblemError(
+            "malformed-json", f"The body is not valid UTF-8 (byte {exc.start})."
+        ) from None
+    try:
+        return _decoder.decode(text)
+    except json.JSONDecodeError as exc:
+        raise ProblemError(
+            "malformed-json",
+            f"The body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
+        ) from None
+    except RecursionError:
+        raise ProblemError("malformed-json", "The body's JSON is nested too deeply.") from None
+    except ValueError as exc:
+        raise ProblemError("malformed-json", f"The body is not valid JSON: {exc}.") from None
+
+
+def _check_media_type(request: Request) -> None:
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        raise ProblemError(
+            "unsupported-media-type", "Send the body as JSON with Content-Type: application/json."
+        )
+    media, _, params = content_type.partition(";")
+    if not _JSON_MEDIA.match(media.strip()):
+        raise ProblemError(
+            "unsupported-media-type",
+            f"Content-Type {media.strip()[:100]!r} is not JSON; send application/json.",
+        )
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            raise ProblemError("unsupported-media-type", "JSON bodies must be UTF-8.")
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ProblemError("bad-request", "Content-Length is not a number.") from None
+        if size > limit:
+            raise ProblemError(
+                "body-too-large",
+                f"The body is {size} bytes; the limit is {limit} bytes.",
+                headers={"Connection": "close"},
+            )
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise ProblemError(
+                "body-too-large",
+                f"The body is over the limit of {limit} bytes.",
+                headers={"Connection": "close"},
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_body(request: Request, *, limit: int, timeout: float) -> Any:
+    """The parsed JSON body, or ProblemError 408/413/415/400."""
+    _check_media_type(request)
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await _read_limited(request, limit)
+    except TimeoutError:
+        raise ProblemError(
+            "request-timeout",
+            f"The body did not arrive within {timeout:g} seconds.",
+            headers={"Connection": "close"},
+        ) from None
+    except ClientDisconnect:
+        raise ProblemError("bad-request", "The client went away before the body arrived.") from None
+    if not raw:
+        raise ProblemError("malformed-json", "The body is empty; send a JSON object.")
+    return parse_json(raw)
+
+
+_ETAG: Final = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|$)')
+
+
+def parse_etags(value: str, header: str) -> list[tuple[bool, str]] | None:
+    """A list of (weak, opaque) entity tags, or None for ``*``; ProblemError if malformed."""
+    if value.strip() == "*":
+        return None
+    tags: list[tuple[bool, str]] = []
+    position = 0
+    text = value.strip()
+    while position < len(text):
+        match = _ETAG.match(text, position)
+        if match is None:
+            raise ProblemError(
+                "bad-request",
+                f'{header} must be * or quoted entity tags such as "3" (got {value[:80]!r}).',
+            )
+        tags.append((match.group(1) is not None, match.group(2)))
+        position = match.end()
+    if not tags:
+        raise ProblemError("bad-request", f"{header} is empty.")
+    return tags
+
+
+def parse_if_match(value: str | None) -> set[int] | None:
+    """Versions an ``If-Match`` header accepts (strong comparison), None when absent.
+
+    ``*`` gives an empty set, meaning "any stored version".
+    """
+    if value is None:
+        return None
+    tags = parse_etags(value, "If-Match")
+    if tags is None:
+        return set()
+    # A weak tag or a tag that is no version never matches; -1 stands for such a tag.
+    return {int(tag) if not weak and tag.isdigit() and len(tag) < 19 else -1 for weak, tag in tags}

@@ -1,0 +1,340 @@
+"""The HTTP contract (docs/api.md): routes that validate, call the store, and answer.
+
+Routes never touch SQL; they turn bodies into records (``store.records``), call the
+:class:`RunStore`, and write JSON straight from what the store returns.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Path, Query, Request
+from starlette.responses import Response
+
+from runstore.client._models import MAX_INT, RUN_ID_PATTERN, STATUS_PATTERN
+
+from ..config import Settings
+from ..errors import PreconditionFailed
+from ..store.base import RunQuery, RunStore, WriteResult, decode_cursor, encode_cursor
+from ..store.records import patch_record, snapshot_record
+from .body import parse_etags, parse_if_match, read_json_body
+from .problems import ProblemError
+from .schemas import Deleted, Health, Problem, RunList, WriteAck
+
+__all__ = ["router"]
+
+JSON: Final = "application/json"
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {"model": Problem, "content": {"application/problem+json": {}}}
+        for status in statuses
+    }
+
+
+_AUTH = (401, 403)
+RunId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=200,
+        pattern=RUN_ID_PATTERN,
+        description="1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, starting with a letter or digit.",
+    ),
+]
+
+router = APIRouter()
+
+
+def _store(request: Request) -> RunStore:
+    store: RunStore = request.state.store
+    return store
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.state.settings
+    return settings
+
+
+def _check_body_run_id(body: Any, run_id: str) -> None:
+    if isinstance(body, dict):
+        sent = body.get("runId")
+        if isinstance(sent, str) and sent != run_id:
+            raise ProblemError(
+                "run-id-mismatch",
+                f"The body's runId {sent[:200]!r} differs from the URL's {run_id!r}.",
+            )
+
+
+async def _resolve_if_match(store: RunStore, run_id: str, header: str | None) -> int | None:
+    accepted = parse_if_match(header)
+    if accepted is None:
+        return None
+    if len(accepted) == 1 and -1 not in accepted:
+        return next(iter(accepted))
+    # "*" or a list of tags: find the stored version, which the store checks again atomically.
+    current = await store.get_version(run_id)
+    if current is None:
+        raise PreconditionFailed("The run does not exist, so If-Match cannot hold.")
+    if accepted and current not in accepted:
+        raise PreconditionFailed(f"The run is at version {current}, not one If-Match names.")
+    return current
+
+
+def _ack(result: WriteResult, status: int, run_id: str) -> Response:
+    headers = {"ETag": f'"{result.version}"'}
+    if result.created:
+        headers["Location"] = f"/runs/{run_id}"
+    return Response(
+        f'{{"runId":"{result.run_id}","version":{result.version},'
+        f'"traceLength":{result.trace_length}}}'.encode(),
+        status_code=status,
+        media_type=JSON,
+        headers=headers,
+    )
+
+
+_JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
+
+
+@router.put(
+    "/runs/{runId}",
+    summary="Create or replace a run",
+    status_code=200,
+    response_model=WriteAck,
+    responses={
+        201: {"model": WriteAck, "description": "Created"},
+        200: {"description": "Replaced"},
+        **_problems(*_JSON_BODY_ERRORS),
+    },
+    openapi_extra={
+        "parameters": [
+            {"name": "If-Match", "in": "header", "schema": {"type": "string"}},
+            {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunSnapshot"}}},
+        },
+    },
+)
+async def put_run(runId: RunId, request: Request) -> Response:  # noqa: N803 (the contract's name)
+    """Store a whole snapshot. 201 when the run is new, 200 when it replaced one."""
+    settings = _settings(request)
+    body = await read_json_body(
+        request, limit=settings.max_body_bytes, timeout=settings.body_timeout
+    )
+    _check_body_run_id(body, runId)
+    record = snapshot_record(body)
+    store = _store(request)
+    if_none_match = request.headers.get("if-none-match")
+    create_only = False
+    if if_none_match is not None:
+        if parse_etags(if_none_match, "If-None-Match") is not None:
+            raise ProblemError("bad-request", "On PUT, If-None-Match supports only *.")
+        create_only = True
+    if_match = await _resolve_if_match(store, runId, request.headers.get("if-match"))
+    result = await store.put_run(record, if_match=if_match, if_none_match=create_only)
+    return _ack(result, 201 if result.created else 200, runId)
+
+
+@router.patch(
+    "/runs/{runId}",
+    summary="Append steps and update fields of a run",
+    response_model=WriteAck,
+    responses=_problems(*_JSON_BODY_ERRORS, 404),
+    openapi_extra={
+        "parameters": [
+            {"name": "If-Match", "in": "header", "schema": {"type": "string"}},
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunPatch"}}},
+        },
+    },
+)
+async def patch_run(runId: RunId, request: Request) -> Response:  # noqa: N803
+    """Send only what is new: ``trace`` from ``traceFrom``, ``history`` from ``historyFrom``,
+    and any fields to replace."""
+    settings = _settings(request)
+    body = await read_json_body(
+        request, limit=settings.max_body_bytes, timeout=settings.body_timeout
+    )
+    _check_body_run_id(body, runId)
+    patch = patch_record(body)
+    store = _store(request)
+    if_match = await _resolve_if_match(store, runId, request.headers.get("if-match"))
+    result = await store.patch_run(runId, patch, if_match=if_match)
+    return _ack(result, 200, runId)
+
+
+def _etag_matches(header: str, version: int) -> bool:
+    tags = parse_etags(header, "If-None-Match")
+    return tags is None or any(tag == str(version) for _, tag in tags)  # weak comparison
+
+
+_GET_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    200: {
+        "description": "The snapshot as last written",
+        "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunSnapshot"}}},
+    },
+    304: {"description": "Not modified (If-None-Match)"},
+    **_problems(400, *_AUTH, 404, 422, 503),
+}
+_IF_NONE_MATCH: Final = {
+    "parameters": [{"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}]
+}
+
+
+async def _read_run(run_id: str, request: Request, *, head: bool) -> Response:
+    stored = await _store(request).get_run(run_id)
+    if stored is None:
+        raise ProblemError("not-found", f"No run is stored under {run_id!r}.")
+    etag = f'"{stored.version}"'
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and _etag_matches(if_none_match, stored.version):
+        return Response(status_code=304, headers={"ETag": etag})
+    if head:
+        return Response(
+            media_type=JSON, headers={"ETag": etag, "Content-Length": str(len(stored.body))}
+        )
+    return Response(stored.body, media_type=JSON, headers={"ETag": etag})
+
+
+@router.get(
+    "/runs/{runId}",
+    summary="Read a run",
+    response_model=None,
+    responses=_GET_RESPONSES,
+    openapi_extra=_IF_NONE_MATCH,
+)
+async def get_run(runId: RunId, request: Request) -> Response:  # noqa: N803
+    """The snapshot, with its version as the ETag."""
+    return await _read_run(runId, request, head=False)
+
+
+@router.head(
+    "/runs/{runId}",
+    summary="Headers of a run's GET",
+    response_model=None,
+    responses=_GET_RESPONSES,
+    openapi_extra=_IF_NONE_MATCH,
+)
+async def head_run(runId: RunId, request: Request) -> Response:  # noqa: N803
+    """The headers GET would send (ETag, Content-Length), without the body."""
+    return await _read_run(runId, request, head=True)
+
+
+@router.delete(
+    "/runs/{runId}",
+    summary="Delete a run",
+    status_code=204,
+    response_class=Response,
+    responses=_problems(400, *_AUTH, 404, 412, 422, 503),
+    openapi_extra={
+        "parameters": [
+            {"name": "If-Match", "in": "header", "schema": {"type": "string"}},
+        ]
+    },
+)
+async def delete_run(runId: RunId, request: Request) -> Response:  # noqa: N803
+    store = _store(request)
+    if_match = await _resolve_if_match(store, runId, request.headers.get("if-match"))
+    await store.delete_run(runId, if_match=if_match)
+    return Response(status_code=204)
+
+
+Millis = Annotated[int | None, Query(ge=0, le=MAX_INT)]
+
+
+@router.get(
+    "/runs",
+    summary="List runs, newest first",
+    response_model=RunList,
+    responses=_problems(*_AUTH, 422, 503),
+)
+async def list_runs(
+    request: Request,
+    status: Annotated[
+        list[Annotated[str, Query(pattern=STATUS_PATTERN)]] | None,
+        Query(description="Only runs with this status; repeat for several."),
+    ] = None,
+    startedAfter: Millis = None,  # noqa: N803
+    startedBefore: Millis = None,  # noqa: N803
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=1000, description="nextCursor of the previous page.")
+    ] = None,
+) -> Response:
+    """Summaries (snapshot without trace, history, plan; with traceLength, version, updatedAt),
+    newest ``startedAt`` first, ties by ``runId`` descending."""
+    decoded = None
+    if cursor is not None:
+        try:
+            decoded = decode_cursor(cursor)
+        except ValueError:
+            raise ProblemError(
+                "invalid-fields",
+                "The cursor is not one this store issued; pass nextCursor unchanged.",
+                errors=[{"path": "query.cursor", "message": "not a valid cursor", "type": "cursor"}],
+            ) from None
+    page = await _store(request).list_runs(
+        RunQuery(
+            statuses=tuple(dict.fromkeys(status or ())),
+            started_after=startedAfter,
+            started_before=startedBefore,
+            limit=limit,
+            cursor=decoded,
+        )
+    )
+    next_cursor = (
+        "null" if page.next_cursor is None else f'"{encode_cursor(page.next_cursor)}"'
+    )
+    return Response(
+        f'{{"runs":[{",".join(page.summaries)}],"nextCursor":{next_cursor}}}'.encode(),
+        media_type=JSON,
+    )
+
+
+@router.delete(
+    "/runs",
+    summary="Delete finished or old runs (retention)",
+    response_model=Deleted,
+    responses=_problems(*_AUTH, 422, 503),
+)
+async def delete_runs(
+    request: Request,
+    completedBefore: Millis = None,  # noqa: N803
+    startedBefore: Millis = None,  # noqa: N803
+) -> Response:
+    """Delete every run that matches all the given bounds; needs the admin scope."""
+    if completedBefore is None and startedBefore is None:
+        raise ProblemError(
+            "invalid-fields",
+            "Say which runs to delete: completedBefore and/or startedBefore (ms).",
+            errors=[
+                {"path": "query.completedBefore", "message": "is required", "type": "missing"}
+            ],
+        )
+    deleted = await _store(request).delete_runs(
+        completed_before=completedBefore, started_before=startedBefore
+    )
+    return Response(json.dumps({"deleted": deleted}).encode(), media_type=JSON)
+
+
+@router.get("/healthz", summary="The process is alive", response_model=Health)
+async def healthz() -> Response:
+    return Response(b'{"status":"ok"}', media_type=JSON)
+
+
+@router.get(
+    "/readyz",
+    summary="The store can read and write",
+    response_model=Health,
+    responses=_problems(*_AUTH, 503),
+)
+async def readyz(request: Request) -> Response:
+    await _store(request).check_ready()
+    return Response(b'{"status":"ready"}', media_type=JSON)

@@ -1,0 +1,56 @@
+"""Response shapes, for the OpenAPI document (the routes write their JSON directly)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runstore.client._models import RunSummary
+
+__all__ = ["Deleted", "FieldProblem", "Health", "Problem", "RunList", "WriteAck"]
+
+
+class FieldProblem(BaseModel):
+    path: str = Field(description="JSON path of the bad field, such as $.trace[3] or query.limit.")
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="urn:runstore:problem:<slug>; the slugs are in the docs.")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldProblem] | None = Field(None, description="With 422: each bad field.")
+
+
+class WriteAck(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    run_id: str = Field(alias="runId")
+    version: int = Field(description="Raised by one on every write of the run; also the ETag.")
+    trace_length: int = Field(alias="traceLength")
+
+
+class RunList(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    runs: list[RunSummary]
+    next_cursor: str | None = Field(
+        alias="nextCursor", description="Pass as cursor for the next page; null on the last."
+    )
+
+
+class Deleted(BaseModel):
+    deleted: int = Field(description="How many runs were deleted.")
+
+
+class Health(BaseModel):
+    status: str
+    details: dict[str, Any] | None = None

@@ -1,0 +1,97 @@
+"""The application factory: ``create_app(settings)`` builds the app; its lifespan opens the store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from runstore.client._models import RunPatch, RunSnapshot
+
+from .api.auth import BearerAuth
+from .api.problems import install_problem_handlers
+from .api.routes import router
+from .config import Settings, is_loopback
+from .store import RunStore, open_store
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("runstore")
+
+VERSION = "0.1.0"
+DESCRIPTION = (
+    "Durable, shared storage for AI-agent run snapshots. Every error is application/problem+json "
+    "(RFC 9457). Writes are on stable storage when answered."
+)
+
+
+def _warn_if_open(settings: Settings) -> None:
+    if settings.tokens is None and not is_loopback(settings.host):
+        log.warning(
+            "RUNSTORE_TOKENS is not set and the server listens on %s: anyone who can reach "
+            "this address can read, change and delete every run. Set RUNSTORE_TOKENS, or "
+            "keep the server behind an authenticating proxy.",
+            settings.host,
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new runstore application; nothing is opened until its lifespan starts."""
+    settings = settings if settings is not None else Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        _warn_if_open(settings)
+        store: RunStore = open_store(settings)
+        async with store:
+            yield {"store": store, "settings": settings}
+
+    app = FastAPI(
+        title="runstore",
+        version=VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.include_router(router)
+    install_problem_handlers(app)
+    tokens = settings.token_table
+    if tokens is not None:
+        app.add_middleware(BearerAuth, tokens=tokens)
+    app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
+    return app
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the snapshot schemas and bearer auth added."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+    )
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for model in (RunSnapshot, RunPatch):
+        model_schema = model.model_json_schema(
+            by_alias=True, ref_template="#/components/schemas/{model}"
+        )
+        for name, definition in model_schema.pop("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        schemas[model.__name__] = model_schema
+    components["securitySchemes"] = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Needed when the server has RUNSTORE_TOKENS set.",
+        }
+    }
+    schema["security"] = [{"bearer": []}, {}]
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,174 @@
+"""The one interface every storage backend implements.
+
+Routes talk to a :class:`RunStore` only; a backend module (``sqlite``, ``postgres``) implements
+it. Every method is a coroutine; none of them blocks the event loop. The rules that make a write
+acceptable (versions, the stale-write rule, preconditions, append gaps) are the backend's to
+enforce inside one transaction, so that concurrent writers cannot slip between a check and a
+write.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from .records import PatchRecord, SnapshotRecord
+
+__all__ = [
+    "Cursor",
+    "RunPage",
+    "RunQuery",
+    "RunStore",
+    "StoredRun",
+    "WriteResult",
+    "decode_cursor",
+    "encode_cursor",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a PUT or PATCH left stored."""
+
+    run_id: str
+    version: int
+    trace_length: int
+    created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """A run read back: its version and its snapshot as JSON bytes."""
+
+    version: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where the next page of ``list_runs`` starts: after this (startedAt, runId)."""
+
+    started_at: int
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunQuery:
+    """Filters of ``GET /runs``; runs come newest ``startedAt`` first, ties by ``runId`` descending."""
+
+    statuses: tuple[str, ...] = ()
+    started_after: int | None = None
+    started_before: int | None = None
+    limit: int = 50
+    cursor: Cursor | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of summaries (each a JSON object's text) and the cursor to the next, if any."""
+
+    summaries: list[str] = field(default_factory=list)
+    next_cursor: Cursor | None = None
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    """An opaque, URL-safe cursor string."""
+    raw = json.dumps([cursor.started_at, cursor.run_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(text: str) -> Cursor:
+    """The inverse of :func:`encode_cursor`; ValueError for anything it did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        started_at, run_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
+        raise ValueError("not a cursor this store issued") from exc
+    if (
+        type(started_at) is not int
+        or not isinstance(run_id, str)
+        or not 0 <= started_at < 2**63
+        or not 0 < len(run_id) <= 200
+    ):
+        raise ValueError("not a cursor this store issued")
+    return Cursor(started_at, run_id)
+
+
+class RunStore(ABC):
+    """Durable storage of run snapshots.
+
+    Write methods return only after the write is committed to stable storage. They raise the
+    errors of :mod:`runstore.service.errors`: ``RunNotFound``, ``StaleWrite``, ``TraceGap``,
+    ``PreconditionFailed``, ``StorageUnavailable``.
+    """
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, create or migrate the schema. Raises if the storage cannot be served."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish queued writes and release every connection; safe to call twice."""
+
+    @abstractmethod
+    async def put_run(
+        self,
+        record: SnapshotRecord,
+        *,
+        if_match: int | None = None,
+        if_none_match: bool = False,
+    ) -> WriteResult:
+        """Create or replace a whole run.
+
+        ``if_match``: the stored version must equal it (and then the stale-write rule is
+        waived). ``if_none_match``: the run must not exist.
+        """
+
+    @abstractmethod
+    async def patch_run(
+        self, run_id: str, patch: PatchRecord, *, if_match: int | None = None
+    ) -> WriteResult:
+        """Apply a PATCH to a stored run; its cost depends on the patch, not on the run."""
+
+    @abstractmethod
+    async def get_run(self, run_id: str) -> StoredRun | None:
+        """The whole snapshot, or None."""
+
+    @abstractmethod
+    async def get_version(self, run_id: str) -> int | None:
+        """The stored version (for HEAD and conditional requests), or None."""
+
+    @abstractmethod
+    async def delete_run(self, run_id: str, *, if_match: int | None = None) -> None:
+        """Delete one run; RunNotFound if absent."""
+
+    @abstractmethod
+    async def list_runs(self, query: RunQuery) -> RunPage:
+        """One page of summaries, newest first."""
+
+    @abstractmethod
+    async def delete_runs(
+        self, *, completed_before: int | None = None, started_before: int | None = None
+    ) -> int:
+        """Delete every run matching all the given bounds; returns how many."""
+
+    @abstractmethod
+    async def check_ready(self) -> None:
+        """Raise StorageUnavailable unless the store can read and write now."""

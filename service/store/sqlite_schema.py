@@ -1,0 +1,102 @@
+"""The SQLite schema, its version in ``PRAGMA user_version``, and forward migrations.
+
+Steps and history turns live one row each, keyed by (run, position), so that appending a step
+writes one row and reading a run concatenates stored JSON text in order.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+__all__ = ["SCHEMA_VERSION", "CorruptDatabase", "connect", "migrate", "verify"]
+
+BUSY_TIMEOUT_MS: Final = 5000
+
+_V1: Final = """
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    completed_at INTEGER,
+    version INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    trace_length INTEGER NOT NULL,
+    history_length INTEGER,
+    doc TEXT NOT NULL,
+    plan TEXT
+);
+CREATE INDEX runs_by_start ON runs (started_at DESC, run_id DESC);
+CREATE INDEX runs_by_status ON runs (status, started_at DESC, run_id DESC);
+CREATE INDEX runs_by_completion ON runs (completed_at) WHERE completed_at IS NOT NULL;
+CREATE TABLE steps (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    item TEXT NOT NULL,
+    PRIMARY KEY (run_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE turns (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    item TEXT NOT NULL,
+    PRIMARY KEY (run_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);
+"""
+
+# MIGRATIONS[n] takes a database from user_version n to n + 1.
+MIGRATIONS: Final = (_V1,)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+class CorruptDatabase(Exception):
+    """``PRAGMA quick_check`` found damage; the store refuses to serve the file."""
+
+
+def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection set up as every connection of the store must be."""
+    connection = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    connection.execute("PRAGMA foreign_keys = ON")
+    # FULL: a commit returns after the WAL is fsync'd, so an answered write survives power loss.
+    connection.execute("PRAGMA synchronous = FULL")
+    if readonly:
+        connection.execute("PRAGMA query_only = ON")
+    return connection
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Turn on WAL and bring the schema up to SCHEMA_VERSION (creating it on first open)."""
+    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise sqlite3.OperationalError(f"cannot switch the database to WAL (journal_mode={mode})")
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"the database has schema version {version}, newer than this runstore "
+                f"({SCHEMA_VERSION}); upgrade runstore"
+            )
+        for step in MIGRATIONS[version:]:
+            for statement in step.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def verify(connection: sqlite3.Connection) -> None:
+    """Raise CorruptDatabase unless ``PRAGMA quick_check`` says ok."""
+    try:
+        rows = connection.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise CorruptDatabase(str(exc)) from exc
+    problems = [row[0] for row in rows if row[0] != "ok"]
+    if problems:
+        raise CorruptDatabase("; ".join(problems[:10]))

@@ -1,0 +1,208 @@
+"""The one thread that writes to a SQLite database, committing queued writes in groups.
+
+Every write is a function of the write connection, queued with a place to put its outcome. The
+thread takes whatever is queued, runs it all inside one ``BEGIN IMMEDIATE ... COMMIT`` (each
+write in a savepoint of its own, so one refused write does not undo its neighbours), and hands
+each outcome back only after the commit, which with ``synchronous=FULL`` means after the fsync.
+Writes that arrive while a commit is on disk share the next one: group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, Final
+
+from ..errors import StorageUnavailable, StoreError
+
+__all__ = ["WriteOp", "WriterThread", "storage_error"]
+
+log = logging.getLogger("runstore.sqlite")
+
+WriteOp = Callable[[sqlite3.Connection], Any]
+# An outcome goes to a concurrent Future (threads) or to an asyncio Future on its loop.
+_Sink = Future[Any] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_Item = tuple[WriteOp, _Sink]
+_Outcome = tuple[_Sink, Any, BaseException | None]
+
+_STOP: Final = object()
+MAX_BATCH: Final = 256
+
+
+def storage_error(exc: sqlite3.Error) -> StorageUnavailable:
+    """A StorageUnavailable that says what SQLite said."""
+    name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+    return StorageUnavailable(f"The database cannot take this operation now ({name}: {exc}).")
+
+
+class WriterThread(threading.Thread):
+    """Owns the write connection; see the module docstring."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._connect = connect
+        self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def start_and_wait(self) -> None:
+        """Start the thread and wait until its connection is open (re-raising a failure)."""
+        self.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def write(self, op: WriteOp) -> Any:
+        """Queue ``op`` and block until it is committed; returns its result or raises."""
+        future: Future[Any] = Future()
+        self._put((op, future))
+        return future.result()
+
+    async def write_async(self, op: WriteOp) -> Any:
+        """Queue ``op`` and wait, without blocking the loop, until it is committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._put((op, (loop, future)))
+        return await future
+
+    def _put(self, item: _Item) -> None:
+        if self._closed:
+            raise StorageUnavailable("The store is shutting down.")
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Commit what is queued, checkpoint, close the connection; safe to call twice."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.is_alive():
+            self._queue.put(_STOP)
+            self.join()
+
+    def run(self) -> None:
+        try:
+            connection = self._connect()
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._serve(connection)
+        finally:
+            try:
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("checkpoint at close failed: %s", exc)
+            connection.close()
+
+    def _serve(self, connection: sqlite3.Connection) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Item] = [first]  # type: ignore[list-item]
+            stopping = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+            _deliver(self._commit(connection, batch))
+            if stopping:
+                return
+
+    def _commit(self, connection: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
+        try:
+            return _run_batch(connection, batch)
+        except sqlite3.Error as exc:
+            _rollback(connection)
+            if len(batch) == 1:
+                return [(batch[0][1], None, storage_error(exc))]
+            # One write's storage error may have undone the whole transaction; give every
+            # write its own so that the others are judged on their own.
+            log.warning("group commit of %d writes failed (%s); retrying one by one", len(batch), exc)
+            outcomes: list[_Outcome] = []
+            for item in batch:
+                try:
+                    outcomes += _run_batch(connection, [item])
+                except sqlite3.Error as single_exc:
+                    _rollback(connection)
+                    outcomes.append((item[1], None, storage_error(single_exc)))
+            return outcomes
+
+
+def _run_batch(connection: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
+    outcomes: list[_Outcome] = []
+    connection.execute("BEGIN IMMEDIATE")
+    for op, sink in batch:
+        connection.execute("SAVEPOINT write")
+        try:
+            result = op(connection)
+        except StoreError as exc:
+            connection.execute("ROLLBACK TO write")
+            connection.execute("RELEASE write")
+            outcomes.append((sink, None, exc))
+        except sqlite3.Error:
+            raise
+        except Exception as exc:  # a bug in one write must not take the others down
+            log.exception("write failed")
+            connection.execute("ROLLBACK TO write")
+            connection.execute("RELEASE write")
+            outcomes.append((sink, None, exc))
+        else:
+            connection.execute("RELEASE write")
+            outcomes.append((sink, result, None))
+    connection.execute("COMMIT")
+    return outcomes
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("rollback failed: %s", exc)
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        sink = outcome[0]
+        if isinstance(sink, Future):
+            _settle(sink, outcome[1], outcome[2])
+        else:
+            by_loop.setdefault(sink[0], []).append(outcome)
+    for loop, items in by_loop.items():
+        try:
+            # One wake-up of each loop per batch, not one per write.
+            loop.call_soon_threadsafe(_settle_all, items)
+        except RuntimeError:
+            log.warning("an event loop closed before %d writes were answered", len(items))
+
+
+def _settle_all(items: list[_Outcome]) -> None:
+    for sink, result, error in items:
+        assert not isinstance(sink, Future)
+        _settle(sink[1], result, error)
+
+
+def _settle(future: Future[Any] | asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # an asyncio waiter that was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

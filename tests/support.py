@@ -1,0 +1,150 @@
+"""Test support: the app in process, a real uvicorn server in a subprocess, and snapshots."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from runstore.service import Settings, create_app
+
+__all__ = ["ServerProcess", "in_process_app", "make_snapshot"]
+
+_LISTENING = re.compile(r"Uvicorn running on (http://\S+)")
+
+
+def make_snapshot(run_id: str = "run-1", steps: int = 0, **fields: Any) -> dict[str, Any]:
+    """A valid camelCase snapshot with ``steps`` trace items; ``fields`` override."""
+    snapshot: dict[str, Any] = {
+        "runId": run_id,
+        "status": "running",
+        "startedAt": 1_700_000_000_000,
+        "input": "What is the weather in Paris?",
+        "trace": [{"step": i, "output": f"result {i}"} for i in range(steps)],
+        "usage": {"inputTokens": 10 * steps, "outputTokens": 5 * steps},
+        "stepIndex": steps,
+        "iterations": steps,
+        "revisions": 0,
+    }
+    snapshot.update(fields)
+    return snapshot
+
+
+@contextlib.asynccontextmanager
+async def in_process_app(settings: Settings) -> AsyncIterator[ASGIApp]:
+    """The app with its lifespan running, as an ASGI callable for ``httpx.ASGITransport``.
+
+    httpx's ASGI transport does not run lifespans; this does, and hands each request the
+    lifespan state as a server would.
+    """
+    app = create_app(settings)
+    async with app.router.lifespan_context(app) as state:
+
+        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["state"] = dict(state or {})
+            await app(scope, receive, send)
+
+        yield with_state
+
+
+class ServerProcess:
+    """``runstore serve`` in a subprocess on a free port (or a given one, to restart)."""
+
+    def __init__(
+        self,
+        db: str | Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        port: int = 0,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.db = str(db) if db is not None else None
+        self.extra_env = dict(env or {})
+        self.port = port
+        self.args = args
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.output: list[str] = []
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        env = {**os.environ, "RUNSTORE_ACCESS_LOG": "false", **self.extra_env}
+        command = [sys.executable, "-m", "runstore.service", "serve", "--port", str(self.port)]
+        if self.db is not None:
+            command += ["--db", self.db]
+        command += list(self.args)
+        self.output = []
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        found = threading.Event()
+
+        def pump(stream: Any) -> None:
+            for line in stream:
+                self.output.append(line)
+                match = _LISTENING.search(line)
+                if match and not found.is_set():
+                    self.url = match.group(1)
+                    self.port = int(self.url.rsplit(":", 1)[1])
+                    found.set()
+
+        threading.Thread(target=pump, args=(self.process.stdout,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.05):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("runstore serve did not start:\n" + "".join(self.output))
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL: the crash a power cut or an OOM killer gives."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> ServerProcess:
+        """Start again on the same port (after kill or terminate)."""
+        return self.start()
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, **kwargs)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
