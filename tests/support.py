@@ -15,11 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from runstore.service import Settings, create_app
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runstore.service import Settings, create_app
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "ServerProcess",
+    "assert_problem",
+    "in_process_app",
+    "make_snapshot",
+]
 
-__all__ = ["ServerProcess", "in_process_app", "make_snapshot"]
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:runstore:problem:"
 
 _LISTENING = re.compile(r"Uvicorn running on (http://\S+)")
 
@@ -39,6 +47,30 @@ def make_snapshot(run_id: str = "run-1", steps: int = 0, **fields: Any) -> dict[
     }
     snapshot.update(fields)
     return snapshot
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str | None = None) -> Any:
+    """Check an RFC 9457 answer (media type, type, title, status, detail; ``errors`` on 422).
+
+    ``slug`` is the end of the problem ``type`` (``stale-write``); returns the parsed body.
+    """
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].split(";")[0].strip() == PROBLEM_MEDIA_TYPE
+    body = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith(PROBLEM_TYPE_PREFIX)
+    if slug is not None:
+        assert body["type"] == PROBLEM_TYPE_PREFIX + slug, body
+    assert isinstance(body["title"], str)
+    assert body["title"]
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    if status == 422:
+        assert body["errors"], body
+        for error in body["errors"]:
+            assert {"path", "message", "type"} <= error.keys()
+            assert all(isinstance(error[key], str) for key in ("path", "message", "type"))
+    return body
 
 
 @contextlib.asynccontextmanager
