@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
+from runstore.client._models import RUN_ID_RE
+
 from .records import PatchRecord, SnapshotRecord
 
 __all__ = [
@@ -94,6 +96,9 @@ def decode_cursor(text: str) -> Cursor:
         or not isinstance(run_id, str)
         or not 0 <= started_at < 2**63
         or not 0 < len(run_id) <= 200
+        # Only ids a run can have: anything else (a NUL, a lone surrogate) would reach the
+        # database as a bound parameter it cannot encode.
+        or RUN_ID_RE.fullmatch(run_id) is None
     ):
         raise ValueError("not a cursor this store issued")
     return Cursor(started_at, run_id)
