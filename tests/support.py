@@ -126,13 +126,15 @@ class ServerProcess:
         found = threading.Event()
 
         def pump(stream: Any) -> None:
-            for line in stream:
-                self.output.append(line)
-                match = _LISTENING.search(line)
-                if match and not found.is_set():
-                    self.url = match.group(1)
-                    self.port = int(self.url.rsplit(":", 1)[1])
-                    found.set()
+            # Closed here, at the end of the output, so no test leaks the pipe.
+            with stream:
+                for line in stream:
+                    self.output.append(line)
+                    match = _LISTENING.search(line)
+                    if match and not found.is_set():
+                        self.url = match.group(1)
+                        self.port = int(self.url.rsplit(":", 1)[1])
+                        found.set()
 
         threading.Thread(target=pump, args=(self.process.stdout,), daemon=True).start()
         deadline = time.monotonic() + timeout
