@@ -39,7 +39,7 @@ class TokenTable:
             if not entry:
                 continue
             token, _, scope_name = entry.rpartition(":")
-            if not token or scope_name.upper() not in Scope.__members__:
+            if scope_name.upper() not in Scope.__members__:
                 token, scope_name = entry, "write"
             if not token:
                 raise ValueError(f"empty token in RUNSTORE_TOKENS entry {entry!r}")
