@@ -1,11 +1,14 @@
-"""The ``runstore`` command: ``serve`` and ``import``."""
+"""The ``runstore`` command: ``serve``, ``import`` and ``backup``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sqlite3
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from .config import Settings
@@ -23,12 +26,51 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def _database_problem(settings: Settings) -> str | None:
+    """One line saying what keeps the SQLite store from opening, and what to do; None if it opens.
+
+    Opening runs the same checks the server runs (``PRAGMA quick_check``, the schema version),
+    but here a failure is a message and an exit status instead of a traceback from the lifespan.
+    """
+    if settings.database_url is not None:
+        return None
+    from .store.sqlite import SQLiteEngine
+    from .store.sqlite_schema import CorruptDatabase
+
+    try:
+        SQLiteEngine(settings.db).close()
+    except CorruptDatabase as exc:
+        return (
+            f"runstore: the database {settings.db} is damaged (quick_check: {exc}); it will not "
+            "be served. Restore the latest backup (runstore backup, see README: Reliability) "
+            f"or salvage what is left with: sqlite3 {settings.db} .recover"
+        )
+    except (sqlite3.Error, OSError) as exc:
+        return (
+            f"runstore: cannot open the database {settings.db}: {exc}. Check --db (RUNSTORE_DB) "
+            "and that the file and its directory are readable and writable."
+        )
+    return None
+
+
+def _stop_requested(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
 
     settings = _settings(args)
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done, which would end the process
+    # with status 143; a stop that was asked for and completed is a success. Before uvicorn
+    # takes the signal over (and after it hands it back), it stops the process at once.
+    signal.signal(signal.SIGTERM, _stop_requested)
+    problem = _database_problem(settings)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 1
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -47,7 +89,10 @@ def _import(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if settings.database_url is not None:
-        print("runstore import writes to a SQLite store; unset RUNSTORE_DATABASE_URL.", file=sys.stderr)
+        print(
+            "runstore import writes to a SQLite store; unset RUNSTORE_DATABASE_URL.",
+            file=sys.stderr,
+        )
         return 2
     with SQLiteEngine(settings.db) as engine:
         report = import_legacy(args.source, engine)
@@ -55,6 +100,27 @@ def _import(args: argparse.Namespace) -> int:
     for run_id, reason in report.invalid:
         print(f"  not imported: {run_id}: {reason}", file=sys.stderr)
     return 1 if report.invalid else 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from .backup import BackupError, backup_sqlite
+
+    settings = _settings(args)
+    if settings.database_url is not None:
+        print(
+            "runstore backup copies a SQLite store; this one is PostgreSQL "
+            "(RUNSTORE_DATABASE_URL is set). Back it up with pg_dump, for example: "
+            "pg_dump --format=custom --file=runs.dump <database URL>",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        report = backup_sqlite(settings.db, args.out)
+    except BackupError as exc:
+        print(f"runstore backup: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     import_.add_argument("source", help="SQLite file with an agent_runs table")
     import_.add_argument("--db", help="store to import into (RUNSTORE_DB, default ./runs.db)")
     import_.set_defaults(handler=_import)
+
+    backup = commands.add_parser(
+        "backup", help="copy a live SQLite store to a file, consistently, while it serves"
+    )
+    backup.add_argument("out", help="the backup file to write (replaced only once complete)")
+    backup.add_argument("--db", help="the store to copy (RUNSTORE_DB, default ./runs.db)")
+    backup.set_defaults(handler=_backup)
     return parser
 
 
