@@ -31,10 +31,11 @@ DESCRIPTION = (
 
 def _warn_if_open(settings: Settings) -> None:
     if settings.tokens is None and not is_loopback(settings.host):
+        # Loud on purpose: in a container (0.0.0.0 by default) this line is the only sign of it.
         log.warning(
-            "RUNSTORE_TOKENS is not set and the server listens on %s: anyone who can reach "
-            "this address can read, change and delete every run. Set RUNSTORE_TOKENS, or "
-            "keep the server behind an authenticating proxy.",
+            "NO AUTHENTICATION: RUNSTORE_TOKENS is not set and the server listens on %s: "
+            "anyone who can reach this address can read, change and delete every run. Set "
+            "RUNSTORE_TOKENS, or keep the server behind an authenticating proxy.",
             settings.host,
         )
 
