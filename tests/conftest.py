@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import ServerProcess, in_process_app  # noqa: E402
-
-from runstore.service import Settings  # noqa: E402
+from runstore.service import Settings
+from support import ServerProcess, in_process_app
 
 
 @pytest.fixture
@@ -29,13 +31,80 @@ def settings(db_path: Path) -> Settings:
     return Settings(db=str(db_path), tokens=None, database_url=None)
 
 
+POSTGRES_URL_VARIABLE = "RUNSTORE_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session: created here, dropped at the end.
+
+    RUNSTORE_TEST_POSTGRES_URL names the server (a role that may create databases). Without it
+    the PostgreSQL tests skip; with it, an unreachable server fails them.
+    """
+    admin_url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not admin_url:
+        pytest.skip(
+            f"PostgreSQL tests need a server: set {POSTGRES_URL_VARIABLE}="
+            "postgresql://postgres@127.0.0.1:5432/postgres (a role that may create databases), "
+            "as .ci/run does"
+        )
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    name = f"runstore_test_{secrets.token_hex(6)}"
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
+                    sql.Identifier(name)
+                )
+            )
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"{POSTGRES_URL_VARIABLE} is set but PostgreSQL is unreachable: {exc}")
+    try:
+        yield make_conninfo(admin_url, dbname=name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An async client talking to the app in process (SQLite in a temporary file)."""
+def postgres_database(postgres_url: str) -> str:
+    """The session's PostgreSQL database with no runs in it, so tests stay independent."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(
+            "DO $$ BEGIN IF to_regclass('runs') IS NOT NULL THEN "
+            "TRUNCATE runs, steps, turns, probe; END IF; END $$"
+        )
+    return postgres_url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each storage backend in turn: tests that use ``client`` run once on each."""
+    backend_name: str = request.param
+    return backend_name
+
+
+@pytest.fixture
+async def client(
+    backend: str, settings: Settings, request: pytest.FixtureRequest
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An async client talking to the app in process: SQLite in a temporary file, or
+    PostgreSQL in the session's database."""
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres_database")
+        settings = settings.model_copy(update={"database_url": SecretStr(url)})
     async with (
         in_process_app(settings) as app,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://runstore")
-        as http,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://runstore"
+        ) as http,
     ):
         yield http
 

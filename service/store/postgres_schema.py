@@ -1,0 +1,108 @@
+"""The PostgreSQL schema, its version in the ``schema_version`` table, and forward migrations.
+
+The tables mirror the SQLite ones: a row per run, and a row per trace step and per history turn
+keyed by (run, position), each item kept as the JSON text it was sent as (``text``, not
+``jsonb``, so numbers and key order come back exactly and a read splices text). Identifiers and
+items use the "C" collation: run ids then sort byte by byte, as SQLite sorts them, whatever the
+database's default collation is.
+
+Every replica migrates at start-up; a transaction-scoped advisory lock makes replicas that start
+together take turns, and the one that comes second finds the work done.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from psycopg import AsyncConnection
+
+from ..errors import StorageUnavailable
+
+__all__ = ["MIGRATION_LOCK", "SCHEMA_VERSION", "migrate"]
+
+# An arbitrary 64-bit key, the same in every replica: "runstore" in ASCII.
+MIGRATION_LOCK: Final = 0x72756E73746F7265
+
+_V1: Final = (
+    """
+    CREATE TABLE runs (
+        run_id text COLLATE "C" PRIMARY KEY,
+        status text COLLATE "C" NOT NULL,
+        started_at bigint NOT NULL,
+        completed_at bigint,
+        version bigint NOT NULL,
+        updated_at bigint NOT NULL,
+        trace_length integer NOT NULL,
+        history_length integer,
+        doc text NOT NULL,
+        plan text
+    )
+    """,
+    "CREATE INDEX runs_by_start ON runs (started_at DESC, run_id DESC)",
+    "CREATE INDEX runs_by_status ON runs (status, started_at DESC, run_id DESC)",
+    "CREATE INDEX runs_by_completion ON runs (completed_at) WHERE completed_at IS NOT NULL",
+    """
+    CREATE TABLE steps (
+        run_id text COLLATE "C" NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        idx integer NOT NULL,
+        item text COLLATE "C" NOT NULL,
+        PRIMARY KEY (run_id, idx)
+    )
+    """,
+    """
+    CREATE TABLE turns (
+        run_id text COLLATE "C" NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        idx integer NOT NULL,
+        item text COLLATE "C" NOT NULL,
+        PRIMARY KEY (run_id, idx)
+    )
+    """,
+    "CREATE TABLE probe (id integer PRIMARY KEY CHECK (id = 1), at bigint NOT NULL)",
+)
+
+# MIGRATIONS[n] takes a database from schema version n to n + 1.
+MIGRATIONS: Final = (_V1,)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_VERSION_TABLE: Final = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+async def migrate(connection: AsyncConnection[tuple[object, ...]]) -> int:
+    """Bring the schema up to SCHEMA_VERSION (creating it on first use); returns the version
+    found before. The connection must be in autocommit mode.
+
+    Refuses (StorageUnavailable) a database whose text is not UTF-8, and one whose schema is
+    newer than this runstore knows.
+    """
+    encoding = await _scalar(connection, "SHOW server_encoding")
+    if encoding != "UTF8":
+        raise StorageUnavailable(
+            f"The database's encoding is {encoding}; runstore needs UTF8 "
+            "(CREATE DATABASE ... ENCODING 'UTF8')."
+        )
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await connection.execute(_VERSION_TABLE)
+        found = await _scalar(connection, "SELECT coalesce(max(version), 0) FROM schema_version")
+        assert isinstance(found, int)
+        if found > SCHEMA_VERSION:
+            raise StorageUnavailable(
+                f"The database has runstore schema version {found}, newer than this runstore "
+                f"({SCHEMA_VERSION}); upgrade runstore."
+            )
+        for version, statements in enumerate(MIGRATIONS[found:], start=found + 1):
+            for statement in statements:
+                await connection.execute(statement)
+            await connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+    return found
+
+
+async def _scalar(connection: AsyncConnection[tuple[object, ...]], sql: str) -> object:
+    row = await (await connection.execute(sql)).fetchone()
+    assert row is not None
+    return row[0]
