@@ -1,0 +1,223 @@
+"""The blocking HTTP client of a runstore server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from ._http import (
+    DEFAULT_TIMEOUT,
+    Failure,
+    ack_of,
+    base_headers,
+    check,
+    deleted_count,
+    list_params,
+    page_of,
+    stored_snapshot,
+    write_headers,
+    write_request,
+)
+from ._ledger import RunLedger
+from ._models import RunPatch, RunSnapshot, RunSummary
+from ._persistence import RunPersistence
+from ._retry import RETRYABLE_STATUSES, RETRYABLE_TRANSPORT_ERRORS, RetryPolicy, retry_policy
+from ._wire import (
+    SnapshotLike,
+    StoredSnapshot,
+    Write,
+    WriteAck,
+    encode,
+    encode_body,
+    run_path,
+    view_of,
+)
+
+__all__ = ["RunStoreClient"]
+
+
+class RunStoreClient:
+    """A client of a runstore server, blocking; one connection pool (keep-alive) per client.
+
+    ``token`` is sent as ``Authorization: Bearer``. ``timeout`` (seconds or an
+    ``httpx.Timeout``) bounds each attempt; ``retries`` (a :class:`RetryPolicy`, or a number of
+    retries after the first try) bounds how hard each call tries when the store is unreachable
+    or answers 408, 429, 502, 503 or 504. ``transport`` replaces the network (tests give an
+    ``httpx`` transport here). Errors are :class:`RunStoreError` subclasses.
+
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        base_url: str | httpx.URL = "http://127.0.0.1:8000",
+        *,
+        token: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retries: RetryPolicy | int = RetryPolicy(),  # noqa: B008 (frozen, so sharing it is safe)
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.retry_policy = retry_policy(retries)
+        self._http = httpx.Client(
+            base_url=base_url, headers=base_headers(token), timeout=timeout, transport=transport
+        )
+
+    @property
+    def base_url(self) -> httpx.URL:
+        return self._http.base_url
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool; idempotent."""
+        self._http.close()
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Any = None,
+    ) -> tuple[httpx.Response, bool]:
+        """The first answer that is not worth retrying, and whether an earlier attempt may have
+        been applied; StoreUnavailable once the retry policy gives up."""
+        schedule = self.retry_policy.schedule()
+        uncertain = False
+        while True:
+            try:
+                response = self._http.request(
+                    method, url, content=content, headers=headers, params=params
+                )
+            except RETRYABLE_TRANSPORT_ERRORS as exc:
+                failure = Failure.of_exception(exc)
+            else:
+                if response.status_code not in RETRYABLE_STATUSES:
+                    return response, uncertain
+                failure = Failure.of_response(response)
+            uncertain = uncertain or failure.uncertain
+            delay = schedule.next_delay(failure.retry_after)
+            if delay is None:
+                raise failure.give_up(schedule, method, url) from failure.exception
+            time.sleep(delay)
+
+    def put_run(
+        self,
+        snapshot: SnapshotLike,
+        *,
+        if_match: int | None = None,
+        if_none_match: bool = False,
+    ) -> WriteAck:
+        """Create or replace a whole run (a :class:`RunSnapshot` or a camelCase mapping).
+
+        ``if_match``: only if the stored version is this one. ``if_none_match``: only if the run
+        does not exist. Either failing raises PreconditionFailed.
+        """
+        write = RunLedger.whole(view_of(snapshot))
+        response, _ = self._request(
+            "PUT",
+            run_path(write.run_id),
+            content=write.body(),
+            headers=write_headers(if_match, if_none_match=if_none_match),
+        )
+        return ack_of(response)
+
+    def patch_run(
+        self,
+        run_id: str,
+        patch: RunPatch | Mapping[str, Any],
+        *,
+        if_match: int | None = None,
+    ) -> WriteAck:
+        """Apply a PATCH: ``trace`` from ``traceFrom``, ``history`` from ``historyFrom``, and
+        fields to replace (None clears an optional one). RunNotFound if the run is absent."""
+        body = patch.to_wire() if isinstance(patch, RunPatch) else dict(patch)
+        response, _ = self._request(
+            "PATCH",
+            run_path(run_id),
+            content=encode_body(encode(body)),
+            headers=write_headers(if_match),
+        )
+        return ack_of(response)
+
+    def get_run(self, run_id: str) -> RunSnapshot | None:
+        """The stored run, or None."""
+        stored = self._read(run_id)
+        return None if stored is None else stored.snapshot()
+
+    def delete_run(self, run_id: str, *, if_match: int | None = None) -> None:
+        """Delete a run; RunNotFound if absent.
+
+        When an earlier attempt may have been applied (its answer was lost) a 404 counts as done.
+        """
+        response, uncertain = self._request(
+            "DELETE", run_path(run_id), headers=write_headers(if_match)
+        )
+        if response.status_code == 404 and uncertain:
+            return
+        check(response)
+
+    def list_runs(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        started_after: int | None = None,
+        started_before: int | None = None,
+        page_size: int = 100,
+    ) -> Iterator[RunSummary]:
+        """Every matching run's summary, newest ``startedAt`` first, fetched a page at a time
+        as the iteration goes. ``status`` may name several; the bounds are exclusive (ms)."""
+        params = list_params(status, started_after, started_before, page_size)
+        cursor: str | None = None
+        while True:
+            page_params = params if cursor is None else [*params, ("cursor", cursor)]
+            response, _ = self._request("GET", "/runs", params=page_params)
+            summaries, cursor = page_of(response)
+            yield from summaries
+            if cursor is None:
+                return
+
+    def delete_runs(
+        self, *, completed_before: int | None = None, started_before: int | None = None
+    ) -> int:
+        """Bulk retention (admin scope): delete the runs matching every bound given; how many."""
+        params = {
+            name: value
+            for name, value in (
+                ("completedBefore", completed_before),
+                ("startedBefore", started_before),
+            )
+            if value is not None
+        }
+        response, _ = self._request("DELETE", "/runs", params=params)
+        return deleted_count(response)
+
+    def persistence(self, *, close_client: bool = False) -> RunPersistence:
+        """The persistence hooks over this client; ``close_client``: their ``close()`` closes
+        the client too."""
+        return RunPersistence(
+            self._send_write, self._read, close=self.close if close_client else None
+        )
+
+    def _send_write(self, write: Write) -> WriteAck:
+        method, body, headers = write_request(write)
+        response, _ = self._request(method, run_path(write.run_id), content=body, headers=headers)
+        return ack_of(response)
+
+    def _read(self, run_id: str) -> StoredSnapshot | None:
+        response, _ = self._request("GET", run_path(run_id))
+        return stored_snapshot(response)

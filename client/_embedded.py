@@ -1,0 +1,165 @@
+"""Embedded mode: the same hooks on the store engine in this process, with no server.
+
+The original local-SQLite design, in Python: :func:`embedded_persistence` opens a SQLite WAL
+file with the server's own engine (``runstore.service.store``: validation, the split storage of
+steps, group commit with ``synchronous=FULL``), and the hooks write to it directly. Several
+processes on one machine may open the same file; SQLite's locking orders their writes, and a
+write that finds the file locked for longer than the busy timeout is retried like a 503.
+
+The engine is imported when a store is opened, not with this module, and it needs neither
+FastAPI nor uvicorn: ``pip install runstore`` is enough. Its errors are turned into the client's
+(:mod:`._exceptions`), so code written against the HTTP client catches the same types.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from ._exceptions import (
+    InvalidRun,
+    PreconditionFailed,
+    RunNotFound,
+    RunStoreError,
+    StaleWrite,
+    StoreUnavailable,
+    TraceGap,
+    WriteConflict,
+)
+from ._persistence import RunPersistence
+from ._retry import RetryPolicy, retry_policy
+from ._wire import StoredSnapshot, Write, WriteAck
+
+if TYPE_CHECKING:
+    from runstore.service.errors import StoreError
+    from runstore.service.store.sqlite import SQLiteEngine
+
+__all__ = ["EmbeddedStore", "embedded_persistence"]
+
+T = TypeVar("T")
+
+# The problem details the server would answer with, by the client error a store error becomes.
+_PROBLEMS: Final[dict[type[RunStoreError], tuple[str, str]]] = {
+    InvalidRun: ("invalid-fields", "Invalid fields"),
+    RunNotFound: ("not-found", "Not found"),
+    StaleWrite: ("stale-write", "Stale write"),
+    TraceGap: ("trace-gap", "Trace gap"),
+    WriteConflict: ("conflict", "Conflict"),
+    PreconditionFailed: ("precondition-failed", "Precondition failed"),
+    StoreUnavailable: ("storage-unavailable", "Storage unavailable"),
+}
+
+
+def client_error(error: StoreError) -> RunStoreError:
+    """The client's error for a store error, with the problem details the server would send."""
+    from runstore.service import errors
+
+    cls: type[RunStoreError]
+    extra: dict[str, Any] = {}
+    if isinstance(error, errors.InvalidRun):
+        cls, extra = InvalidRun, {"errors": error.errors}
+    elif isinstance(error, errors.RunNotFound):
+        cls = RunNotFound
+    elif isinstance(error, errors.StaleWrite):
+        cls = StaleWrite
+    elif isinstance(error, errors.TraceGap):
+        cls = TraceGap
+    elif isinstance(error, errors.WriteConflict):
+        cls = WriteConflict
+    elif isinstance(error, errors.PreconditionFailed):
+        cls = PreconditionFailed
+    else:
+        cls = StoreUnavailable
+    slug, title = _PROBLEMS[cls]
+    status = cls.default_status if cls is not StoreUnavailable else 503
+    problem = {
+        "type": f"urn:runstore:problem:{slug}",
+        "title": title,
+        "status": status,
+        "detail": error.detail,
+        **extra,
+    }
+    return cls(error.detail, status=status, problem=problem)
+
+
+class EmbeddedStore:
+    """A SQLite store file opened in this process: what the embedded hooks write through.
+
+    Raises StoreUnavailable if the file cannot be opened (a missing directory, a damaged file,
+    a schema newer than this runstore).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, retries: RetryPolicy | int = 5) -> None:
+        from runstore.service.errors import StoreError
+        from runstore.service.store.sqlite import SQLiteEngine
+        from runstore.service.store.sqlite_schema import CorruptDatabase
+
+        self.path = os.fspath(path)
+        self.retry_policy = retry_policy(retries)
+        self._store_error = StoreError
+        try:
+            self._engine: SQLiteEngine = SQLiteEngine(self.path)
+        except (CorruptDatabase, sqlite3.Error) as exc:
+            raise StoreUnavailable(
+                f"Cannot open the store {self.path!r}: {exc}", status=503
+            ) from exc
+        except StoreError as exc:
+            raise client_error(exc) from exc
+
+    def close(self) -> None:
+        """Commit queued writes and close the file; idempotent."""
+        self._engine.close()
+
+    def _call(self, operation: Callable[[], T]) -> T:
+        """Run ``operation``, retrying while the storage is unavailable (locked, full)."""
+        schedule = self.retry_policy.schedule()
+        while True:
+            try:
+                return operation()
+            except self._store_error as exc:
+                error = client_error(exc)
+                if not isinstance(error, StoreUnavailable):
+                    raise error from exc
+                delay = schedule.next_delay()
+                if delay is None:
+                    error.attempts = schedule.attempts
+                    raise error from exc
+                time.sleep(delay)
+
+    def send(self, write: Write) -> WriteAck:
+        """Apply a ledger's write: validated exactly as the server validates a request body."""
+        from runstore.service.store.records import patch_record, snapshot_record
+
+        document = write.document()
+        if write.whole:
+            record = self._call(lambda: snapshot_record(document))
+            result = self._call(lambda: self._engine.put_run(record, if_match=write.if_match))
+        else:
+            patch = self._call(lambda: patch_record(document))
+            result = self._call(
+                lambda: self._engine.patch_run(write.run_id, patch, if_match=write.if_match)
+            )
+        return WriteAck(result.run_id, result.version, result.trace_length, result.created)
+
+    def read(self, run_id: str) -> StoredSnapshot | None:
+        """The stored run and its version, or None."""
+        stored = self._call(lambda: self._engine.get_run(run_id))
+        if stored is None:
+            return None
+        return StoredSnapshot(json.loads(stored.body), stored.version)
+
+
+def embedded_persistence(
+    path: str | os.PathLike[str], *, retries: RetryPolicy | int = 5
+) -> RunPersistence:
+    """The persistence hooks on a SQLite store file in this process, with no server.
+
+    ``retries`` bounds how long a write waits out a locked or full database (beyond SQLite's own
+    busy timeout). ``close()`` on the hooks closes the file.
+    """
+    store = EmbeddedStore(path, retries=retries)
+    return RunPersistence(store.send, store.read, close=store.close)
