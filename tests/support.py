@@ -22,6 +22,7 @@ __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "ServerProcess",
     "assert_problem",
+    "damage_database",
     "in_process_app",
     "make_snapshot",
 ]
@@ -47,6 +48,15 @@ def make_snapshot(run_id: str = "run-1", steps: int = 0, **fields: Any) -> dict[
     }
     snapshot.update(fields)
     return snapshot
+
+
+def damage_database(path: Path, pages: int = 4, page_size: int = 4096) -> None:
+    """Overwrite ``pages`` whole pages in the middle of a database file, as a bad disk would."""
+    size = path.stat().st_size
+    assert size >= 4 * pages * page_size, "a database this small has no middle to damage"
+    with path.open("r+b") as damaged:
+        damaged.seek(size // 2 // page_size * page_size)
+        damaged.write(b"\xa5" * page_size * pages)
 
 
 def assert_problem(response: httpx.Response, status: int, slug: str | None = None) -> Any:
