@@ -22,7 +22,7 @@ from runstore.service.backup import BackupError, backup_sqlite
 from runstore.service.cli import main
 from runstore.service.store.records import snapshot_record
 from runstore.service.store.sqlite import SQLiteEngine
-from support import ServerProcess, make_snapshot
+from support import ServerProcess, damage_database, make_snapshot
 
 WRITERS = 3
 STEPS_PER_RUN = 8
@@ -143,10 +143,7 @@ def test_backup_writes_a_checked_single_file_and_replaces_an_old_one(tmp_path: P
 def test_backup_of_a_damaged_store_fails_and_keeps_the_old_backup(tmp_path: Path) -> None:
     db, out = tmp_path / "runs.db", tmp_path / "runs.bak"
     _store_with_runs(db, 300)
-    size = db.stat().st_size
-    with db.open("r+b") as damaged:
-        damaged.seek(size // 2 // 4096 * 4096)
-        damaged.write(b"\xa5" * 4096 * 4)
+    damage_database(db)
     out.write_bytes(b"yesterday's backup")
     with pytest.raises(BackupError, match="integrity_check"):
         backup_sqlite(db, out)
