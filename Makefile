@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SOURCES := service client tests bench scripts examples
 
-.PHONY: serve test lint format openapi check-openapi clean
+.PHONY: serve test lint format openapi check-openapi container-test clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ format: $(STAMP)
 
 openapi: $(STAMP)
 	$(BIN)/python scripts/generate_openapi.py
+
+# Builds the Dockerfile with buildah and runs the image (root; see scripts/container-test).
+container-test:
+	scripts/container-test
 
 clean:
 	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache build *.egg-info
