@@ -44,6 +44,11 @@ __all__ = [
     "snapshot_record",
 ]
 
+try:  # orjson (in the server extra) serialises about ten times faster than json
+    import orjson
+except ImportError:  # pragma: no cover - the client-only install
+    orjson = None  # type: ignore[assignment]
+
 _dump_utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _dump_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
@@ -55,6 +60,11 @@ _NOT_NULLABLE: Final = REQUIRED_FIELDS - {"runId"}
 
 def dump_json(value: Any) -> str:
     """Compact JSON text; UTF-8 friendly, with lone surrogates escaped so the text encodes."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(value).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            pass  # integers beyond 64 bits, lone surrogates: json handles them below
     text = _dump_utf8(value)
     if _SURROGATE.search(text) is not None:
         return _dump_ascii(value)

@@ -1,0 +1,440 @@
+"""HTTP load benchmark: PATCH (one new step), PUT (a 50-step snapshot) and GET against runstore,
+with the two references measured in the same invocation (see bench/reference_apps.py).
+
+    .venv/bin/python bench/http_load.py                      # SQLite, 16 connections, 5 s each
+    .venv/bin/python bench/http_load.py --backend postgres --database-url postgresql://...
+    .venv/bin/python bench/http_load.py --backend postgres --database-url ... --replicas 2
+
+It starts every server itself on 127.0.0.1 (free ports, temporary databases), pins the servers to
+CPU 0 and itself to CPU 1 where it can, drives them with a minimal keep-alive HTTP/1.1 client
+(so the client is not the bottleneck), and prints throughput and p50/p99 latency per scenario,
+then the ratios the targets are stated in:
+
+- PATCH throughput >= 70% of the floor's;
+- PUT of a 50-step snapshot >= 3x the naive endpoint's throughput;
+- GET p99 under load <= 2x its p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+_LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+RequestFactory = Callable[[int, int], bytes]  # (connection number, request number) -> bytes
+
+
+@dataclass
+class Result:
+    target: str
+    scenario: str
+    requests: int
+    seconds: float
+    errors: int
+    latencies_ms: list[float] = field(repr=False)
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def row(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "scenario": self.scenario,
+            "requests": self.requests,
+            "errors": self.errors,
+            "throughput": round(self.throughput, 1),
+            "p50_ms": round(self.percentile(0.50), 3),
+            "p99_ms": round(self.percentile(0.99), 3),
+        }
+
+
+# ---------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _pin(pid: int, cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, {cpu})
+
+
+def start_server(name: str, command: list[str], env: dict[str, str], pin: bool) -> Server:
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    output = b""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output += line
+        match = _LISTENING.search(line)
+        if match:
+            # Drain the rest of its output in the background so the pipe never fills.
+            threading.Thread(target=process.stdout.read, daemon=True).start()
+            if pin:
+                _pin(process.pid, 0)
+            return Server(name, process, int(match.group(1)))
+    process.kill()
+    raise RuntimeError(f"{name} did not start:\n{output.decode(errors='replace')}")
+
+
+def start_runstore(db: str, database_url: str | None, pin: bool) -> Server:
+    command = [sys.executable, "-m", "runstore.service", "serve", "--port", "0"]
+    command += ["--database-url", database_url] if database_url else ["--db", db]
+    return start_server(
+        "runstore", command, {"RUNSTORE_ACCESS_LOG": "false", "RUNSTORE_TOKENS": ""}, pin
+    )
+
+
+def start_reference(kind: str, db: str, pin: bool) -> Server:
+    # reference_apps.py takes a fixed port; uvicorn prints the port it bound for port 0.
+    command = [sys.executable, str(HERE / "reference_apps.py"), kind, "--port", "0", "--db", db]
+    return start_server(kind, command, {}, pin)
+
+
+# ---------------------------------------------------------------- client
+
+
+def _request(method: str, path: str, body: bytes | None = None) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if body is None:
+        return (head + "\r\n").encode()
+    head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+            break
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def drive(
+    ports: list[int],
+    make_request: RequestFactory,
+    *,
+    connections: int,
+    seconds: float,
+    warmup: float,
+    ok: frozenset[int],
+) -> tuple[int, float, int, list[float]]:
+    """Run ``connections`` keep-alive loops for ``warmup + seconds``; count only after warm-up."""
+    latencies: list[float] = []
+    counted = 0
+    errors = 0
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+
+    async def loop(number: int) -> None:
+        nonlocal counted, errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports[number % len(ports)])
+        sequence = 0
+        try:
+            while True:
+                began = time.perf_counter()
+                if began >= stop_at:
+                    return
+                status = await _exchange(reader, writer, make_request(number, sequence))
+                sequence += 1
+                ended = time.perf_counter()
+                if began >= measure_from:
+                    counted += 1
+                    latencies.append((ended - began) * 1000)
+                    if status not in ok:
+                        errors += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(loop(n) for n in range(connections)))
+    return counted, seconds, errors, latencies
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def step(run: int, index: int) -> dict[str, object]:
+    """One step result of a realistic size (about 600 bytes of JSON)."""
+    return {
+        "index": index,
+        "kind": "tool",
+        "tool": {"name": "search", "arguments": {"query": f"run {run} question {index}"}},
+        "output": "lorem ipsum dolor sit amet " * 16,
+        "usage": {"inputTokens": 812 + index, "outputTokens": 120},
+        "startedAt": 1_700_000_000_000 + index,
+        "durationMs": 1234,
+    }
+
+
+def snapshot(run_id: str, steps: int) -> dict[str, object]:
+    return {
+        "runId": run_id,
+        "status": "running",
+        "startedAt": 1_700_000_000_000,
+        "input": "Plan a three-day trip to Lisbon and book the hotels.",
+        "history": [{"role": "user", "content": "Plan a three-day trip to Lisbon."}],
+        "plan": {"goal": "trip", "steps": ["flights", "hotels", "itinerary"]},
+        "trace": [step(0, i) for i in range(steps)],
+        "usage": {"inputTokens": 812 * steps, "outputTokens": 120 * steps},
+        "stepIndex": steps,
+        "iterations": steps,
+        "revisions": 0,
+    }
+
+
+def dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def patch_factory(prefix: str, base_steps: int) -> RequestFactory:
+    """Connection n appends one step at a time to its own run."""
+
+    def make(connection: int, sequence: int) -> bytes:
+        index = base_steps + sequence
+        body = {
+            "trace": [step(connection, index)],
+            "traceFrom": index,
+            "stepIndex": index + 1,
+            "iterations": index + 1,
+            "usage": {"inputTokens": 812 * (index + 1), "outputTokens": 120 * (index + 1)},
+        }
+        return _request("PATCH", f"/runs/{prefix}-{connection}", dumps(body))
+
+    return make
+
+
+def put_factory(prefix: str, steps: int, pool: int) -> RequestFactory:
+    """Each request PUTs a whole 50-step snapshot, over a pool of run ids per connection."""
+    bodies: dict[str, bytes] = {}
+
+    def make(connection: int, sequence: int) -> bytes:
+        run_id = f"{prefix}-{connection}-{sequence % pool}"
+        body = bodies.get(run_id)
+        if body is None:
+            body = bodies[run_id] = dumps(snapshot(run_id, steps))
+        return _request("PUT", f"/runs/{run_id}", body)
+
+    return make
+
+
+def get_factory(prefix: str, runs: int, seed: int) -> RequestFactory:
+    rng = random.Random(seed)
+
+    def make(connection: int, sequence: int) -> bytes:
+        return _request("GET", f"/runs/{prefix}-{rng.randrange(runs)}")
+
+    return make
+
+
+async def seed_runs(port: int, prefix: str, count: int, steps: int) -> None:
+    """Create ``count`` runs of ``steps`` steps (sequentially, before measuring)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for n in range(count):
+            run_id = f"{prefix}-{n}"
+            status = await _exchange(
+                reader, writer, _request("PUT", f"/runs/{run_id}", dumps(snapshot(run_id, steps)))
+            )
+            if status not in (200, 201, 204):
+                raise RuntimeError(f"seeding {run_id} answered {status}")
+    finally:
+        writer.close()
+
+
+# ---------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def servers(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, list[Server]]]:
+    started: dict[str, list[Server]] = {}
+    try:
+        started["floor"] = [start_reference("floor", str(workdir / "floor.db"), args.pin)]
+        started["naive"] = [start_reference("naive", str(workdir / "naive.db"), args.pin)]
+        started["runstore"] = [
+            start_runstore(str(workdir / "runstore.db"), args.database_url, args.pin)
+            for _ in range(args.replicas)
+        ]
+        yield started
+    finally:
+        for group in started.values():
+            for server in group:
+                server.stop()
+
+
+async def run_all(args: argparse.Namespace, workdir: Path) -> list[Result]:
+    results: list[Result] = []
+    tag = f"b{int(time.time())}"
+    with servers(args, workdir) as running:
+        ports = {name: [s.port for s in group] for name, group in running.items()}
+
+        async def measure(target: str, scenario: str, factory: RequestFactory) -> None:
+            counted, seconds, errors, latencies = await drive(
+                ports[target],
+                factory,
+                connections=args.connections,
+                seconds=args.seconds,
+                warmup=args.warmup,
+                ok=frozenset({200, 201, 204}),
+            )
+            result = Result(target, scenario, counted, seconds, errors, latencies)
+            results.append(result)
+            print(_format(result), flush=True)
+
+        for round_number in range(args.rounds):
+            prefix = f"{tag}-r{round_number}"
+            # PATCH: every connection appends to its own run, created first with 5 steps.
+            for target in ("floor", "runstore"):
+                if target == "runstore":
+                    await seed_runs(ports[target][0], f"{prefix}-patch", args.connections, 5)
+                await measure(target, "PATCH 1 step", patch_factory(f"{prefix}-patch", 5))
+            for target in ("naive", "runstore"):
+                await measure(target, "PUT 50 steps", put_factory(f"{prefix}-put-{target}", 50, 50))
+            for target in ("naive", "runstore"):
+                await seed_runs(ports[target][0], f"{prefix}-get", 200, 50)
+                await measure(target, "GET 50 steps", get_factory(f"{prefix}-get", 200, 7))
+    return results
+
+
+def _format(result: Result) -> str:
+    row = result.row()
+    return (
+        f"{row['target']:>9}  {row['scenario']:<13} {row['throughput']:>9.1f} req/s   "
+        f"p50 {row['p50_ms']:>7.2f} ms   p99 {row['p99_ms']:>7.2f} ms   errors {row['errors']}"
+    )
+
+
+def _median(results: list[Result], target: str, scenario: str, metric: str) -> float:
+    values = [
+        float(r.row()[metric]) for r in results if r.target == target and r.scenario == scenario
+    ]
+    return statistics.median(values)
+
+
+def summarize(results: list[Result]) -> dict[str, dict[str, object]]:
+    patch = _median(results, "runstore", "PATCH 1 step", "throughput") / _median(
+        results, "floor", "PATCH 1 step", "throughput"
+    )
+    put = _median(results, "runstore", "PUT 50 steps", "throughput") / _median(
+        results, "naive", "PUT 50 steps", "throughput"
+    )
+    get = _median(results, "runstore", "GET 50 steps", "p99_ms") / _median(
+        results, "runstore", "GET 50 steps", "p50_ms"
+    )
+    return {
+        "patch_vs_floor": {"ratio": round(patch, 3), "target": ">= 0.70", "met": patch >= 0.70},
+        "put_vs_naive": {"ratio": round(put, 3), "target": ">= 3.0", "met": put >= 3.0},
+        "get_p99_over_p50": {"ratio": round(get, 3), "target": "<= 2.0", "met": get <= 2.0},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured time per scenario")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat and report medians")
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--database-url", help="PostgreSQL URL (with --backend postgres)")
+    parser.add_argument("--replicas", type=int, default=1, help="runstore servers to spread over")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="don't pin CPUs")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.backend == "postgres" and not args.database_url:
+        parser.error("--backend postgres needs --database-url")
+    if args.backend == "sqlite":
+        args.database_url = None
+    if args.replicas > 1 and args.backend == "sqlite":
+        parser.error("replicas share one database: use --backend postgres")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    if args.pin:
+        _pin(0, 1)
+    print(
+        f"backend {args.backend}, {args.replicas} runstore server(s), "
+        f"{args.connections} connections, {args.seconds:g} s per scenario, {os.cpu_count()} CPUs"
+    )
+    with tempfile.TemporaryDirectory(prefix="runstore-bench-") as workdir:
+        results = asyncio.run(run_all(args, Path(workdir)))
+    summary = summarize(results)
+    print()
+    for name, verdict in summary.items():
+        print(
+            f"{name:<18} {verdict['ratio']:>7}  target {verdict['target']:<7}  "
+            f"met: {verdict['met']}"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: v for k, v in vars(args).items() if k != "json"},
+                    "results": [r.row() for r in results],
+                    "summary": summary,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    failed = any(r.errors for r in results if r.target == "runstore")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
