@@ -5,6 +5,7 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -50,7 +51,6 @@ def postgres_url() -> Iterator[str]:
         )
     import psycopg
     from psycopg import sql
-    from psycopg.conninfo import make_conninfo
 
     name = f"runstore_test_{secrets.token_hex(6)}"
     try:
@@ -63,7 +63,7 @@ def postgres_url() -> Iterator[str]:
     except psycopg.OperationalError as exc:
         pytest.fail(f"{POSTGRES_URL_VARIABLE} is set but PostgreSQL is unreachable: {exc}")
     try:
-        yield make_conninfo(admin_url, dbname=name)
+        yield urlsplit(admin_url)._replace(path=f"/{name}").geturl()
     finally:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
             admin.execute(
