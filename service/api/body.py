@@ -72,6 +72,8 @@ def parse_json(raw: bytes) -> Any:
 
 def _check_media_type(request: Request) -> None:
     content_type = request.headers.get("content-type")
+    if content_type == "application/json":
+        return
     if content_type is None:
         raise ProblemError(
             "unsupported-media-type", "Send the body as JSON with Content-Type: application/json."

@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
+from runstore.client._models import MAX_INT, RUN_ID_PATTERN, RUN_ID_RE, STATUS_PATTERN
 from starlette.responses import Response
-
-from runstore.client._models import MAX_INT, RUN_ID_PATTERN, STATUS_PATTERN
 
 from ..config import Settings
 from ..errors import PreconditionFailed
@@ -35,15 +34,15 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 _AUTH = (401, 403)
-RunId = Annotated[
-    str,
-    Path(
-        min_length=1,
-        max_length=200,
-        pattern=RUN_ID_PATTERN,
-        description="1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, starting with a letter or digit.",
-    ),
-]
+# The run id is read from the path by the routes themselves (a declared parameter costs
+# FastAPI's dependency machinery on every request); this documents it.
+_RUN_ID_PARAM: Final = {
+    "name": "runId",
+    "in": "path",
+    "required": True,
+    "description": "1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, starting with a letter or digit.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": RUN_ID_PATTERN},
+}
 
 router = APIRouter()
 
@@ -56,6 +55,24 @@ def _store(request: Request) -> RunStore:
 def _settings(request: Request) -> Settings:
     settings: Settings = request.state.settings
     return settings
+
+
+def _run_id(request: Request) -> str:
+    run_id: str = request.path_params["runId"]
+    if len(run_id) > 200 or RUN_ID_RE.match(run_id) is None:
+        raise ProblemError(
+            "invalid-fields",
+            "The run id in the URL must be 1-200 characters of A-Z a-z 0-9 _ . ~ : @ - "
+            "starting with a letter or digit.",
+            errors=[
+                {
+                    "path": "path.runId",
+                    "message": f"must be 1-200 characters matching {RUN_ID_PATTERN}",
+                    "type": "string_pattern_mismatch",
+                }
+            ],
+        )
+    return run_id
 
 
 def _check_body_run_id(body: Any, run_id: str) -> None:
@@ -99,6 +116,39 @@ def _ack(result: WriteResult, status: int, run_id: str) -> Response:
 _JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
 
 
+# Routes are matched in order: the hot ones first.
+@router.patch(
+    "/runs/{runId}",
+    summary="Append steps and update fields of a run",
+    response_model=WriteAck,
+    responses=_problems(*_JSON_BODY_ERRORS, 404),
+    openapi_extra={
+        "parameters": [
+            _RUN_ID_PARAM,
+            {"name": "If-Match", "in": "header", "schema": {"type": "string"}},
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunPatch"}}},
+        },
+    },
+)
+async def patch_run(request: Request) -> Response:
+    """Send only what is new: ``trace`` from ``traceFrom``, ``history`` from ``historyFrom``,
+    and any fields to replace."""
+    run_id = _run_id(request)
+    settings = _settings(request)
+    body = await read_json_body(
+        request, limit=settings.max_body_bytes, timeout=settings.body_timeout
+    )
+    _check_body_run_id(body, run_id)
+    patch = patch_record(body)
+    store = _store(request)
+    if_match = await _resolve_if_match(store, run_id, request.headers.get("if-match"))
+    result = await store.patch_run(run_id, patch, if_match=if_match)
+    return _ack(result, 200, run_id)
+
+
 @router.put(
     "/runs/{runId}",
     summary="Create or replace a run",
@@ -111,6 +161,7 @@ _JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
     },
     openapi_extra={
         "parameters": [
+            _RUN_ID_PARAM,
             {"name": "If-Match", "in": "header", "schema": {"type": "string"}},
             {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
         ],
@@ -120,13 +171,14 @@ _JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
         },
     },
 )
-async def put_run(runId: RunId, request: Request) -> Response:  # noqa: N803 (the contract's name)
+async def put_run(request: Request) -> Response:
     """Store a whole snapshot. 201 when the run is new, 200 when it replaced one."""
+    run_id = _run_id(request)
     settings = _settings(request)
     body = await read_json_body(
         request, limit=settings.max_body_bytes, timeout=settings.body_timeout
     )
-    _check_body_run_id(body, runId)
+    _check_body_run_id(body, run_id)
     record = snapshot_record(body)
     store = _store(request)
     if_none_match = request.headers.get("if-none-match")
@@ -135,39 +187,9 @@ async def put_run(runId: RunId, request: Request) -> Response:  # noqa: N803 (th
         if parse_etags(if_none_match, "If-None-Match") is not None:
             raise ProblemError("bad-request", "On PUT, If-None-Match supports only *.")
         create_only = True
-    if_match = await _resolve_if_match(store, runId, request.headers.get("if-match"))
+    if_match = await _resolve_if_match(store, run_id, request.headers.get("if-match"))
     result = await store.put_run(record, if_match=if_match, if_none_match=create_only)
-    return _ack(result, 201 if result.created else 200, runId)
-
-
-@router.patch(
-    "/runs/{runId}",
-    summary="Append steps and update fields of a run",
-    response_model=WriteAck,
-    responses=_problems(*_JSON_BODY_ERRORS, 404),
-    openapi_extra={
-        "parameters": [
-            {"name": "If-Match", "in": "header", "schema": {"type": "string"}},
-        ],
-        "requestBody": {
-            "required": True,
-            "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunPatch"}}},
-        },
-    },
-)
-async def patch_run(runId: RunId, request: Request) -> Response:  # noqa: N803
-    """Send only what is new: ``trace`` from ``traceFrom``, ``history`` from ``historyFrom``,
-    and any fields to replace."""
-    settings = _settings(request)
-    body = await read_json_body(
-        request, limit=settings.max_body_bytes, timeout=settings.body_timeout
-    )
-    _check_body_run_id(body, runId)
-    patch = patch_record(body)
-    store = _store(request)
-    if_match = await _resolve_if_match(store, runId, request.headers.get("if-match"))
-    result = await store.patch_run(runId, patch, if_match=if_match)
-    return _ack(result, 200, runId)
+    return _ack(result, 201 if result.created else 200, run_id)
 
 
 def _etag_matches(header: str, version: int) -> bool:
@@ -184,7 +206,10 @@ _GET_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     **_problems(400, *_AUTH, 404, 422, 503),
 }
 _IF_NONE_MATCH: Final = {
-    "parameters": [{"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}]
+    "parameters": [
+        _RUN_ID_PARAM,
+        {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+    ]
 }
 
 
@@ -210,9 +235,10 @@ async def _read_run(run_id: str, request: Request, *, head: bool) -> Response:
     responses=_GET_RESPONSES,
     openapi_extra=_IF_NONE_MATCH,
 )
-async def get_run(runId: RunId, request: Request) -> Response:  # noqa: N803
+async def get_run(request: Request) -> Response:
     """The snapshot, with its version as the ETag."""
-    return await _read_run(runId, request, head=False)
+    run_id = _run_id(request)
+    return await _read_run(run_id, request, head=False)
 
 
 @router.head(
@@ -222,9 +248,10 @@ async def get_run(runId: RunId, request: Request) -> Response:  # noqa: N803
     responses=_GET_RESPONSES,
     openapi_extra=_IF_NONE_MATCH,
 )
-async def head_run(runId: RunId, request: Request) -> Response:  # noqa: N803
+async def head_run(request: Request) -> Response:
     """The headers GET would send (ETag, Content-Length), without the body."""
-    return await _read_run(runId, request, head=True)
+    run_id = _run_id(request)
+    return await _read_run(run_id, request, head=True)
 
 
 @router.delete(
@@ -235,14 +262,16 @@ async def head_run(runId: RunId, request: Request) -> Response:  # noqa: N803
     responses=_problems(400, *_AUTH, 404, 412, 422, 503),
     openapi_extra={
         "parameters": [
+            _RUN_ID_PARAM,
             {"name": "If-Match", "in": "header", "schema": {"type": "string"}},
         ]
     },
 )
-async def delete_run(runId: RunId, request: Request) -> Response:  # noqa: N803
+async def delete_run(request: Request) -> Response:
+    run_id = _run_id(request)
     store = _store(request)
-    if_match = await _resolve_if_match(store, runId, request.headers.get("if-match"))
-    await store.delete_run(runId, if_match=if_match)
+    if_match = await _resolve_if_match(store, run_id, request.headers.get("if-match"))
+    await store.delete_run(run_id, if_match=if_match)
     return Response(status_code=204)
 
 
@@ -261,8 +290,8 @@ async def list_runs(
         list[Annotated[str, Query(pattern=STATUS_PATTERN)]] | None,
         Query(description="Only runs with this status; repeat for several."),
     ] = None,
-    startedAfter: Millis = None,  # noqa: N803
-    startedBefore: Millis = None,  # noqa: N803
+    startedAfter: Millis = None,
+    startedBefore: Millis = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[
         str | None, Query(max_length=1000, description="nextCursor of the previous page.")
@@ -278,7 +307,9 @@ async def list_runs(
             raise ProblemError(
                 "invalid-fields",
                 "The cursor is not one this store issued; pass nextCursor unchanged.",
-                errors=[{"path": "query.cursor", "message": "not a valid cursor", "type": "cursor"}],
+                errors=[
+                    {"path": "query.cursor", "message": "not a valid cursor", "type": "cursor"}
+                ],
             ) from None
     page = await _store(request).list_runs(
         RunQuery(
@@ -289,9 +320,7 @@ async def list_runs(
             cursor=decoded,
         )
     )
-    next_cursor = (
-        "null" if page.next_cursor is None else f'"{encode_cursor(page.next_cursor)}"'
-    )
+    next_cursor = "null" if page.next_cursor is None else f'"{encode_cursor(page.next_cursor)}"'
     return Response(
         f'{{"runs":[{",".join(page.summaries)}],"nextCursor":{next_cursor}}}'.encode(),
         media_type=JSON,
@@ -306,17 +335,15 @@ async def list_runs(
 )
 async def delete_runs(
     request: Request,
-    completedBefore: Millis = None,  # noqa: N803
-    startedBefore: Millis = None,  # noqa: N803
+    completedBefore: Millis = None,
+    startedBefore: Millis = None,
 ) -> Response:
     """Delete every run that matches all the given bounds; needs the admin scope."""
     if completedBefore is None and startedBefore is None:
         raise ProblemError(
             "invalid-fields",
             "Say which runs to delete: completedBefore and/or startedBefore (ms).",
-            errors=[
-                {"path": "query.completedBefore", "message": "is required", "type": "missing"}
-            ],
+            errors=[{"path": "query.completedBefore", "message": "is required", "type": "missing"}],
         )
     deleted = await _store(request).delete_runs(
         completed_before=completedBefore, started_before=startedBefore
