@@ -72,6 +72,9 @@ def migrate(connection: sqlite3.Connection) -> None:
     mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL (journal_mode={mode})")
+    if connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        # Nothing to do, so nothing written: a read-only database still opens and serves reads.
+        return
     connection.execute("BEGIN IMMEDIATE")
     try:
         version = connection.execute("PRAGMA user_version").fetchone()[0]
