@@ -110,18 +110,24 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         port: int = 0,
         args: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.db = str(db) if db is not None else None
         self.extra_env = dict(env or {})
         self.port = port
         self.args = args
+        # A command the server runs under, such as setpriv to drop a capability.
+        self.prefix = prefix
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
         self.output: list[str] = []
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         env = {**os.environ, "RUNSTORE_ACCESS_LOG": "false", **self.extra_env}
-        command = [sys.executable, "-m", "runstore.service", "serve", "--port", str(self.port)]
+        command = [
+            *self.prefix,
+            *(sys.executable, "-m", "runstore.service", "serve", "--port", str(self.port)),
+        ]
         if self.db is not None:
             command += ["--db", self.db]
         command += list(self.args)
