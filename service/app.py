@@ -1,4 +1,5 @@
-"""The application factory: ``create_app(settings)`` builds the app; its lifespan opens the store."""
+"""The application factory: ``create_app(settings)`` builds the app; its lifespan opens
+the store."""
 
 from __future__ import annotations
 

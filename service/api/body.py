@@ -120,16 +120,16 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json_body(request: Request, *, limit: int, timeout: float) -> Any:
+async def read_json_body(request: Request, *, limit: int, seconds: float) -> Any:
     """The parsed JSON body, or ProblemError 408/413/415/400."""
     _check_media_type(request)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             raw = await _read_limited(request, limit)
     except TimeoutError:
         raise ProblemError(
             "request-timeout",
-            f"The body did not arrive within {timeout:g} seconds.",
+            f"The body did not arrive within {seconds:g} seconds.",
             headers={"Connection": "close"},
         ) from None
     except ClientDisconnect:

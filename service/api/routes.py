@@ -10,8 +10,9 @@ import json
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request
-from runstore.client._models import MAX_INT, RUN_ID_PATTERN, RUN_ID_RE, STATUS_PATTERN
 from starlette.responses import Response
+
+from runstore.client._models import MAX_INT, RUN_ID_PATTERN, RUN_ID_RE, STATUS_PATTERN
 
 from ..config import Settings
 from ..errors import PreconditionFailed
@@ -139,7 +140,7 @@ async def patch_run(request: Request) -> Response:
     run_id = _run_id(request)
     settings = _settings(request)
     body = await read_json_body(
-        request, limit=settings.max_body_bytes, timeout=settings.body_timeout
+        request, limit=settings.max_body_bytes, seconds=settings.body_timeout
     )
     _check_body_run_id(body, run_id)
     patch = patch_record(body)
@@ -176,7 +177,7 @@ async def put_run(request: Request) -> Response:
     run_id = _run_id(request)
     settings = _settings(request)
     body = await read_json_body(
-        request, limit=settings.max_body_bytes, timeout=settings.body_timeout
+        request, limit=settings.max_body_bytes, seconds=settings.body_timeout
     )
     _check_body_run_id(body, run_id)
     record = snapshot_record(body)

@@ -61,7 +61,7 @@ class Cursor:
 
 @dataclass(frozen=True, slots=True)
 class RunQuery:
-    """Filters of ``GET /runs``; runs come newest ``startedAt`` first, ties by ``runId`` descending."""
+    """Filters of ``GET /runs``: newest ``startedAt`` first, ties by ``runId`` descending."""
 
     statuses: tuple[str, ...] = ()
     started_after: int | None = None

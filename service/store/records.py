@@ -140,7 +140,9 @@ def _pydantic_errors(exc: ValidationError) -> list[FieldError]:
 def _common_checks(body: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(body, dict):
         kind = type(body).__name__ if body is not None else "null"
-        raise _invalid([_field_error((), f"must be a JSON object, not {kind}", "object_type")], what)
+        raise _invalid(
+            [_field_error((), f"must be a JSON object, not {kind}", "object_type")], what
+        )
     reserved = sorted(RESERVED_FIELDS & body.keys())
     if what == "patch":
         reserved = [name for name in reserved if name not in ("traceFrom", "historyFrom")]
@@ -199,7 +201,9 @@ def patch_record(body: Any) -> PatchRecord:
     ]
     if "trace" in patch and "traceFrom" not in patch:
         errors.append(
-            _field_error(("traceFrom",), "is required with trace: say where the steps go", "missing")
+            _field_error(
+                ("traceFrom",), "is required with trace: say where the steps go", "missing"
+            )
         )
     if "traceFrom" in patch and "trace" not in patch:
         errors.append(_field_error(("trace",), "is required with traceFrom", "missing"))
@@ -251,9 +255,7 @@ def merge_doc(doc: str, fields: Mapping[str, Any]) -> tuple[str, dict[str, Any]]
     return dump_json(merged), merged
 
 
-def render_snapshot(
-    doc: str, plan: str | None, trace: str, history: str | None
-) -> bytes:
+def render_snapshot(doc: str, plan: str | None, trace: str, history: str | None) -> bytes:
     """Splice the stored parts into the snapshot's JSON without parsing them.
 
     ``trace`` and ``history`` are the stored items joined by commas.

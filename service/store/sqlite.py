@@ -72,7 +72,10 @@ def _write_items(
 
 
 def _put(
-    record: SnapshotRecord, if_match: int | None, if_none_match: bool, connection: sqlite3.Connection
+    record: SnapshotRecord,
+    if_match: int | None,
+    if_none_match: bool,
+    connection: sqlite3.Connection,
 ) -> WriteResult:
     run_id = record.run_id
     row = connection.execute(
@@ -120,9 +123,7 @@ def _put(
         "WHERE run_id = ?",
         values,
     )
-    _write_items(
-        connection, _UPSERT_STEPS, "steps", run_id, 0, record.trace, stored_trace_length
-    )
+    _write_items(connection, _UPSERT_STEPS, "steps", run_id, 0, record.trace, stored_trace_length)
     _write_items(
         connection,
         _UPSERT_TURNS,

@@ -127,43 +127,53 @@ class WriterThread(threading.Thread):
     def _commit(self, connection: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
         try:
             return _run_batch(connection, batch)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, _OpFailed) as exc:
             _rollback(connection)
             if len(batch) == 1:
-                return [(batch[0][1], None, storage_error(exc))]
-            # One write's storage error may have undone the whole transaction; give every
-            # write its own so that the others are judged on their own.
-            log.warning("group commit of %d writes failed (%s); retrying one by one", len(batch), exc)
+                return [(batch[0][1], None, _failure(exc))]
+            # One write's failure may have undone the whole transaction; give every write its
+            # own so that the others are judged on their own.
+            log.warning(
+                "group commit of %d writes failed (%s); retrying one by one", len(batch), exc
+            )
             outcomes: list[_Outcome] = []
             for item in batch:
                 try:
                     outcomes += _run_batch(connection, [item])
-                except sqlite3.Error as single_exc:
+                except (sqlite3.Error, _OpFailed) as single_exc:
                     _rollback(connection)
-                    outcomes.append((item[1], None, storage_error(single_exc)))
+                    outcomes.append((item[1], None, _failure(single_exc)))
             return outcomes
 
 
+def _failure(exc: Exception) -> BaseException:
+    if isinstance(exc, _OpFailed):
+        cause = exc.__cause__
+        log.error("a write failed", exc_info=cause)
+        return cause if cause is not None else exc
+    assert isinstance(exc, sqlite3.Error)
+    return storage_error(exc)
+
+
+class _OpFailed(Exception):
+    """An op raised something other than a StoreError, possibly after writing: undo the batch."""
+
+
 def _run_batch(connection: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
+    # Ops check everything before they write (a StoreError leaves nothing behind), so the
+    # batch needs no savepoint per op: that keeps a write to a few statements.
     outcomes: list[_Outcome] = []
     connection.execute("BEGIN IMMEDIATE")
     for op, sink in batch:
-        connection.execute("SAVEPOINT write")
         try:
             result = op(connection)
         except StoreError as exc:
-            connection.execute("ROLLBACK TO write")
-            connection.execute("RELEASE write")
             outcomes.append((sink, None, exc))
         except sqlite3.Error:
             raise
-        except Exception as exc:  # a bug in one write must not take the others down
-            log.exception("write failed")
-            connection.execute("ROLLBACK TO write")
-            connection.execute("RELEASE write")
-            outcomes.append((sink, None, exc))
+        except Exception as exc:
+            raise _OpFailed() from exc
         else:
-            connection.execute("RELEASE write")
             outcomes.append((sink, result, None))
     connection.execute("COMMIT")
     return outcomes
@@ -199,7 +209,9 @@ def _settle_all(items: list[_Outcome]) -> None:
         _settle(sink[1], result, error)
 
 
-def _settle(future: Future[Any] | asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _settle(
+    future: Future[Any] | asyncio.Future[Any], result: Any, error: BaseException | None
+) -> None:
     if future.done():  # an asyncio waiter that was cancelled
         return
     if error is not None:
