@@ -12,6 +12,7 @@ import httpx
 from ._http import (
     DEFAULT_TIMEOUT,
     Failure,
+    UrlCache,
     ack_of,
     base_headers,
     check,
@@ -67,6 +68,7 @@ class AsyncRunStoreClient:
         self._http = httpx.AsyncClient(
             base_url=base_url, headers=base_headers(token), timeout=timeout, transport=transport
         )
+        self._urls = UrlCache(self._http.base_url)
 
     @property
     def base_url(self) -> httpx.URL:
@@ -103,7 +105,7 @@ class AsyncRunStoreClient:
         while True:
             try:
                 response = await self._http.request(
-                    method, url, content=content, headers=headers, params=params
+                    method, self._urls[url], content=content, headers=headers, params=params
                 )
             except RETRYABLE_TRANSPORT_ERRORS as exc:
                 failure = Failure.of_exception(exc)

@@ -21,6 +21,7 @@ from ._wire import StoredSnapshot, Write, WriteAck
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Failure",
+    "UrlCache",
     "ack_of",
     "base_headers",
     "check",
@@ -157,6 +158,27 @@ def page_of(response: httpx.Response) -> tuple[list[RunSummary], str | None]:
 def write_request(write: Write) -> tuple[str, bytes, dict[str, str]]:
     """Method, body and headers of a ledger's write."""
     return write.method, write.body(), write_headers(write.if_match)
+
+
+class UrlCache:
+    """Absolute URLs by path under one base URL.
+
+    httpx parses a relative URL and merges it with the base on every request, which costs more
+    than the rest of building a step's request; a run's URL is the same at every step.
+    """
+
+    def __init__(self, base_url: httpx.URL, capacity: int = 4096) -> None:
+        self._base = str(base_url).rstrip("/")
+        self._urls: dict[str, httpx.URL] = {}
+        self._capacity = capacity
+
+    def __getitem__(self, path: str) -> httpx.URL:
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) >= self._capacity:
+                self._urls.clear()
+            url = self._urls[path] = httpx.URL(self._base + path)
+        return url
 
 
 @dataclass(frozen=True, slots=True)
