@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .store import RunStore
+    from .store.importer import ImportReport
 
 __all__ = ["main"]
 
@@ -27,13 +32,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _database_problem(settings: Settings) -> str | None:
-    """One line saying what keeps the SQLite store from opening, and what to do; None if it opens.
+    """One line saying what keeps the store from opening, and what to do; None if it opens.
 
     Opening runs the same checks the server runs (``PRAGMA quick_check``, the schema version),
     but here a failure is a message and an exit status instead of a traceback from the lifespan.
     """
     if settings.database_url is not None:
-        return None
+        return _postgres_problem(settings.database_url.get_secret_value())
     from .store.sqlite import SQLiteEngine
     from .store.sqlite_schema import CorruptDatabase
 
@@ -50,6 +55,26 @@ def _database_problem(settings: Settings) -> str | None:
             f"runstore: cannot open the database {settings.db}: {exc}. Check --db (RUNSTORE_DB) "
             "and that the file and its directory are readable and writable."
         )
+    return None
+
+
+def _postgres_problem(url: str) -> str | None:
+    """The PostgreSQL side of :func:`_database_problem`: wait for the database (as long as the
+    store's start-up timeout) and create or migrate the schema, as the server will."""
+    try:
+        from .store.postgres import PostgresStore
+    except ImportError:
+        return "runstore: PostgreSQL needs psycopg: pip install 'runstore[server,postgres]'"
+    from .errors import StorageUnavailable
+
+    async def open_and_close() -> None:
+        async with PostgresStore(url, min_connections=1, max_connections=1):
+            pass
+
+    try:
+        asyncio.run(open_and_close())
+    except StorageUnavailable as exc:
+        return f"runstore: {exc.detail} Check --database-url (RUNSTORE_DATABASE_URL)."
     return None
 
 
@@ -89,17 +114,63 @@ def _import(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if settings.database_url is not None:
-        print(
-            "runstore import writes to a SQLite store; unset RUNSTORE_DATABASE_URL.",
-            file=sys.stderr,
-        )
-        return 2
+        return _import_into_postgres(args.source, settings.database_url.get_secret_value())
     with SQLiteEngine(settings.db) as engine:
         report = import_legacy(args.source, engine)
-    print(f"{args.source} -> {settings.db}: {report.summary()}")
+    return _import_report(f"{args.source} -> {settings.db}", report)
+
+
+def _import_report(what: str, report: ImportReport) -> int:
+    print(f"{what}: {report.summary()}")
     for run_id, reason in report.invalid:
         print(f"  not imported: {run_id}: {reason}", file=sys.stderr)
     return 1 if report.invalid else 0
+
+
+def _import_into_postgres(source: str, url: str) -> int:
+    from .errors import StorageUnavailable
+    from .store.postgres import PostgresStore
+
+    store = PostgresStore(url)
+    try:
+        report = asyncio.run(_import_into(source, store))
+    except StorageUnavailable as exc:
+        print(f"runstore import: {exc.detail}", file=sys.stderr)
+        return 1
+    return _import_report(f"{source} -> PostgreSQL at {store.target}", report)
+
+
+async def _import_into(source: str, store: RunStore) -> ImportReport:
+    """``import_legacy`` on any open-able RunStore: the same rules, run by run (a run stored
+    with the same content is left alone; one that has gone further is kept)."""
+    import json
+
+    from .errors import InvalidRun, StaleWrite
+    from .store.importer import ImportReport, legacy_snapshots
+    from .store.records import snapshot_record
+
+    report = ImportReport()
+    async with store:
+        for run_id, snapshot in legacy_snapshots(source):
+            if isinstance(snapshot, ValueError):
+                report.invalid.append((run_id, str(snapshot)))
+                continue
+            try:
+                record = snapshot_record(snapshot)
+            except InvalidRun as exc:
+                report.invalid.append((run_id, exc.detail))
+                continue
+            stored = await store.get_run(record.run_id)
+            if stored is not None and json.loads(stored.body) == snapshot:
+                report.unchanged += 1
+                continue
+            try:
+                await store.put_run(record)
+            except StaleWrite:
+                report.kept_newer += 1
+            else:
+                report.imported += 1
+    return report
 
 
 def _backup(args: argparse.Namespace) -> int:
@@ -143,6 +214,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     import_.add_argument("source", help="SQLite file with an agent_runs table")
     import_.add_argument("--db", help="store to import into (RUNSTORE_DB, default ./runs.db)")
+    import_.add_argument(
+        "--database-url",
+        help="postgresql://... to import into PostgreSQL instead (RUNSTORE_DATABASE_URL)",
+    )
     import_.set_defaults(handler=_import)
 
     backup = commands.add_parser(
