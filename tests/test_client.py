@@ -13,6 +13,18 @@ import anyio.to_thread
 import httpx
 import pytest
 from pydantic import SecretStr
+from test_client_support import (
+    BASE_URL,
+    HTTP_MODES,
+    Blocking,
+    Rig,
+    agent_snapshot,
+    client_rig,
+    collect_runs,
+    take_step,
+    wire,
+)
+
 from runstore.client import (
     AsyncPersistence,
     AsyncRunStoreClient,
@@ -37,17 +49,6 @@ from runstore.client import (
 )
 from runstore.client._retry import parse_retry_after, retry_policy
 from runstore.service import Settings
-from test_client_support import (
-    BASE_URL,
-    HTTP_MODES,
-    Blocking,
-    Rig,
-    agent_snapshot,
-    client_rig,
-    collect_runs,
-    take_step,
-    wire,
-)
 
 anyio_mark = pytest.mark.anyio
 

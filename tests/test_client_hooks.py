@@ -8,14 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from runstore.client import (
-    InvalidRun,
-    PreconditionFailed,
-    RunSnapshot,
-    StaleWrite,
-    StoreUnavailable,
-)
-from runstore.service import Settings
 from test_client_support import (
     HTTP_MODES,
     MODES,
@@ -26,6 +18,15 @@ from test_client_support import (
     take_step,
     wire,
 )
+
+from runstore.client import (
+    InvalidRun,
+    PreconditionFailed,
+    RunSnapshot,
+    StaleWrite,
+    StoreUnavailable,
+)
+from runstore.service import Settings
 
 pytestmark = pytest.mark.anyio
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-from runstore.client import AsyncRunStoreClient, RetryPolicy, RunStoreClient
 from support import ServerProcess
 from test_client_support import agent_snapshot, finish, take_step, wire
+
+from runstore.client import AsyncRunStoreClient, RetryPolicy, RunStoreClient
 
 pytestmark = pytest.mark.server
 

@@ -22,6 +22,9 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 import httpx
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from support import in_process_app
+
 from runstore.client import (
     AsyncRunStoreClient,
     RetryPolicy,
@@ -29,8 +32,6 @@ from runstore.client import (
     embedded_persistence,
 )
 from runstore.service import Settings
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from support import in_process_app
 
 MODES = ("sync", "async", "embedded")
 HTTP_MODES = ("sync", "async")

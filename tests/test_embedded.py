@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_client_support import agent_snapshot, finish, take_step, wire
+
 from runstore.client import (
     EmbeddedStore,
     RunPersistence,
     StoreUnavailable,
     embedded_persistence,
 )
-from test_client_support import agent_snapshot, finish, take_step, wire
 
 BLOCKED = ("fastapi", "starlette", "uvicorn", "pydantic_settings")
 
