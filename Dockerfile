@@ -6,8 +6,11 @@
 # BASE_IMAGE must provide python3 (3.11 or newer) with the venv module and pip; every stage
 # starts from it, so a stand-in (scripts/container-test builds one from Debian) can replace it.
 ARG BASE_IMAGE=python:3.12-slim
+# Extras of the runstore package to install: the server, and the PostgreSQL backend so that one
+# image serves either store (RUNSTORE_DATABASE_URL picks PostgreSQL).
+ARG RUNSTORE_EXTRAS=server,postgres
 
-# --- build: wheels of runstore and everything its server extra needs --------------------------
+# --- build: wheels of runstore and of everything its extras need --------------------------------
 FROM ${BASE_IMAGE} AS build
 
 # Package index settings for this stage only (a mirror, a proxy's CA bundle); the runtime stage
@@ -17,6 +20,7 @@ ARG PIP_EXTRA_INDEX_URL
 ARG PIP_TRUSTED_HOST
 ARG PIP_FIND_LINKS
 ARG PIP_CERT
+ARG RUNSTORE_EXTRAS
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -27,10 +31,11 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY client ./client
 RUN python3 -m venv /opt/build \
- && /opt/build/bin/python -m pip wheel --wheel-dir /wheels ".[server]"
+ && /opt/build/bin/python -m pip wheel --wheel-dir /wheels ".[${RUNSTORE_EXTRAS}]"
 
 # --- runtime: a virtual environment installed from those wheels, no compilers, no pip cache ------
 FROM ${BASE_IMAGE} AS runtime
+ARG RUNSTORE_EXTRAS
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -41,7 +46,7 @@ ENV PYTHONUNBUFFERED=1 \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python3 -m venv /opt/runstore \
  && /opt/runstore/bin/python -m pip install --no-index --no-cache-dir --no-compile \
-        --disable-pip-version-check --find-links=/wheels "runstore[server]" \
+        --disable-pip-version-check --find-links=/wheels "runstore[${RUNSTORE_EXTRAS}]" \
  && /opt/runstore/bin/python -m pip uninstall --yes --disable-pip-version-check setuptools pip \
  && find /opt/runstore -depth -name __pycache__ -type d -exec rm -rf {} + \
  && groupadd --system --gid 10001 runstore \
@@ -69,5 +74,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/opt/runstore/bin/python", "-c", "import os, urllib.request as r; h = os.environ.get('RUNSTORE_HOST', '0.0.0.0'); h = '127.0.0.1' if h in ('', '0.0.0.0', '::', '[::]') else h; h = '[' + h + ']' if ':' in h and not h.startswith('[') else h; r.urlopen('http://%s:%s/healthz' % (h, os.environ.get('RUNSTORE_PORT', '8000')), timeout=4)"]
 
 # Exec form: the server is PID 1 and gets SIGTERM itself, drains requests and closes the store.
-# Arguments after the image name are passed to `runstore serve` (e.g. --port 9000).
+# Arguments after the image name go to `runstore serve`; prefer RUNSTORE_* variables for the
+# address and port, which the healthcheck reads too.
 ENTRYPOINT ["/opt/runstore/bin/runstore", "serve"]
