@@ -11,10 +11,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from runstore.client._models import RunPatch, RunSnapshot
+from runstore.client._models import REQUIRED_FIELDS, RunPatch, RunSnapshot
 
 from .api.auth import BearerAuth
-from .api.problems import install_problem_handlers
+from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from .api.routes import router
 from .config import Settings, is_loopback
 from .store import RunStore, open_store
@@ -87,6 +87,9 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
         for name, definition in model_schema.pop("$defs", {}).items():
             schemas.setdefault(name, definition)
         schemas[model.__name__] = model_schema
+    # The Python model defaults some fields for convenience; on the wire PUT needs them all.
+    schemas[RunSnapshot.__name__]["required"] = sorted(REQUIRED_FIELDS)
+    _problems_as_problem_json(schema)
     components["securitySchemes"] = {
         "bearer": {
             "type": "http",
@@ -97,3 +100,16 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
     schema["security"] = [{"bearer": []}, {}]
     app.openapi_schema = schema
     return schema
+
+
+def _problems_as_problem_json(schema: dict[str, Any]) -> None:
+    """Document error bodies under application/problem+json, the type they are sent with.
+
+    FastAPI puts a response ``model`` under the route's media type (application/json).
+    """
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if PROBLEM_MEDIA_TYPE in content and "application/json" in content:
+                    content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
