@@ -1,0 +1,164 @@
+"""openapi.json: committed, equal to what the app serves, and documenting every status code."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from runstore.client._models import OPTIONAL_FIELDS, REQUIRED_FIELDS
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = ROOT / "openapi.json"
+PROBLEM = "application/problem+json"
+
+# Every operation of the contract and the statuses it can answer (405 belongs to no operation;
+# 500 should never happen). 401/403 come from auth, 408/413/415 from reading a body, 400 from a
+# body or a conditional header, 422 from fields, path or query, 503 from the storage.
+STATUSES: dict[tuple[str, str], set[int]] = {
+    ("/runs/{runId}", "put"): {200, 201, 400, 401, 403, 408, 409, 412, 413, 415, 422, 503},
+    ("/runs/{runId}", "patch"): {200, 400, 401, 403, 404, 408, 409, 412, 413, 415, 422, 503},
+    ("/runs/{runId}", "get"): {200, 304, 400, 401, 403, 404, 422, 503},
+    ("/runs/{runId}", "head"): {200, 304, 400, 401, 403, 404, 422, 503},
+    ("/runs/{runId}", "delete"): {204, 400, 401, 403, 404, 412, 422, 503},
+    ("/runs", "get"): {200, 401, 403, 422, 503},
+    ("/runs", "delete"): {200, 401, 403, 422, 503},
+    ("/healthz", "get"): {200},
+    ("/readyz", "get"): {200, 401, 403, 503},
+}
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def load_generator() -> ModuleType:
+    """scripts/generate_openapi.py, loaded from its path (scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location(
+        "generate_openapi", ROOT / "scripts" / "generate_openapi.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def committed() -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(COMMITTED.read_text())
+    return document
+
+
+def operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (path, method): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    }
+
+
+def test_openapi_json_is_what_the_generator_renders() -> None:
+    rendered = load_generator().render()
+
+    assert COMMITTED.read_text() == rendered, "openapi.json is out of date: run make openapi"
+
+
+@pytest.mark.anyio
+async def test_openapi_json_is_what_the_app_serves(
+    client: httpx.AsyncClient, committed: dict[str, Any]
+) -> None:
+    response = await client.get("/openapi.json")
+
+    assert response.status_code == 200
+    assert response.json() == committed
+
+
+def test_every_operation_of_the_contract_is_documented_and_nothing_else(
+    committed: dict[str, Any],
+) -> None:
+    assert set(operations(committed)) == set(STATUSES)
+
+
+@pytest.mark.parametrize(("path", "method"), sorted(STATUSES))
+def test_every_status_an_operation_can_answer_is_documented(
+    committed: dict[str, Any], path: str, method: str
+) -> None:
+    responses = operations(committed)[path, method]["responses"]
+
+    documented = {int(status) for status in responses}
+    assert STATUSES[path, method] <= documented, sorted(STATUSES[path, method] - documented)
+    for status, response in responses.items():
+        if int(status) >= 400:
+            schema = response["content"][PROBLEM]["schema"]
+            assert schema == {"$ref": "#/components/schemas/Problem"}, (status, schema)
+
+
+def schema_of(document: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
+    ref: str = content["application/json"]["schema"]["$ref"]
+    schema: dict[str, Any] = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return schema
+
+
+def test_put_takes_a_snapshot_with_the_contract_field_names(committed: dict[str, Any]) -> None:
+    body = operations(committed)["/runs/{runId}", "put"]["requestBody"]
+
+    snapshot = schema_of(committed, body["content"])
+
+    assert body["required"] is True
+    assert set(snapshot["required"]) == REQUIRED_FIELDS
+    assert set(snapshot["properties"]) == REQUIRED_FIELDS | OPTIONAL_FIELDS
+    assert snapshot.get("additionalProperties", True) is not False
+
+
+def test_patch_takes_any_subset_plus_where_appends_start(committed: dict[str, Any]) -> None:
+    body = operations(committed)["/runs/{runId}", "patch"]["requestBody"]
+
+    patch = schema_of(committed, body["content"])
+
+    assert not patch.get("required")
+    assert set(patch["properties"]) == REQUIRED_FIELDS | OPTIONAL_FIELDS | {
+        "traceFrom",
+        "historyFrom",
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "headers"),
+    [
+        ("/runs/{runId}", "put", {"If-Match", "If-None-Match"}),
+        ("/runs/{runId}", "patch", {"If-Match"}),
+        ("/runs/{runId}", "delete", {"If-Match"}),
+        ("/runs/{runId}", "get", {"If-None-Match"}),
+        ("/runs/{runId}", "head", {"If-None-Match"}),
+    ],
+)
+def test_conditional_headers_are_documented(
+    committed: dict[str, Any], path: str, method: str, headers: set[str]
+) -> None:
+    parameters = operations(committed)[path, method]["parameters"]
+
+    documented = {p["name"] for p in parameters if p["in"] == "header"}
+    assert headers <= documented
+    assert {p["name"] for p in parameters if p["in"] == "path"} == {"runId"}
+
+
+def test_list_parameters_are_documented(committed: dict[str, Any]) -> None:
+    parameters = operations(committed)["/runs", "get"]["parameters"]
+
+    assert {p["name"] for p in parameters if p["in"] == "query"} == {
+        "status",
+        "startedAfter",
+        "startedBefore",
+        "limit",
+        "cursor",
+    }
+
+
+def test_bearer_auth_is_documented(committed: dict[str, Any]) -> None:
+    schemes = committed["components"]["securitySchemes"]
+
+    assert {"type": "http", "scheme": "bearer"}.items() <= schemes["bearer"].items()
