@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -28,7 +30,32 @@ def _settings(args: argparse.Namespace) -> Settings:
         for name in ("db", "host", "port", "database_url")
         if (value := getattr(args, name, None)) is not None
     }
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        # A bad flag or RUNSTORE_* variable is a usage error: one line each, no traceback.
+        for error in exc.errors(include_url=False):
+            name = ".".join(str(part) for part in error["loc"])
+            print(
+                f"runstore: invalid setting {name} (RUNSTORE_{name.upper()} or "
+                f"--{name.replace('_', '-')}): {error['msg']}",
+                file=sys.stderr,
+            )
+        raise SystemExit(2) from None
+
+
+def _source_problem(source: str) -> str | None:
+    """One line saying why ``source`` cannot be imported from, or None if its table reads."""
+    from .store.importer import legacy_snapshots
+
+    try:
+        next(iter(legacy_snapshots(source)), None)
+    except sqlite3.Error as exc:
+        return (
+            f"runstore import: cannot read {source}: {exc}. It must be a SQLite file with the "
+            "agent_runs table that makeSqlitePersistence writes."
+        )
+    return None
 
 
 def _database_problem(settings: Settings) -> str | None:
@@ -113,6 +140,10 @@ def _import(args: argparse.Namespace) -> int:
     from .store.sqlite import SQLiteEngine
 
     settings = _settings(args)
+    problem = _source_problem(args.source)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 1
     if settings.database_url is not None:
         return _import_into_postgres(args.source, settings.database_url.get_secret_value())
     with SQLiteEngine(settings.db) as engine:
