@@ -59,14 +59,14 @@ FILLER = (
 # ---------------------------------------------------------------- the agent
 
 
-def run_id(worker: int, run: int) -> str:
-    return f"bench-{worker}-{run}"
+# Run ids differ between invocations, so a store that outlives one (--url, PostgreSQL) is fine.
+INVOCATION = f"{int(time.time())}-{os.getpid()}"
 
 
-def new_run(worker: int, run: int) -> dict[str, Any]:
+def new_run(worker: int, run: int, invocation: str = INVOCATION) -> dict[str, Any]:
     question = f"Question {worker}.{run}: compare three suppliers on price and delivery."
     return {
-        "runId": run_id(worker, run),
+        "runId": f"bench-{invocation}-{worker}-{run}",
         "status": "running",
         "startedAt": 1_700_000_000_000 + 1_000 * worker + run,
         "input": question,
@@ -107,9 +107,9 @@ def finish(snapshot: dict[str, Any]) -> None:
     )
 
 
-def final_snapshot(worker: int, run: int, steps: int) -> dict[str, Any]:
+def final_snapshot(worker: int, run: int, steps: int, invocation: str) -> dict[str, Any]:
     """What the agent holds at the end: the bench rebuilds it to check what was stored."""
-    snapshot = new_run(worker, run)
+    snapshot = new_run(worker, run, invocation)
     for _ in range(steps):
         take_step(snapshot)
     finish(snapshot)
@@ -226,7 +226,14 @@ def open_hooks(target: str, where: str) -> Hooks:
 
 
 def agent_process(
-    target: str, where: str, worker: int, runs: int, steps: int, barrier: Barrier, results: Any
+    target: str,
+    where: str,
+    invocation: str,
+    worker: int,
+    runs: int,
+    steps: int,
+    barrier: Barrier,
+    results: Any,
 ) -> None:
     tenth = max(1, steps // 10)
     result = WorkerResult(0.0, 0.0, [], [], [])
@@ -236,7 +243,7 @@ def agent_process(
         result.started = time.monotonic()
         clock = time.perf_counter
         for run in range(runs):
-            snapshot = new_run(worker, run)
+            snapshot = new_run(worker, run, invocation)
             began = clock()
             hooks.on_run_start(snapshot)
             result.hooks.append(clock() - began)
@@ -302,7 +309,8 @@ def measure(
     results = context.Queue()
     workers = [
         context.Process(
-            target=agent_process, args=(target, where, n, runs, steps, barrier, results)
+            target=agent_process,
+            args=(target, where, INVOCATION, n, runs, steps, barrier, results),
         )
         for n in range(processes)
     ]
@@ -326,7 +334,7 @@ def measure(
     wrong = 0
     for worker in range(processes):
         for run in range(runs):
-            expected = final_snapshot(worker, run, steps)
+            expected = final_snapshot(worker, run, steps, INVOCATION)
             if read_back(expected["runId"]) != expected:
                 wrong += 1
     early_ms = statistics.median(early) * 1000 if early else float("nan")
