@@ -13,8 +13,9 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from runstore.service import Settings
 from support import ServerProcess, in_process_app
+
+from runstore.service import Settings
 
 
 @pytest.fixture

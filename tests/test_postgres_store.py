@@ -16,12 +16,13 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from support import make_snapshot
+
 from runstore.service.errors import StorageUnavailable
 from runstore.service.store import RunQuery, RunStore, SQLiteStore
 from runstore.service.store.postgres import PostgresStore
 from runstore.service.store.postgres_schema import SCHEMA_VERSION
 from runstore.service.store.records import patch_record, snapshot_record
-from support import make_snapshot
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
