@@ -55,7 +55,9 @@ _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 # Fields whose value is kept outside ``doc``.
 _SPLIT_FIELDS: Final = frozenset({"trace", "history", "plan"})
-_NOT_NULLABLE: Final = REQUIRED_FIELDS - {"runId"}
+# What a PATCH may not set to null: only optional fields can be cleared ("traceFrom": null
+# reached the store as a missing number, "runId": null was stored as the run's id).
+_NOT_NULLABLE: Final = REQUIRED_FIELDS | {"traceFrom", "historyFrom"}
 
 
 def dump_json(value: Any) -> str:
