@@ -281,6 +281,16 @@ def patch_cases() -> Iterator[Case]:
     yield Case("PATCH-shorten-trace", patch({"trace": [], "traceFrom": 1}), 409, "stale-write")
     yield Case("PATCH-unfinish", patch({"completedAt": None}, "finished"), 409, "stale-write")
     yield Case("PATCH-null-required", patch({"status": None}), 422, "invalid-fields")
+    yield Case("PATCH-null-run-id", patch({"runId": None}), 422, "invalid-fields")
+    yield Case(
+        "PATCH-null-trace-from", patch({"trace": [], "traceFrom": None}), 422, "invalid-fields"
+    )
+    yield Case(
+        "PATCH-null-history-from",
+        patch({"history": [], "historyFrom": None}),
+        422,
+        "invalid-fields",
+    )
     yield Case("PATCH-absent-run", patch({"status": "failed"}, "absent"), 404, "not-found")
 
 
