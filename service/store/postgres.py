@@ -4,7 +4,9 @@ Every write is one short transaction on a pooled connection. It locks the run's 
 (``SELECT ... FOR UPDATE``), judges the write against what the database holds (version,
 stale-write rule, preconditions, gaps), then writes the row and only the items that changed in
 one statement. No replica trusts its memory: versions and trace lengths are the locked row's, so
-two replicas racing on one run take turns and neither loses the other's update.
+two replicas racing on one run take turns and neither loses the other's update. The
+transactions themselves are in :mod:`.postgres_writes`; this module runs them (and the reads)
+on pooled connections, with retries.
 
 Transient failures (a lost connection, a serialization failure or deadlock, an administrator's
 shutdown) are retried a bounded number of times within a deadline; past it the operation raises
@@ -30,17 +32,18 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..errors import PreconditionFailed, RunNotFound, StaleWrite, StorageUnavailable, TraceGap
+from ..errors import StorageUnavailable
+from . import postgres_writes as writes
 from .base import Cursor, RunPage, RunQuery, RunStore, StoredRun, WriteResult
 from .postgres_schema import migrate
-from .records import PatchRecord, SnapshotRecord, merge_doc, render_snapshot, render_summary
+from .postgres_writes import Connection
+from .records import PatchRecord, SnapshotRecord, render_snapshot, render_summary
 
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger("runstore.postgres")
 
 T = TypeVar("T")
-Connection = AsyncConnection[TupleRow]
 
 # Two cores serve both the replica and the database here: a few connections keep the database
 # busy and let concurrent commits share a WAL flush; more would only queue inside PostgreSQL.
@@ -66,79 +69,6 @@ _CONNECTION_OPTIONS: Final[dict[str, Any]] = {
 # A replica stopped in the middle of a transaction must not hold a run's lock for ever.
 _SESSION_SETUP: Final = "SET idle_in_transaction_session_timeout = '60s'"
 
-_NOW_MS: Final = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
-_XID: Final = "pg_current_xact_id()::text"
-
-_LOCK_FOR_PUT: Final = (
-    f"SELECT version, completed_at, trace_length, history_length, {_XID} FROM runs "
-    "WHERE run_id = %s FOR UPDATE"
-)
-_LOCK_FOR_PATCH: Final = (
-    "SELECT version, completed_at, trace_length, history_length, status, started_at, doc, "
-    f"{_XID} FROM runs WHERE run_id = %s FOR UPDATE"
-)
-
-# A new run and its items in one statement; nothing is written if another transaction created
-# the run first (the caller then locks that run and replaces it).
-_CREATE: Final = f"""
-WITH run AS (
-    INSERT INTO runs (run_id, status, started_at, completed_at, version, updated_at,
-                      trace_length, history_length, doc, plan)
-    VALUES (%(run_id)s, %(status)s, %(started_at)s, %(completed_at)s, 1, {_NOW_MS},
-            %(trace_length)s, %(history_length)s, %(doc)s, %(plan)s)
-    ON CONFLICT (run_id) DO NOTHING
-    RETURNING run_id
-), steps_written AS (
-    INSERT INTO steps (run_id, idx, item)
-    SELECT run.run_id, item.ord - 1, item.text
-    FROM run, unnest(%(trace)s::text[]) WITH ORDINALITY AS item (text, ord)
-), turns_written AS (
-    INSERT INTO turns (run_id, idx, item)
-    SELECT run.run_id, item.ord - 1, item.text
-    FROM run, unnest(%(history)s::text[]) WITH ORDINALITY AS item (text, ord)
-)
-SELECT {_XID} FROM run
-"""
-
-# An update of a locked run. Items from *_from on are upserted (unchanged ones are not
-# rewritten) and items from *_end on are cut. A NULL doc keeps the stored one, so a PATCH that
-# sends no field does not rewrite it: its cost stays that of what it sends.
-_UPDATE: Final = f"""
-WITH run AS (
-    UPDATE runs SET
-        status = %(status)s,
-        started_at = %(started_at)s,
-        completed_at = %(completed_at)s,
-        doc = coalesce(%(doc)s, doc),
-        plan = CASE WHEN %(set_plan)s THEN %(plan)s::text ELSE plan END,
-        trace_length = %(trace_length)s,
-        history_length = %(history_length)s,
-        updated_at = {_NOW_MS},
-        version = version + 1
-    WHERE run_id = %(run_id)s
-    RETURNING version
-), steps_written AS (
-    INSERT INTO steps (run_id, idx, item)
-    SELECT %(run_id)s, %(trace_from)s + item.ord - 1, item.text
-    FROM unnest(%(trace)s::text[]) WITH ORDINALITY AS item (text, ord)
-    ON CONFLICT (run_id, idx) DO UPDATE SET item = excluded.item
-    WHERE steps.item <> excluded.item
-), steps_cut AS (
-    DELETE FROM steps WHERE run_id = %(run_id)s AND idx >= %(trace_end)s
-), turns_written AS (
-    INSERT INTO turns (run_id, idx, item)
-    SELECT %(run_id)s, %(history_from)s + item.ord - 1, item.text
-    FROM unnest(%(history)s::text[]) WITH ORDINALITY AS item (text, ord)
-    ON CONFLICT (run_id, idx) DO UPDATE SET item = excluded.item
-    WHERE turns.item <> excluded.item
-), turns_cut AS (
-    DELETE FROM turns WHERE run_id = %(run_id)s AND idx >= %(history_end)s
-)
-SELECT version FROM run
-"""
-
-_DELETE: Final = f"DELETE FROM runs WHERE run_id = %s RETURNING version, {_XID}"
-
 _GET: Final = """
 SELECT version, doc, plan, history_length,
     (SELECT string_agg(item, ',' ORDER BY idx) FROM steps WHERE run_id = %(run_id)s),
@@ -147,17 +77,10 @@ FROM runs WHERE run_id = %(run_id)s
 """
 _VERSION: Final = "SELECT version FROM runs WHERE run_id = %s"
 _PROBE: Final = (
-    f"INSERT INTO probe (id, at) VALUES (1, {_NOW_MS}) "
+    f"INSERT INTO probe (id, at) VALUES (1, {writes.NOW_MS}) "
     "ON CONFLICT (id) DO UPDATE SET at = excluded.at RETURNING at"
 )
 _XACT_STATUS: Final = "SELECT pg_xact_status(%s::xid8)"
-
-
-def _check_version(stored: int, if_match: int | None) -> None:
-    if if_match is not None and if_match != stored:
-        raise PreconditionFailed(
-            f"The run is at version {stored}, not {if_match}; read it again before writing."
-        )
 
 
 def _connection_lost(exc: psycopg.Error) -> bool:
@@ -357,7 +280,7 @@ class PostgresStore(RunStore):
         pool = self._pool
         if pool is None or (self._pool_check is not None and not self._pool_check.done()):
             return
-        self._pool_check = asyncio.create_task(pool.check(), name="runstore-pool-check")
+        self._pool_check = asyncio.create_task(_check_pool(pool), name="runstore-pool-check")
 
     async def _commit_outcome(self, xid: str, until: float) -> bool | None:
         """Whether transaction ``xid`` committed: True, False, or None if it cannot be told
@@ -388,39 +311,22 @@ class PostgresStore(RunStore):
     async def put_run(
         self, record: SnapshotRecord, *, if_match: int | None = None, if_none_match: bool = False
     ) -> WriteResult:
-        return await self._write(lambda c: _put(c, record, if_match, if_none_match))
+        return await self._write(lambda c: writes.put_run(c, record, if_match, if_none_match))
 
     async def patch_run(
         self, run_id: str, patch: PatchRecord, *, if_match: int | None = None
     ) -> WriteResult:
-        return await self._write(lambda c: _patch(c, run_id, patch, if_match))
+        return await self._write(lambda c: writes.patch_run(c, run_id, patch, if_match))
 
     async def delete_run(self, run_id: str, *, if_match: int | None = None) -> None:
-        await self._write(lambda c: _delete(c, run_id, if_match))
+        await self._write(lambda c: writes.delete_run(c, run_id, if_match))
 
     async def delete_runs(
         self, *, completed_before: int | None = None, started_before: int | None = None
     ) -> int:
-        clauses: list[str] = []
-        params: list[int] = []
-        if completed_before is not None:
-            clauses.append("completed_at < %s")
-            params.append(completed_before)
-        if started_before is not None:
-            clauses.append("started_at < %s")
-            params.append(started_before)
-        if not clauses:
+        if completed_before is None and started_before is None:
             raise ValueError("delete_runs needs completed_before and/or started_before")
-        sql = (
-            f"WITH gone AS (DELETE FROM runs WHERE {' AND '.join(clauses)} RETURNING 1) "
-            f"SELECT count(*), {_XID} FROM gone"
-        )
-
-        async def op(connection: Connection) -> tuple[int, str]:
-            row = await _fetch_one(connection, sql, params)
-            return int(row[0]), str(row[1])
-
-        return await self._write(op)
+        return await self._write(lambda c: writes.delete_runs(c, completed_before, started_before))
 
     # Reads.
 
@@ -486,151 +392,17 @@ class PostgresStore(RunStore):
 
     async def check_ready(self) -> None:
         async def op(connection: Connection) -> None:
-            await _fetch_one(connection, _PROBE, ())
+            await writes.fetch_one(connection, _PROBE, ())
 
         await self._read(op, READY_DEADLINE)
 
 
+async def _check_pool(pool: AsyncConnectionPool[Connection]) -> None:
+    try:
+        await pool.check()
+    except Exception as exc:  # a closing pool, say: the next failure checks again
+        log.info("checking the pool's connections failed: %s", exc)
+
+
 async def _configure(connection: Connection) -> None:
     await connection.execute(_SESSION_SETUP)
-
-
-async def _fetch_one(connection: Connection, sql: str, params: Any) -> TupleRow:
-    cursor = await connection.execute(sql, params)
-    row = await cursor.fetchone()
-    assert row is not None
-    return row
-
-
-# The transactions. Each runs inside BEGIN ... COMMIT on a connection in pipeline mode, and
-# returns its result with the transaction id, which tells a lost COMMIT's outcome. A statement
-# whose answer decides what comes next is fetched at once; the final write is only queued, and
-# its errors surface when the pipeline ends, after COMMIT was sent (a failed statement makes
-# PostgreSQL refuse the COMMIT, so nothing half-done is kept).
-
-_CREATE_RACE_LIMIT: Final = 8
-
-
-async def _put(
-    connection: Connection, record: SnapshotRecord, if_match: int | None, if_none_match: bool
-) -> tuple[WriteResult, str]:
-    run_id = record.run_id
-    trace_length = len(record.trace)
-    history_length = None if record.history is None else len(record.history)
-    values: dict[str, Any] = {
-        "run_id": run_id,
-        "status": record.status,
-        "started_at": record.started_at,
-        "completed_at": record.completed_at,
-        "trace_length": trace_length,
-        "history_length": history_length,
-        "doc": record.doc,
-        "set_plan": True,
-        "plan": record.plan,
-        "trace": record.trace,
-        "trace_from": 0,
-        "trace_end": trace_length,
-        "history": record.history or [],
-        "history_from": 0,
-        "history_end": history_length or 0,
-    }
-    for _ in range(_CREATE_RACE_LIMIT):
-        cursor = await connection.execute(_LOCK_FOR_PUT, (run_id,))
-        row = await cursor.fetchone()
-        if row is not None:
-            break
-        if if_match is not None:
-            raise PreconditionFailed("The run does not exist, so no version can match If-Match.")
-        cursor = await connection.execute(_CREATE, values)
-        created = await cursor.fetchone()
-        if created is not None:
-            return WriteResult(run_id, 1, trace_length, created=True), str(created[0])
-        # Another transaction created the run after the lock found nothing: lock that one.
-    else:
-        raise psycopg.errors.SerializationFailure("the run was created and deleted repeatedly")
-    version, stored_completed_at, stored_trace_length, _, xid = row
-    if if_none_match:
-        raise PreconditionFailed("The run exists already (If-None-Match: *).")
-    _check_version(version, if_match)
-    if if_match is None:
-        if stored_completed_at is not None and record.completed_at is None:
-            raise StaleWrite("The run is finished; a write without completedAt would un-finish it.")
-        if trace_length < stored_trace_length:
-            raise StaleWrite(
-                f"The stored trace has {stored_trace_length} steps; this write has {trace_length}."
-            )
-    await connection.execute(_UPDATE, values)
-    # The row is locked: no other write can come between, so the new version is known.
-    return WriteResult(run_id, version + 1, trace_length), str(xid)
-
-
-async def _patch(
-    connection: Connection, run_id: str, patch: PatchRecord, if_match: int | None
-) -> tuple[WriteResult, str]:
-    cursor = await connection.execute(_LOCK_FOR_PATCH, (run_id,))
-    row = await cursor.fetchone()
-    if row is None:
-        raise RunNotFound(f"No run is stored under {run_id!r}; PUT it first.")
-    version, completed_at, trace_length, history_length, status, started_at, doc, xid = row
-    _check_version(version, if_match)
-    new_trace_length = trace_length
-    if patch.trace is not None:
-        if patch.trace_from > trace_length:
-            raise TraceGap(
-                f"traceFrom is {patch.trace_from} but the stored trace has {trace_length} steps."
-            )
-        new_trace_length = patch.trace_from + len(patch.trace)
-    new_history_length = history_length
-    if patch.history is not None:
-        if patch.history_from > (history_length or 0):
-            raise TraceGap(
-                f"historyFrom is {patch.history_from} but the stored history has "
-                f"{history_length or 0} turns."
-            )
-        new_history_length = patch.history_from + len(patch.history)
-    elif patch.clear_history:
-        new_history_length = None
-    if if_match is None:
-        if patch.clears_completed_at and completed_at is not None:
-            raise StaleWrite("The run is finished; clearing completedAt would un-finish it.")
-        if new_trace_length < trace_length:
-            raise StaleWrite(
-                f"The stored trace has {trace_length} steps; this write would leave "
-                f"{new_trace_length}."
-            )
-    new_doc: str | None = None
-    if patch.fields:
-        new_doc, merged = merge_doc(doc, patch.fields)
-        status, started_at = merged["status"], merged["startedAt"]
-        completed_at = merged.get("completedAt")
-    values: dict[str, Any] = {
-        "run_id": run_id,
-        "status": status,
-        "started_at": started_at,
-        "completed_at": completed_at,
-        "trace_length": new_trace_length,
-        "history_length": new_history_length,
-        "doc": new_doc,
-        "set_plan": patch.set_plan,
-        "plan": patch.plan,
-        "trace": patch.trace or [],
-        "trace_from": patch.trace_from if patch.trace is not None else 0,
-        # Without a trace in the patch this is the stored length, so nothing is cut.
-        "trace_end": new_trace_length,
-        "history": patch.history or [],
-        "history_from": patch.history_from if patch.history is not None else 0,
-        # Unless the patch changes the history, its new length is the stored one: nothing cut.
-        "history_end": new_history_length or 0,
-    }
-    await connection.execute(_UPDATE, values)
-    return WriteResult(run_id, version + 1, new_trace_length), str(xid)
-
-
-async def _delete(connection: Connection, run_id: str, if_match: int | None) -> tuple[None, str]:
-    cursor = await connection.execute(_DELETE, (run_id,))
-    row = await cursor.fetchone()
-    if row is None:
-        raise RunNotFound(f"No run is stored under {run_id!r}.")
-    # A refused precondition raises here, and leaving the transaction rolls the delete back.
-    _check_version(int(row[0]), if_match)
-    return None, str(row[1])
