@@ -58,6 +58,14 @@ _SPLIT_FIELDS: Final = frozenset({"trace", "history", "plan"})
 # What a PATCH may not set to null: only optional fields can be cleared ("traceFrom": null
 # reached the store as a missing number, "runId": null was stored as the run's id).
 _NOT_NULLABLE: Final = REQUIRED_FIELDS | {"traceFrom", "historyFrom"}
+_SNAPSHOT_FIELDS: Final = REQUIRED_FIELDS | OPTIONAL_FIELDS
+_PATCH_FIELDS: Final = _SNAPSHOT_FIELDS | {"traceFrom", "historyFrom"}
+
+
+def _own_fields(body: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    # Unknown fields are any JSON and are kept as sent, so the models see only their own
+    # fields: pydantic refuses a field name with a lone surrogate, which JSON allows.
+    return {name: value for name, value in body.items() if name in names}
 
 
 def dump_json(value: Any) -> str:
@@ -165,7 +173,9 @@ def snapshot_record(body: Any) -> SnapshotRecord:
     missing = sorted(REQUIRED_FIELDS - snapshot.keys())
     errors = [_field_error((name,), "is required", "missing") for name in missing]
     try:
-        RunSnapshot.model_validate(snapshot, strict=True, by_alias=True, by_name=False)
+        RunSnapshot.model_validate(
+            _own_fields(snapshot, _SNAPSHOT_FIELDS), strict=True, by_alias=True, by_name=False
+        )
     except ValidationError as exc:
         seen = {error["path"] for error in errors}
         errors += [error for error in _pydantic_errors(exc) if error["path"] not in seen]
@@ -219,7 +229,9 @@ def patch_record(body: Any) -> PatchRecord:
     if "historyFrom" in patch and history is None:
         errors.append(_field_error(("history",), "must be an array with historyFrom", "missing"))
     try:
-        RunPatch.model_validate(patch, strict=True, by_alias=True, by_name=False)
+        RunPatch.model_validate(
+            _own_fields(patch, _PATCH_FIELDS), strict=True, by_alias=True, by_name=False
+        )
     except ValidationError as exc:
         seen = {error["path"] for error in errors}
         errors += [error for error in _pydantic_errors(exc) if error["path"] not in seen]
