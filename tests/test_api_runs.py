@@ -109,6 +109,27 @@ async def test_unknown_top_level_fields_are_kept_as_sent(client: httpx.AsyncClie
     assert stored["nothing"] is None
 
 
+async def test_unknown_field_names_are_kept_whatever_they_are(client: httpx.AsyncClient) -> None:
+    names = ["", " ", "with space", "ünïcödé", "\ud800 lone surrogate", "step_index", "__proto__"]
+    snapshot = make_snapshot("run-1", **{name: n for n, name in enumerate(names)})
+
+    # json.dumps escapes the lone surrogate, which JSON allows and UTF-8 cannot carry raw.
+    response = await client.put(
+        "/runs/run-1",
+        content=json.dumps(snapshot).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    await client.patch(
+        "/runs/run-1",
+        content=json.dumps({"\ud800 lone surrogate": "patched"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 201, response.text
+    stored = (await client.get("/runs/run-1")).json()
+    assert canonical(stored) == canonical({**snapshot, "\ud800 lone surrogate": "patched"})
+
+
 async def test_run_ids_may_use_every_allowed_character(client: httpx.AsyncClient) -> None:
     run_id = "Az09_.~:@-" + "x" * 190
     assert len(run_id) == 200
