@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from runstore.service import Settings, create_app
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from runstore.service import Settings, create_app
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",

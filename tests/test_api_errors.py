@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from runstore.service import Settings
 from support import assert_problem, make_snapshot
+
+from runstore.service import Settings
 
 pytestmark = pytest.mark.anyio
 

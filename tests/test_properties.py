@@ -14,6 +14,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from runstore.client._models import OPTIONAL_FIELDS, REQUIRED_FIELDS, RESERVED_FIELDS
 
 pytestmark = pytest.mark.anyio
