@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from runstore.client._models import REQUIRED_FIELDS, RunPatch, RunSnapshot
+from runstore.client._models import REQUIRED_FIELDS, RESERVED_FIELDS, RunPatch, RunSnapshot
 
 from .api.auth import BearerAuth
 from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
@@ -89,6 +89,7 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
         schemas[model.__name__] = model_schema
     # The Python model defaults some fields for convenience; on the wire PUT needs them all.
     schemas[RunSnapshot.__name__]["required"] = sorted(REQUIRED_FIELDS)
+    _wire_rules(schemas[RunSnapshot.__name__], schemas[RunPatch.__name__])
     _problems_as_problem_json(schema)
     components["securitySchemes"] = {
         "bearer": {
@@ -100,6 +101,30 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
     schema["security"] = [{"bearer": []}, {}]
     app.openapi_schema = schema
     return schema
+
+
+def _wire_rules(snapshot: dict[str, Any], patch: dict[str, Any]) -> None:
+    """Rules of the wire format that the Python models leave to the server (docs/api.md).
+
+    A PATCH cannot set to null a field the snapshot requires (nor ``traceFrom`` and
+    ``historyFrom``); ``trace`` and ``traceFrom`` come together, as do a ``history`` array and
+    ``historyFrom``; reserved names are no top-level fields.
+    """
+    for name in (*REQUIRED_FIELDS, "traceFrom", "historyFrom"):
+        field = patch["properties"][name]
+        not_null = [option for option in field.pop("anyOf", []) if option.get("type") != "null"]
+        if not_null:
+            field.pop("default", None)
+            field.update(not_null[0])
+    history_array = {"required": ["history"], "properties": {"history": {"type": "array"}}}
+    patch["dependentRequired"] = {"trace": ["traceFrom"], "traceFrom": ["trace"]}
+    patch["dependentSchemas"] = {"historyFrom": history_array}
+    patch["if"] = history_array
+    patch["then"] = {"required": ["historyFrom"]}
+    patch["propertyNames"] = {
+        "not": {"enum": sorted(RESERVED_FIELDS - {"traceFrom", "historyFrom"})}
+    }
+    snapshot["propertyNames"] = {"not": {"enum": sorted(RESERVED_FIELDS)}}
 
 
 def _problems_as_problem_json(schema: dict[str, Any]) -> None:

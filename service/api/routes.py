@@ -48,6 +48,28 @@ _RUN_ID_PARAM: Final = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": RUN_ID_PATTERN},
 }
 
+# Entity tags as RFC 9110 writes them: * or a list of tags, each "..." or W/"...".
+_ETAGS_PATTERN: Final = r'^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$'
+_IF_MATCH_PARAM: Final = {
+    "name": "If-Match",
+    "in": "header",
+    "description": 'Write only if the stored version is one of these tags ("7"); * if it exists.',
+    "schema": {"type": "string", "pattern": _ETAGS_PATTERN},
+}
+_IF_NONE_MATCH_PARAM: Final = {
+    "name": "If-None-Match",
+    "in": "header",
+    "description": "304 if the stored version is one of these tags (weak comparison); * any.",
+    "schema": {"type": "string", "pattern": _ETAGS_PATTERN},
+}
+_CREATE_ONLY_PARAM: Final = {
+    "name": "If-None-Match",
+    "in": "header",
+    "description": "* creates the run only if it does not exist yet (412 if it does).",
+    "schema": {"type": "string", "enum": ["*"]},
+}
+
+
 class RequestRoute(APIRoute):
     """A route that FastAPI documents from its declaration but calls directly when its endpoint
     takes only the Request: such an endpoint has no parameters to resolve, so the dependency
@@ -139,10 +161,7 @@ _JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
     response_model=WriteAck,
     responses=_problems(*_JSON_BODY_ERRORS, 404),
     openapi_extra={
-        "parameters": [
-            _RUN_ID_PARAM,
-            {"name": "If-Match", "in": "header", "schema": {"type": "string"}},
-        ],
+        "parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM],
         "requestBody": {
             "required": True,
             "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunPatch"}}},
@@ -176,11 +195,7 @@ async def patch_run(request: Request) -> Response:
         **_problems(*_JSON_BODY_ERRORS),
     },
     openapi_extra={
-        "parameters": [
-            _RUN_ID_PARAM,
-            {"name": "If-Match", "in": "header", "schema": {"type": "string"}},
-            {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
-        ],
+        "parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM, _CREATE_ONLY_PARAM],
         "requestBody": {
             "required": True,
             "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunSnapshot"}}},
@@ -221,12 +236,7 @@ _GET_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     304: {"description": "Not modified (If-None-Match)"},
     **_problems(400, *_AUTH, 404, 422, 503),
 }
-_IF_NONE_MATCH: Final = {
-    "parameters": [
-        _RUN_ID_PARAM,
-        {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
-    ]
-}
+_IF_NONE_MATCH: Final = {"parameters": [_RUN_ID_PARAM, _IF_NONE_MATCH_PARAM]}
 
 
 async def _read_run(run_id: str, request: Request, *, head: bool) -> Response:
@@ -276,12 +286,7 @@ async def head_run(request: Request) -> Response:
     status_code=204,
     response_class=Response,
     responses=_problems(400, *_AUTH, 404, 412, 422, 503),
-    openapi_extra={
-        "parameters": [
-            _RUN_ID_PARAM,
-            {"name": "If-Match", "in": "header", "schema": {"type": "string"}},
-        ]
-    },
+    openapi_extra={"parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM]},
 )
 async def delete_run(request: Request) -> Response:
     run_id = _run_id(request)
