@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 
 from ..errors import (
     FieldError,
@@ -129,6 +131,23 @@ def _status_slug(status: int) -> str:
     return "bad-request" if status < 500 else "internal-error"
 
 
+def _allowed_methods(request: Request, routes: Iterable[BaseRoute] | None = None) -> set[str]:
+    """Every method some route of this path takes: a 405 must list them all (RFC 9110), while
+    the router names only those of the first route whose path matched."""
+    methods: set[str] = set()
+    for route in request.app.router.routes if routes is None else routes:
+        # FastAPI keeps an included router's routes behind the router itself.
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            methods |= _allowed_methods(request, included.routes)
+            continue
+        match, _ = route.matches(request.scope)
+        route_methods = getattr(route, "methods", None)
+        if match is not Match.NONE and route_methods:
+            methods |= route_methods
+    return methods
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every exception into problem+json."""
 
@@ -155,11 +174,13 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else PROBLEM_TYPES[slug][1]
         if exc.status_code == 404:
             detail = f"There is nothing at {request.url.path}."
-        elif exc.status_code == 405:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}."
-        return problem_response(
-            slug, detail, headers=dict(exc.headers or {}), instance=request.url.path
-        )
+            allowed = _allowed_methods(request)
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
+        return problem_response(slug, detail, headers=headers, instance=request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
