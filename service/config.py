@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     tokens: SecretStr | None = Field(
         None, description="Comma-separated token:scope pairs; unset means no auth."
     )
+    wal_autocheckpoint: int = Field(
+        1000,
+        ge=0,
+        description="WAL pages after which SQLite checkpoints (SQLite's default); 0 leaves every "
+        "checkpoint, the one at a clean stop included, to a replicator such as Litestream.",
+    )
     access_log: bool = Field(True, description="Log one line per request.")
     log_level: str = Field("info", description="Log level of the server.")
 

@@ -6,9 +6,11 @@ runtime or systemd does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -16,8 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from runstore.service.store.sqlite import SQLiteEngine
 from support import ServerProcess, make_snapshot
+
+from runstore.service.store.sqlite import SQLiteEngine
 
 pytestmark = pytest.mark.server
 
@@ -152,3 +155,31 @@ def test_sigterm_with_a_request_that_never_finishes_still_stops_in_bounded_time(
     assert stored_trace_length(db, "run-1") == 3
     with SQLiteEngine(db) as engine:
         assert engine.get_run("stuck") is None
+
+
+@pytest.mark.parametrize("autocheckpoint", [1000, 0])
+def test_with_autocheckpoint_0_checkpoints_are_left_to_a_replicator(
+    tmp_path: Path, autocheckpoint: int
+) -> None:
+    db = tmp_path / "runs.db"
+    env = {"RUNSTORE_WAL_AUTOCHECKPOINT": str(autocheckpoint)}
+    padding = "x" * 64 * 1024
+    with (
+        ServerProcess(db, env=env) as server,
+        server.client() as http,
+        contextlib.closing(sqlite3.connect(db)) as replicator,
+    ):
+        # Another process has the database open, as Litestream does (a read opens the WAL).
+        assert replicator.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+        for number in range(80):  # some 5 MB: past 1000 pages of WAL
+            run = make_snapshot(f"run-{number}", input=padding)
+            assert http.put(f"/runs/run-{number}", json=run).status_code == 201
+        assert server.terminate() == 0
+        if autocheckpoint:
+            assert wal_size(db) == 0
+            assert db.stat().st_size > 5_000_000
+        else:
+            # Nothing was checkpointed: every page is still in the WAL for the replicator.
+            assert wal_size(db) > 5_000_000
+            assert db.stat().st_size < 1_000_000
+        assert replicator.execute("SELECT count(*) FROM runs").fetchone() == (80,)

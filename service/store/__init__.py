@@ -34,4 +34,4 @@ def open_store(settings: Settings) -> RunStore:
         from .postgres import PostgresStore
 
         return PostgresStore(settings.database_url.get_secret_value())
-    return SQLiteStore(settings.db)
+    return SQLiteStore(settings.db, wal_autocheckpoint=settings.wal_autocheckpoint)

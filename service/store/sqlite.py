@@ -256,18 +256,24 @@ class SQLiteEngine:
     reads on a connection of its own.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, wal_autocheckpoint: int = 1000) -> None:
         self.path = str(path)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._writer = WriterThread(self._open_writer, name=f"runstore-writer:{self.path}")
+        self._wal_autocheckpoint = int(wal_autocheckpoint)
+        self._writer = WriterThread(
+            self._open_writer,
+            name=f"runstore-writer:{self.path}",
+            checkpoint_at_close=self._wal_autocheckpoint > 0,
+        )
         self._closed = False
         self._writer.start_and_wait()
 
     def _open_writer(self) -> sqlite3.Connection:
         connection = connect(self.path)
         try:
+            connection.execute(f"PRAGMA wal_autocheckpoint = {self._wal_autocheckpoint}")
             verify(connection)
             migrate(connection)
         except BaseException:
@@ -400,8 +406,9 @@ class SQLiteEngine:
 class SQLiteStore(RunStore):
     """The server's :class:`RunStore` on a :class:`SQLiteEngine`."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, wal_autocheckpoint: int = 1000) -> None:
         self.path = str(path)
+        self.wal_autocheckpoint = wal_autocheckpoint
         self._engine: SQLiteEngine | None = None
         self._readers: ThreadPoolExecutor | None = None
 
@@ -414,7 +421,10 @@ class SQLiteStore(RunStore):
     async def open(self) -> None:
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="runstore-reader")
         loop = asyncio.get_running_loop()
-        self._engine = await loop.run_in_executor(self._readers, SQLiteEngine, self.path)
+        self._engine = await loop.run_in_executor(
+            self._readers,
+            partial(SQLiteEngine, self.path, wal_autocheckpoint=self.wal_autocheckpoint),
+        )
 
     async def close(self) -> None:
         engine, readers = self._engine, self._readers

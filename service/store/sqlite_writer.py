@@ -43,9 +43,18 @@ def storage_error(exc: sqlite3.Error) -> StorageUnavailable:
 class WriterThread(threading.Thread):
     """Owns the write connection; see the module docstring."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        name: str,
+        *,
+        checkpoint_at_close: bool = True,
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self._connect = connect
+        # False when a replicator (Litestream) owns checkpoints: one it did not make costs it
+        # a fresh snapshot.
+        self._checkpoint_at_close = checkpoint_at_close
         self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
@@ -99,7 +108,8 @@ class WriterThread(threading.Thread):
             self._serve(connection)
         finally:
             try:
-                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if self._checkpoint_at_close:
+                    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
                 log.warning("checkpoint at close failed: %s", exc)
             connection.close()
