@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from runstore.service import Settings, create_app
 from support import ServerProcess, assert_problem, in_process_app, make_snapshot
+
+from runstore.service import Settings, create_app
 
 TOKENS = "reader-token:read,writer-token:write,admin-token:admin,bare-token"
 RUN = "run-auth"

@@ -18,11 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from support import ServerProcess, damage_database, make_snapshot
+
 from runstore.service.backup import BackupError, backup_sqlite
 from runstore.service.cli import main
 from runstore.service.store.records import snapshot_record
 from runstore.service.store.sqlite import SQLiteEngine
-from support import ServerProcess, damage_database, make_snapshot
 
 WRITERS = 3
 STEPS_PER_RUN = 8

@@ -23,11 +23,12 @@ from typing import Any
 
 import httpx
 import pytest
+from support import ServerProcess, damage_database, make_snapshot
+
 from runstore.service import Settings, create_app
 from runstore.service.store.records import snapshot_record
 from runstore.service.store.sqlite import SQLiteEngine
 from runstore.service.store.sqlite_schema import CorruptDatabase
-from support import ServerProcess, damage_database, make_snapshot
 
 WRITERS = 3
 RUNS_PER_WRITER = 8

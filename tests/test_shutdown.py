@@ -116,7 +116,7 @@ def test_sigterm_under_load_exits_0_with_every_acknowledged_write_stored(tmp_pat
         # A request in flight at the signal: its head is in, its body still to come.
         body = json.dumps(make_snapshot("in-flight")).encode()
         with raw_request_head(server.port, "/runs/in-flight", len(body)) as in_flight:
-            time.sleep(0.2)  # the server reads the head and starts the request
+            time.sleep(0.5)  # the server reads the head and starts the request
             assert server.process is not None
             server.process.send_signal(signal.SIGTERM)
             wait_until_refused(server.port)

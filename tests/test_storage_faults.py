@@ -24,9 +24,10 @@ from typing import Any
 
 import httpx
 import pytest
+from support import ServerProcess, assert_problem, make_snapshot
+
 from runstore.service.store.records import snapshot_record
 from runstore.service.store.sqlite import SQLiteEngine
-from support import ServerProcess, assert_problem, make_snapshot
 
 pytestmark = pytest.mark.server
 
