@@ -59,8 +59,22 @@ def legacy_snapshots(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | V
     try:
         rows = connection.execute(f"SELECT {_COLUMNS} FROM agent_runs ORDER BY run_id")
         for row in rows:
-            (run_id, status, started_at, completed_at, input_, history, plan, trace, usage,
-             step_index, iterations, revisions, text, error) = row
+            (
+                run_id,
+                status,
+                started_at,
+                completed_at,
+                input_,
+                history,
+                plan,
+                trace,
+                usage,
+                step_index,
+                iterations,
+                revisions,
+                text,
+                error,
+            ) = row
             try:
                 snapshot: dict[str, Any] = {
                     "runId": run_id,

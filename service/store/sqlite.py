@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -18,9 +17,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
-from ..errors import PreconditionFailed, RunNotFound, StaleWrite, StorageUnavailable, TraceGap
+from ..errors import RunNotFound, StorageUnavailable
 from .base import Cursor, RunPage, RunQuery, RunStore, StoredRun, WriteResult
-from .records import PatchRecord, SnapshotRecord, merge_doc, render_snapshot, render_summary
+from .records import PatchRecord, SnapshotRecord, render_snapshot, render_summary
+from .sqlite_batch import PatchRun, PutRun, check_version, now_ms
 from .sqlite_schema import connect, migrate, verify
 from .sqlite_writer import WriterThread, storage_error
 
@@ -36,192 +36,13 @@ SELECT version, doc, plan, history_length,
     (SELECT group_concat(item, ',') FROM (SELECT item FROM turns WHERE run_id = ?1 ORDER BY idx))
 FROM runs WHERE run_id = ?1
 """
-_UPSERT_STEP: Final = (
-    "INSERT INTO {table} (run_id, idx, item) VALUES (?, ?, ?) "
-    "ON CONFLICT (run_id, idx) DO UPDATE SET item = excluded.item WHERE item != excluded.item"
-)
-_UPSERT_STEPS: Final = _UPSERT_STEP.format(table="steps")
-_UPSERT_TURNS: Final = _UPSERT_STEP.format(table="turns")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _check_version(stored: int, if_match: int | None) -> None:
-    if if_match is not None and if_match != stored:
-        raise PreconditionFailed(
-            f"The run is at version {stored}, not {if_match}; read it again before writing."
-        )
-
-
-def _write_items(
-    connection: sqlite3.Connection,
-    sql: str,
-    table: str,
-    run_id: str,
-    start: int,
-    items: list[str],
-    old_length: int,
-) -> None:
-    if items:
-        connection.executemany(sql, [(run_id, start + i, item) for i, item in enumerate(items)])
-    end = start + len(items)
-    if end < old_length:
-        connection.execute(f"DELETE FROM {table} WHERE run_id = ? AND idx >= ?", (run_id, end))
-
-
-def _put(
-    record: SnapshotRecord,
-    if_match: int | None,
-    if_none_match: bool,
-    connection: sqlite3.Connection,
-) -> WriteResult:
-    run_id = record.run_id
-    row = connection.execute(
-        "SELECT version, completed_at, trace_length, history_length FROM runs WHERE run_id = ?",
-        (run_id,),
-    ).fetchone()
-    trace_length = len(record.trace)
-    history_length = None if record.history is None else len(record.history)
-    values = (
-        record.status,
-        record.started_at,
-        record.completed_at,
-        now_ms(),
-        trace_length,
-        history_length,
-        record.doc,
-        record.plan,
-        run_id,
-    )
-    if row is None:
-        if if_match is not None:
-            raise PreconditionFailed("The run does not exist, so no version can match If-Match.")
-        connection.execute(
-            "INSERT INTO runs (status, started_at, completed_at, updated_at, trace_length, "
-            "history_length, doc, plan, run_id, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-            values,
-        )
-        _write_items(connection, _UPSERT_STEPS, "steps", run_id, 0, record.trace, 0)
-        _write_items(connection, _UPSERT_TURNS, "turns", run_id, 0, record.history or [], 0)
-        return WriteResult(run_id, 1, trace_length, created=True)
-    version, stored_completed_at, stored_trace_length, stored_history_length = row
-    if if_none_match:
-        raise PreconditionFailed("The run exists already (If-None-Match: *).")
-    _check_version(version, if_match)
-    if if_match is None:
-        if stored_completed_at is not None and record.completed_at is None:
-            raise StaleWrite("The run is finished; a write without completedAt would un-finish it.")
-        if trace_length < stored_trace_length:
-            raise StaleWrite(
-                f"The stored trace has {stored_trace_length} steps; this write has {trace_length}."
-            )
-    connection.execute(
-        "UPDATE runs SET status = ?, started_at = ?, completed_at = ?, updated_at = ?, "
-        "trace_length = ?, history_length = ?, doc = ?, plan = ?, version = version + 1 "
-        "WHERE run_id = ?",
-        values,
-    )
-    _write_items(connection, _UPSERT_STEPS, "steps", run_id, 0, record.trace, stored_trace_length)
-    _write_items(
-        connection,
-        _UPSERT_TURNS,
-        "turns",
-        run_id,
-        0,
-        record.history or [],
-        stored_history_length or 0,
-    )
-    return WriteResult(run_id, version + 1, trace_length)
-
-
-def _patch(
-    run_id: str, patch: PatchRecord, if_match: int | None, connection: sqlite3.Connection
-) -> WriteResult:
-    row = connection.execute(
-        "SELECT version, completed_at, trace_length, history_length, doc, plan "
-        "FROM runs WHERE run_id = ?",
-        (run_id,),
-    ).fetchone()
-    if row is None:
-        raise RunNotFound(f"No run is stored under {run_id!r}; PUT it first.")
-    version, completed_at, trace_length, history_length, doc, plan = row
-    _check_version(version, if_match)
-    new_trace_length = trace_length
-    if patch.trace is not None:
-        if patch.trace_from > trace_length:
-            raise TraceGap(
-                f"traceFrom is {patch.trace_from} but the stored trace has {trace_length} steps."
-            )
-        new_trace_length = patch.trace_from + len(patch.trace)
-    new_history_length = history_length
-    if patch.history is not None:
-        if patch.history_from > (history_length or 0):
-            raise TraceGap(
-                f"historyFrom is {patch.history_from} but the stored history has "
-                f"{history_length or 0} turns."
-            )
-        new_history_length = patch.history_from + len(patch.history)
-    elif patch.clear_history:
-        new_history_length = None
-    if if_match is None:
-        if patch.clears_completed_at and completed_at is not None:
-            raise StaleWrite("The run is finished; clearing completedAt would un-finish it.")
-        if new_trace_length < trace_length:
-            raise StaleWrite(
-                f"The stored trace has {trace_length} steps; this write would leave "
-                f"{new_trace_length}."
-            )
-    status_and_times: tuple[Any, ...] = ()
-    if patch.fields:
-        doc, merged = merge_doc(doc, patch.fields)
-        status_and_times = (merged["status"], merged["startedAt"], merged.get("completedAt"))
-    if patch.set_plan:
-        plan = patch.plan
-    if status_and_times:
-        connection.execute(
-            "UPDATE runs SET status = ?, started_at = ?, completed_at = ?, doc = ?, plan = ?, "
-            "trace_length = ?, history_length = ?, updated_at = ?, version = version + 1 "
-            "WHERE run_id = ?",
-            (*status_and_times, doc, plan, new_trace_length, new_history_length, now_ms(), run_id),
-        )
-    else:
-        connection.execute(
-            "UPDATE runs SET plan = ?, trace_length = ?, history_length = ?, updated_at = ?, "
-            "version = version + 1 WHERE run_id = ?",
-            (plan, new_trace_length, new_history_length, now_ms(), run_id),
-        )
-    if patch.trace is not None:
-        _write_items(
-            connection,
-            _UPSERT_STEPS,
-            "steps",
-            run_id,
-            patch.trace_from,
-            patch.trace,
-            trace_length,
-        )
-    if patch.history is not None:
-        _write_items(
-            connection,
-            _UPSERT_TURNS,
-            "turns",
-            run_id,
-            patch.history_from,
-            patch.history,
-            history_length or 0,
-        )
-    elif patch.clear_history:
-        connection.execute("DELETE FROM turns WHERE run_id = ?", (run_id,))
-    return WriteResult(run_id, version + 1, new_trace_length)
 
 
 def _delete(run_id: str, if_match: int | None, connection: sqlite3.Connection) -> None:
     row = connection.execute("SELECT version FROM runs WHERE run_id = ?", (run_id,)).fetchone()
     if row is None:
         raise RunNotFound(f"No run is stored under {run_id!r}.")
-    _check_version(row[0], if_match)
+    check_version(row[0], if_match)
     connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
 
@@ -308,13 +129,13 @@ class SQLiteEngine:
     def put_run(
         self, record: SnapshotRecord, *, if_match: int | None = None, if_none_match: bool = False
     ) -> WriteResult:
-        result: WriteResult = self._writer.write(partial(_put, record, if_match, if_none_match))
+        result: WriteResult = self._writer.write(PutRun(record, if_match, if_none_match))
         return result
 
     def patch_run(
         self, run_id: str, patch: PatchRecord, *, if_match: int | None = None
     ) -> WriteResult:
-        result: WriteResult = self._writer.write(partial(_patch, run_id, patch, if_match))
+        result: WriteResult = self._writer.write(PatchRun(run_id, patch, if_match))
         return result
 
     def delete_run(self, run_id: str, *, if_match: int | None = None) -> None:
@@ -443,7 +264,7 @@ class SQLiteStore(RunStore):
         self, record: SnapshotRecord, *, if_match: int | None = None, if_none_match: bool = False
     ) -> WriteResult:
         result: WriteResult = await self.engine.writer.write_async(
-            partial(_put, record, if_match, if_none_match)
+            PutRun(record, if_match, if_none_match)
         )
         return result
 
@@ -451,7 +272,7 @@ class SQLiteStore(RunStore):
         self, run_id: str, patch: PatchRecord, *, if_match: int | None = None
     ) -> WriteResult:
         result: WriteResult = await self.engine.writer.write_async(
-            partial(_patch, run_id, patch, if_match)
+            PatchRun(run_id, patch, if_match)
         )
         return result
 

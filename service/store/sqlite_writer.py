@@ -171,22 +171,42 @@ class _OpFailed(Exception):
 
 def _run_batch(connection: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
     # Ops check everything before they write (a StoreError leaves nothing behind), so the
-    # batch needs no savepoint per op: that keeps a write to a few statements.
+    # batch needs no savepoint per op. Consecutive ops whose class has the same ``group``
+    # function are handed to it together, to be applied with as few statements as it can.
     outcomes: list[_Outcome] = []
     connection.execute("BEGIN IMMEDIATE")
-    for op, sink in batch:
+    start = 0
+    while start < len(batch):
+        op = batch[start][0]
+        group = getattr(type(op), "group", None)
+        end = start + 1
+        if group is not None:
+            while end < len(batch) and getattr(type(batch[end][0]), "group", None) is group:
+                end += 1
         try:
-            result = op(connection)
-        except StoreError as exc:
-            outcomes.append((sink, None, exc))
+            if group is None:
+                results = [_outcome_of(op, connection)]
+            else:
+                results = group(connection, [item[0] for item in batch[start:end]])
         except sqlite3.Error:
             raise
         except Exception as exc:
             raise _OpFailed() from exc
-        else:
-            outcomes.append((sink, result, None))
+        for (_, sink), result in zip(batch[start:end], results, strict=True):
+            if isinstance(result, StoreError):
+                outcomes.append((sink, None, result))
+            else:
+                outcomes.append((sink, result, None))
+        start = end
     connection.execute("COMMIT")
     return outcomes
+
+
+def _outcome_of(op: WriteOp, connection: sqlite3.Connection) -> Any:
+    try:
+        return op(connection)
+    except StoreError as exc:
+        return exc
 
 
 def _rollback(connection: sqlite3.Connection) -> None:

@@ -1,0 +1,327 @@
+"""PUTs and PATCHes applied as a group, inside the writer thread's transaction.
+
+The writer thread gives up the GIL around every SQLite statement and must win it back before the
+next one, while the event loop holds it to parse requests. So the fewer statements a group
+commit runs, the sooner it commits. A group of writes is applied in memory, in order, against
+the stored state of the runs it touches (read with one SELECT), then written with a handful of
+statements whatever its size: one INSERT for new runs, one UPDATE for changed ones, and
+multi-row INSERTs for steps and history turns.
+
+Each write checks everything before it changes the state, so a refused write (a StoreError)
+leaves nothing behind and its neighbours go on; writes to the same run in one group see each
+other, exactly as if they had run one after another.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from ..errors import PreconditionFailed, RunNotFound, StaleWrite, StoreError, TraceGap
+from .base import WriteResult
+from .records import PatchRecord, SnapshotRecord, merge_doc
+
+__all__ = ["PatchRun", "PutRun", "apply_writes", "check_version", "now_ms"]
+
+# Rows in one INSERT: well under SQLite's limit of bound parameters.
+ROWS_PER_INSERT: Final = 64
+_RUN_COLUMNS: Final = (
+    "run_id, status, started_at, completed_at, version, updated_at, trace_length, "
+    "history_length, doc, plan"
+)
+_RUN_PLACEHOLDERS: Final = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class _Run:
+    """A run's row as the group goes; ``stored`` says whether the row exists in the file."""
+
+    run_id: str
+    status: str
+    started_at: int
+    completed_at: int | None
+    version: int
+    trace_length: int
+    history_length: int | None
+    doc: str
+    plan: str | None
+    stored: bool
+    changed: bool = False
+
+    def values(self, updated_at: int) -> tuple[object, ...]:
+        return (
+            self.run_id,
+            self.status,
+            self.started_at,
+            self.completed_at,
+            self.version,
+            updated_at,
+            self.trace_length,
+            self.history_length,
+            self.doc,
+            self.plan,
+        )
+
+
+@functools.cache
+def _insert_runs_sql(rows: int) -> str:
+    return f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES {', '.join([_RUN_PLACEHOLDERS] * rows)}"
+
+
+@functools.cache
+def _update_runs_sql(rows: int) -> str:
+    return (
+        f"WITH v ({_RUN_COLUMNS}) AS (VALUES {', '.join([_RUN_PLACEHOLDERS] * rows)}) "
+        "UPDATE runs SET status = v.status, started_at = v.started_at, "
+        "completed_at = v.completed_at, version = v.version, updated_at = v.updated_at, "
+        "trace_length = v.trace_length, history_length = v.history_length, doc = v.doc, "
+        "plan = v.plan FROM v WHERE runs.run_id = v.run_id"
+    )
+
+
+@functools.cache
+def _upsert_items_sql(table: str, rows: int) -> str:
+    return (
+        f"INSERT INTO {table} (run_id, idx, item) VALUES {', '.join(['(?, ?, ?)'] * rows)} "
+        "ON CONFLICT (run_id, idx) DO UPDATE SET item = excluded.item WHERE item != excluded.item"
+    )
+
+
+def _chunks(rows: Sequence[tuple[object, ...]]) -> list[tuple[int, list[object]]]:
+    """Rows in groups of ROWS_PER_INSERT, each flattened into one parameter list."""
+    chunks = []
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
+        chunks.append((len(chunk), [value for row in chunk for value in row]))
+    return chunks
+
+
+class RunWrites:
+    """The runs one group touches, and what it has yet to write."""
+
+    def __init__(self, connection: sqlite3.Connection, run_ids: set[str]) -> None:
+        self.connection = connection
+        self.now = now_ms()
+        ids = list(run_ids)
+        rows = connection.execute(
+            "SELECT run_id, status, started_at, completed_at, version, trace_length, "
+            f"history_length, doc, plan FROM runs WHERE run_id IN ({', '.join('?' * len(ids))})",
+            ids,
+        ).fetchall()
+        self.runs: dict[str, _Run] = {
+            run_id: _Run(run_id, status, started, completed, version, steps, turns, doc, plan, True)
+            for run_id, status, started, completed, version, steps, turns, doc, plan in rows
+        }
+        self.items: dict[str, list[tuple[str, int, str]]] = {"steps": [], "turns": []}
+
+    def write_items(
+        self, table: str, run_id: str, start: int, items: list[str], old_length: int
+    ) -> None:
+        """Items ``start...`` replace what is there; a shorter list drops the stored tail."""
+        pending = self.items[table]
+        pending.extend((run_id, start + i, item) for i, item in enumerate(items))
+        end = start + len(items)
+        if end < old_length:
+            # Rare (an If-Match write that shortens, a shorter history): keep the order.
+            self.flush()
+            self.connection.execute(
+                f"DELETE FROM {table} WHERE run_id = ? AND idx >= ?", (run_id, end)
+            )
+
+    def clear_items(self, table: str, run_id: str) -> None:
+        self.flush()
+        self.connection.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+
+    def flush(self) -> None:
+        """Write every changed run, then the pending items (which refer to the runs)."""
+        new = [run.values(self.now) for run in self.runs.values() if run.changed and not run.stored]
+        old = [run.values(self.now) for run in self.runs.values() if run.changed and run.stored]
+        for rows, params in _chunks(new):
+            self.connection.execute(_insert_runs_sql(rows), params)
+        for rows, params in _chunks(old):
+            self.connection.execute(_update_runs_sql(rows), params)
+        for run in self.runs.values():
+            if run.changed:
+                run.stored, run.changed = True, False
+        for table, pending in self.items.items():
+            for rows, params in _chunks(pending):
+                self.connection.execute(_upsert_items_sql(table, rows), params)
+            pending.clear()
+
+
+class _Callable:
+    """Lets a write run on its own as a plain writer op (``op(connection)``)."""
+
+    __slots__ = ()
+
+    def __call__(self, connection: sqlite3.Connection) -> WriteResult:
+        (outcome,) = apply_writes(connection, [self])  # type: ignore[list-item]
+        if isinstance(outcome, StoreError):
+            raise outcome
+        return outcome
+
+
+def check_version(stored: int, if_match: int | None) -> None:
+    """PreconditionFailed unless ``If-Match`` is absent or names the stored version."""
+    if if_match is not None and if_match != stored:
+        raise PreconditionFailed(
+            f"The run is at version {stored}, not {if_match}; read it again before writing."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PutRun(_Callable):
+    """Create or replace a whole run."""
+
+    record: SnapshotRecord
+    if_match: int | None = None
+    if_none_match: bool = False
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    def apply(self, writes: RunWrites) -> WriteResult:
+        record = self.record
+        run = writes.runs.get(record.run_id)
+        trace_length = len(record.trace)
+        history_length = None if record.history is None else len(record.history)
+        if run is None:
+            if self.if_match is not None:
+                raise PreconditionFailed(
+                    "The run does not exist, so no version can match If-Match."
+                )
+            run = writes.runs[record.run_id] = _Run(
+                record.run_id,
+                record.status,
+                record.started_at,
+                record.completed_at,
+                1,
+                trace_length,
+                history_length,
+                record.doc,
+                record.plan,
+                stored=False,
+                changed=True,
+            )
+            writes.write_items("steps", run.run_id, 0, record.trace, 0)
+            writes.write_items("turns", run.run_id, 0, record.history or [], 0)
+            return WriteResult(run.run_id, 1, trace_length, created=True)
+        if self.if_none_match:
+            raise PreconditionFailed("The run exists already (If-None-Match: *).")
+        check_version(run.version, self.if_match)
+        if self.if_match is None:
+            if run.completed_at is not None and record.completed_at is None:
+                raise StaleWrite(
+                    "The run is finished; a write without completedAt would un-finish it."
+                )
+            if trace_length < run.trace_length:
+                raise StaleWrite(
+                    f"The stored trace has {run.trace_length} steps; this write has {trace_length}."
+                )
+        old_trace_length, old_history_length = run.trace_length, run.history_length or 0
+        run.status, run.started_at, run.completed_at = (
+            record.status,
+            record.started_at,
+            record.completed_at,
+        )
+        run.doc, run.plan = record.doc, record.plan
+        run.trace_length, run.history_length = trace_length, history_length
+        run.version += 1
+        run.changed = True
+        writes.write_items("steps", run.run_id, 0, record.trace, old_trace_length)
+        writes.write_items("turns", run.run_id, 0, record.history or [], old_history_length)
+        return WriteResult(run.run_id, run.version, trace_length)
+
+
+@dataclass(frozen=True, slots=True)
+class PatchRun(_Callable):
+    """Append steps and turns and replace fields of a stored run."""
+
+    run_id: str
+    patch: PatchRecord
+    if_match: int | None = None
+
+    def apply(self, writes: RunWrites) -> WriteResult:
+        patch, if_match = self.patch, self.if_match
+        run = writes.runs.get(self.run_id)
+        if run is None:
+            raise RunNotFound(f"No run is stored under {self.run_id!r}; PUT it first.")
+        check_version(run.version, if_match)
+        trace_length = run.trace_length
+        if patch.trace is not None:
+            if patch.trace_from > run.trace_length:
+                raise TraceGap(
+                    f"traceFrom is {patch.trace_from} but the stored trace has "
+                    f"{run.trace_length} steps."
+                )
+            trace_length = patch.trace_from + len(patch.trace)
+        stored_history = run.history_length or 0
+        history_length = run.history_length
+        if patch.history is not None:
+            if patch.history_from > stored_history:
+                raise TraceGap(
+                    f"historyFrom is {patch.history_from} but the stored history has "
+                    f"{stored_history} turns."
+                )
+            history_length = patch.history_from + len(patch.history)
+        elif patch.clear_history:
+            history_length = None
+        if if_match is None:
+            if patch.clears_completed_at and run.completed_at is not None:
+                raise StaleWrite("The run is finished; clearing completedAt would un-finish it.")
+            if trace_length < run.trace_length:
+                raise StaleWrite(
+                    f"The stored trace has {run.trace_length} steps; this write would leave "
+                    f"{trace_length}."
+                )
+        if patch.fields:
+            run.doc, merged = merge_doc(run.doc, patch.fields)
+            run.status, run.started_at = merged["status"], merged["startedAt"]
+            run.completed_at = merged.get("completedAt")
+        if patch.set_plan:
+            run.plan = patch.plan
+        old_trace_length = run.trace_length
+        run.trace_length, run.history_length = trace_length, history_length
+        run.version += 1
+        run.changed = True
+        if patch.trace is not None:
+            writes.write_items("steps", run.run_id, patch.trace_from, patch.trace, old_trace_length)
+        if patch.history is not None:
+            writes.write_items(
+                "turns", run.run_id, patch.history_from, patch.history, stored_history
+            )
+        elif patch.clear_history:
+            writes.clear_items("turns", run.run_id)
+        return WriteResult(run.run_id, run.version, trace_length)
+
+
+RunWrite = PutRun | PatchRun
+
+
+def apply_writes(
+    connection: sqlite3.Connection, writes: Sequence[RunWrite]
+) -> list[WriteResult | StoreError]:
+    """Apply ``writes`` in order inside the caller's transaction; a result or error each."""
+    state = RunWrites(connection, {write.run_id for write in writes})
+    outcomes: list[WriteResult | StoreError] = []
+    for write in writes:
+        try:
+            outcomes.append(write.apply(state))
+        except StoreError as exc:
+            outcomes.append(exc)
+    state.flush()
+    return outcomes
+
+
+# The writer thread applies consecutive writes that share a ``group`` function in one call.
+PutRun.group = staticmethod(apply_writes)  # type: ignore[attr-defined]
+PatchRun.group = staticmethod(apply_writes)  # type: ignore[attr-defined]

@@ -1,0 +1,153 @@
+"""Writes applied as one group equal the same writes applied one by one.
+
+The writer thread hands consecutive PUTs and PATCHes to ``apply_writes`` together; whatever the
+mix (several writes to one run, refused writes in between, If-Match writes that shorten a
+trace, cleared histories), the outcomes and the stored rows must be those of running them one
+after another.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runstore.service.errors import StoreError
+from runstore.service.store.records import patch_record, snapshot_record
+from runstore.service.store.sqlite_batch import PatchRun, PutRun, RunWrite, apply_writes
+from runstore.service.store.sqlite_schema import connect, migrate
+
+RUN_IDS = ("a", "b", "c")
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    connection = connect(str(path))
+    migrate(connection)
+    return connection
+
+
+def _rows(connection: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        "runs": connection.execute(
+            "SELECT run_id, status, started_at, completed_at, version, trace_length, "
+            "history_length, doc, plan FROM runs ORDER BY run_id"
+        ).fetchall(),
+        "steps": connection.execute("SELECT * FROM steps ORDER BY run_id, idx").fetchall(),
+        "turns": connection.execute("SELECT * FROM turns ORDER BY run_id, idx").fetchall(),
+    }
+
+
+def _outcome(value: Any) -> Any:
+    return (type(value).__name__, str(value)) if isinstance(value, StoreError) else value
+
+
+items = st.lists(st.integers(0, 3).map(lambda n: {"n": n}), max_size=3)
+
+
+@st.composite
+def put_writes(draw: st.DrawFn) -> RunWrite:
+    run_id = draw(st.sampled_from(RUN_IDS))
+    snapshot: dict[str, Any] = {
+        "runId": run_id,
+        "status": draw(st.sampled_from(["running", "completed"])),
+        "startedAt": 1,
+        "input": "q",
+        "trace": draw(items),
+        "usage": {},
+        "stepIndex": 0,
+        "iterations": 0,
+        "revisions": 0,
+    }
+    if draw(st.booleans()):
+        snapshot["completedAt"] = 5
+    if draw(st.booleans()):
+        snapshot["history"] = draw(items)
+    return PutRun(
+        snapshot_record(snapshot),
+        if_match=draw(st.none() | st.integers(1, 4)),
+        if_none_match=draw(st.booleans()),
+    )
+
+
+@st.composite
+def patch_writes(draw: st.DrawFn) -> RunWrite:
+    body: dict[str, Any] = {}
+    if draw(st.booleans()):
+        body["trace"] = draw(items)
+        body["traceFrom"] = draw(st.integers(0, 4))
+    choice = draw(st.sampled_from(["none", "append", "clear"]))
+    if choice == "append":
+        body["history"] = draw(items)
+        body["historyFrom"] = draw(st.integers(0, 3))
+    elif choice == "clear":
+        body["history"] = None
+    if draw(st.booleans()):
+        body["completedAt"] = draw(st.none() | st.just(9))
+    if draw(st.booleans()):
+        body["plan"] = draw(st.none() | st.just({"p": 1}))
+    if draw(st.booleans()):
+        body["extra"] = draw(st.integers(0, 2))
+    return PatchRun(
+        draw(st.sampled_from(RUN_IDS)),
+        patch_record(body),
+        if_match=draw(st.none() | st.integers(1, 4)),
+    )
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(writes=st.lists(put_writes() | patch_writes(), min_size=1, max_size=12))
+def test_a_group_equals_its_writes_one_by_one(tmp_path: Path, writes: list[RunWrite]) -> None:
+    for name in ("one.db", "group.db"):
+        (tmp_path / name).unlink(missing_ok=True)
+    one, group = _open(tmp_path / "one.db"), _open(tmp_path / "group.db")
+    try:
+        singly = []
+        for write in writes:
+            one.execute("BEGIN IMMEDIATE")
+            singly.append(_outcome(apply_writes(one, [write])[0]))
+            one.execute("COMMIT")
+        group.execute("BEGIN IMMEDIATE")
+        together = [_outcome(outcome) for outcome in apply_writes(group, writes)]
+        group.execute("COMMIT")
+        assert together == singly
+        assert _rows(group) == _rows(one)
+    finally:
+        one.close()
+        group.close()
+
+
+def test_a_refused_write_in_a_group_leaves_its_neighbours(tmp_path: Path) -> None:
+    connection = _open(tmp_path / "runs.db")
+    base = {
+        "status": "running",
+        "startedAt": 1,
+        "input": "q",
+        "trace": [],
+        "usage": {},
+        "stepIndex": 0,
+        "iterations": 0,
+        "revisions": 0,
+    }
+    writes: list[RunWrite] = [
+        PutRun(snapshot_record({**base, "runId": "a"})),
+        PatchRun("a", patch_record({"trace": [1], "traceFrom": 5})),  # a gap: refused
+        PatchRun("missing", patch_record({"status": "failed"})),  # refused
+        PatchRun("a", patch_record({"trace": [1, 2], "traceFrom": 0})),
+    ]
+    connection.execute("BEGIN IMMEDIATE")
+    outcomes = apply_writes(connection, writes)
+    connection.execute("COMMIT")
+    assert [type(outcome).__name__ for outcome in outcomes] == [
+        "WriteResult",
+        "TraceGap",
+        "RunNotFound",
+        "WriteResult",
+    ]
+    assert connection.execute("SELECT version, trace_length FROM runs").fetchall() == [(2, 2)]
+    assert connection.execute("SELECT idx, item FROM steps").fetchall() == [(0, "1"), (1, "2")]
+    connection.close()
