@@ -98,7 +98,7 @@ def patch_writes(draw: st.DrawFn) -> RunWrite:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(writes=st.lists(put_writes() | patch_writes(), min_size=1, max_size=12))
 def test_a_group_equals_its_writes_one_by_one(tmp_path: Path, writes: list[RunWrite]) -> None:
@@ -150,4 +150,30 @@ def test_a_refused_write_in_a_group_leaves_its_neighbours(tmp_path: Path) -> Non
     ]
     assert connection.execute("SELECT version, trace_length FROM runs").fetchall() == [(2, 2)]
     assert connection.execute("SELECT idx, item FROM steps").fetchall() == [(0, "1"), (1, "2")]
+    connection.close()
+
+
+def test_a_shorter_history_drops_turns_appended_earlier_in_the_group(tmp_path: Path) -> None:
+    connection = _open(tmp_path / "runs.db")
+    base = {
+        "runId": "a",
+        "status": "running",
+        "startedAt": 1,
+        "input": "q",
+        "trace": [],
+        "usage": {},
+        "stepIndex": 0,
+        "iterations": 0,
+        "revisions": 0,
+    }
+    writes: list[RunWrite] = [
+        PutRun(snapshot_record({**base, "history": [{"t": 0}, {"t": 1}]})),
+        PatchRun("a", patch_record({"history": [{"t": 2}, {"t": 3}], "historyFrom": 2})),
+        PutRun(snapshot_record({**base, "history": [{"t": 9}]})),
+    ]
+    connection.execute("BEGIN IMMEDIATE")
+    apply_writes(connection, writes)
+    connection.execute("COMMIT")
+    assert connection.execute("SELECT idx, item FROM turns").fetchall() == [(0, '{"t":9}')]
+    assert connection.execute("SELECT version, history_length FROM runs").fetchall() == [(3, 1)]
     connection.close()
