@@ -28,7 +28,7 @@ __all__ = ["SQLiteEngine", "SQLiteStore"]
 
 T = TypeVar("T")
 
-READER_THREADS: Final = 4
+READER_THREADS: Final = 2
 
 _GET: Final = """
 SELECT version, doc, plan, history_length,
