@@ -15,7 +15,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from runstore.client._models import RUN_ID_RE
 
@@ -30,6 +30,8 @@ __all__ = [
     "WriteResult",
     "decode_cursor",
     "encode_cursor",
+    "list_filters",
+    "retention_filter",
 ]
 
 
@@ -76,6 +78,43 @@ class RunPage:
 
     summaries: list[str] = field(default_factory=list)
     next_cursor: Cursor | None = None
+
+
+def list_filters(query: RunQuery, mark: str) -> tuple[str, list[Any]]:
+    """The WHERE clause (or "") and its parameters for ``query``; ``mark`` is the driver's
+    placeholder (``?`` or ``%s``). Both backends order by (started_at, run_id) descending."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if query.statuses:
+        clauses.append(f"status IN ({', '.join([mark] * len(query.statuses))})")
+        params += query.statuses
+    if query.started_after is not None:
+        clauses.append(f"started_at > {mark}")
+        params.append(query.started_after)
+    if query.started_before is not None:
+        clauses.append(f"started_at < {mark}")
+        params.append(query.started_before)
+    if query.cursor is not None:
+        clauses.append(f"(started_at, run_id) < ({mark}, {mark})")
+        params += (query.cursor.started_at, query.cursor.run_id)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def retention_filter(
+    completed_before: int | None, started_before: int | None, mark: str
+) -> tuple[str, list[int]]:
+    """The WHERE clause and parameters of a bulk delete; ValueError with neither bound."""
+    clauses: list[str] = []
+    params: list[int] = []
+    if completed_before is not None:
+        clauses.append(f"completed_at < {mark}")
+        params.append(completed_before)
+    if started_before is not None:
+        clauses.append(f"started_at < {mark}")
+        params.append(started_before)
+    if not clauses:
+        raise ValueError("delete_runs needs completed_before and/or started_before")
+    return f"WHERE {' AND '.join(clauses)}", params
 
 
 def encode_cursor(cursor: Cursor) -> str:

@@ -34,7 +34,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..errors import StorageUnavailable
 from . import postgres_writes as writes
-from .base import Cursor, RunPage, RunQuery, RunStore, StoredRun, WriteResult
+from .base import Cursor, RunPage, RunQuery, RunStore, StoredRun, WriteResult, list_filters
 from .postgres_schema import migrate
 from .postgres_writes import Connection
 from .records import PatchRecord, SnapshotRecord, render_snapshot, render_summary
@@ -352,24 +352,7 @@ class PostgresStore(RunStore):
         return None if row is None else int(row[0])
 
     async def list_runs(self, query: RunQuery) -> RunPage:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if len(query.statuses) == 1:
-            clauses.append("status = %s")
-            params.append(query.statuses[0])
-        elif query.statuses:
-            clauses.append("status = ANY(%s::text[])")
-            params.append(list(query.statuses))
-        if query.started_after is not None:
-            clauses.append("started_at > %s")
-            params.append(query.started_after)
-        if query.started_before is not None:
-            clauses.append("started_at < %s")
-            params.append(query.started_before)
-        if query.cursor is not None:
-            clauses.append("(started_at, run_id) < (%s, %s)")
-            params += (query.cursor.started_at, query.cursor.run_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = list_filters(query, "%s")
         sql = (
             "SELECT run_id, started_at, doc, trace_length, version, updated_at FROM runs "
             f"{where} ORDER BY started_at DESC, run_id DESC LIMIT %s"

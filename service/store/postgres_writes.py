@@ -18,7 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from ..errors import PreconditionFailed, RunNotFound, StaleWrite, TraceGap
-from .base import WriteResult
+from .base import WriteResult, retention_filter
 from .records import PatchRecord, SnapshotRecord, merge_doc
 
 __all__ = [
@@ -126,20 +126,8 @@ async def delete_runs(
     connection: Connection, completed_before: int | None, started_before: int | None
 ) -> tuple[int, str]:
     """Bulk retention: delete every run matching all the given bounds; returns how many."""
-    clauses: list[str] = []
-    params: list[int] = []
-    if completed_before is not None:
-        clauses.append("completed_at < %s")
-        params.append(completed_before)
-    if started_before is not None:
-        clauses.append("started_at < %s")
-        params.append(started_before)
-    if not clauses:
-        raise ValueError("delete_runs needs completed_before and/or started_before")
-    sql = (
-        f"WITH gone AS (DELETE FROM runs WHERE {' AND '.join(clauses)} RETURNING 1) "
-        f"SELECT count(*), {XID} FROM gone"
-    )
+    where, params = retention_filter(completed_before, started_before, "%s")
+    sql = f"WITH gone AS (DELETE FROM runs {where} RETURNING 1) SELECT count(*), {XID} FROM gone"
 
     row = await fetch_one(connection, sql, params)
     return int(row[0]), str(row[1])

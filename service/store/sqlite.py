@@ -18,7 +18,16 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from ..errors import RunNotFound, StorageUnavailable
-from .base import Cursor, RunPage, RunQuery, RunStore, StoredRun, WriteResult
+from .base import (
+    Cursor,
+    RunPage,
+    RunQuery,
+    RunStore,
+    StoredRun,
+    WriteResult,
+    list_filters,
+    retention_filter,
+)
 from .records import PatchRecord, SnapshotRecord, render_snapshot, render_summary
 from .sqlite_batch import PatchRun, PutRun, check_version, now_ms
 from .sqlite_schema import connect, migrate, verify
@@ -49,16 +58,8 @@ def _delete(run_id: str, if_match: int | None, connection: sqlite3.Connection) -
 def _delete_many(
     completed_before: int | None, started_before: int | None, connection: sqlite3.Connection
 ) -> int:
-    clauses, params = [], []
-    if completed_before is not None:
-        clauses.append("completed_at < ?")
-        params.append(completed_before)
-    if started_before is not None:
-        clauses.append("started_at < ?")
-        params.append(started_before)
-    if not clauses:
-        raise ValueError("delete_runs needs completed_before and/or started_before")
-    cursor = connection.execute(f"DELETE FROM runs WHERE {' AND '.join(clauses)}", params)
+    where, params = retention_filter(completed_before, started_before, "?")
+    cursor = connection.execute(f"DELETE FROM runs {where}", params)
     return cursor.rowcount
 
 
@@ -186,21 +187,7 @@ class SQLiteEngine:
         return None if row is None else int(row[0])
 
     def list_runs(self, query: RunQuery) -> RunPage:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if query.statuses:
-            clauses.append(f"status IN ({', '.join('?' * len(query.statuses))})")
-            params += query.statuses
-        if query.started_after is not None:
-            clauses.append("started_at > ?")
-            params.append(query.started_after)
-        if query.started_before is not None:
-            clauses.append("started_at < ?")
-            params.append(query.started_before)
-        if query.cursor is not None:
-            clauses.append("(started_at, run_id) < (?, ?)")
-            params += (query.cursor.started_at, query.cursor.run_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = list_filters(query, "?")
         sql = (
             "SELECT run_id, started_at, doc, trace_length, version, updated_at FROM runs "
             f"{where} ORDER BY started_at DESC, run_id DESC LIMIT ?"
