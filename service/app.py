@@ -41,16 +41,17 @@ def _warn_if_open(settings: Settings) -> None:
         )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new runstore application; nothing is opened until its lifespan starts."""
+def create_app(settings: Settings | None = None, *, store: RunStore | None = None) -> FastAPI:
+    """A new runstore application; its lifespan opens the store (the one the settings name, or
+    ``store``) and closes it."""
     settings = settings if settings is not None else Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         _warn_if_open(settings)
-        store: RunStore = open_store(settings)
-        async with store:
-            yield {"store": store, "settings": settings}
+        opened = store if store is not None else open_store(settings)
+        async with opened:
+            yield {"store": opened, "settings": settings}
 
     app = FastAPI(
         title="runstore",

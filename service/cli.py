@@ -58,19 +58,24 @@ def _source_problem(source: str) -> str | None:
     return None
 
 
-def _database_problem(settings: Settings) -> str | None:
-    """One line saying what keeps the store from opening, and what to do; None if it opens.
+def _open_store(settings: Settings) -> RunStore | str:
+    """The store the server will use, opened and checked; or one line saying what keeps it
+    from opening, and what to do.
 
-    Opening runs the same checks the server runs (``PRAGMA quick_check``, the schema version),
-    but here a failure is a message and an exit status instead of a traceback from the lifespan.
+    Opening runs the checks (``PRAGMA quick_check``, the schema version) here, where a failure
+    is a message and an exit status instead of a traceback from the lifespan. The SQLite engine
+    opened for them is handed to the app, so a large file is checked once.
     """
+    from .store import open_store
+
     if settings.database_url is not None:
-        return _postgres_problem(settings.database_url.get_secret_value())
+        problem = _postgres_problem(settings.database_url.get_secret_value())
+        return problem if problem is not None else open_store(settings)
     from .store.sqlite import SQLiteEngine
     from .store.sqlite_schema import CorruptDatabase
 
     try:
-        SQLiteEngine(settings.db).close()
+        engine = SQLiteEngine(settings.db, wal_autocheckpoint=settings.wal_autocheckpoint)
     except CorruptDatabase as exc:
         return (
             f"runstore: the database {settings.db} is damaged (quick_check: {exc}); it will not "
@@ -82,11 +87,11 @@ def _database_problem(settings: Settings) -> str | None:
             f"runstore: cannot open the database {settings.db}: {exc}. Check --db (RUNSTORE_DB) "
             "and that the file and its directory are readable and writable."
         )
-    return None
+    return open_store(settings, engine=engine)
 
 
 def _postgres_problem(url: str) -> str | None:
-    """The PostgreSQL side of :func:`_database_problem`: wait for the database (as long as the
+    """The PostgreSQL side of :func:`_open_store`: wait for the database (as long as the
     store's start-up timeout) and create or migrate the schema, as the server will."""
     try:
         from .store.postgres import PostgresStore
@@ -119,12 +124,12 @@ def _serve(args: argparse.Namespace) -> int:
     # with status 143; a stop that was asked for and completed is a success. Before uvicorn
     # takes the signal over (and after it hands it back), it stops the process at once.
     signal.signal(signal.SIGTERM, _stop_requested)
-    problem = _database_problem(settings)
-    if problem is not None:
-        print(problem, file=sys.stderr)
+    store = _open_store(settings)
+    if isinstance(store, str):
+        print(store, file=sys.stderr)
         return 1
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, store=store),
         host=settings.host,
         port=settings.port,
         access_log=settings.access_log,

@@ -28,10 +28,11 @@ __all__ = [
 ]
 
 
-def open_store(settings: Settings) -> RunStore:
-    """The backend the settings name: PostgreSQL with a database URL, else the SQLite file."""
+def open_store(settings: Settings, *, engine: SQLiteEngine | None = None) -> RunStore:
+    """The backend the settings name: PostgreSQL with a database URL, else the SQLite file
+    (``engine``: that file, already opened and checked)."""
     if settings.database_url is not None:
         from .postgres import PostgresStore
 
         return PostgresStore(settings.database_url.get_secret_value())
-    return SQLiteStore(settings.db, wal_autocheckpoint=settings.wal_autocheckpoint)
+    return SQLiteStore(settings.db, wal_autocheckpoint=settings.wal_autocheckpoint, engine=engine)

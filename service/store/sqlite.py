@@ -214,9 +214,18 @@ class SQLiteEngine:
 class SQLiteStore(RunStore):
     """The server's :class:`RunStore` on a :class:`SQLiteEngine`."""
 
-    def __init__(self, path: str | Path, *, wal_autocheckpoint: int = 1000) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        wal_autocheckpoint: int = 1000,
+        engine: SQLiteEngine | None = None,
+    ) -> None:
+        """``engine``: one already opened on ``path`` (so its checks are not run twice), which
+        the store then owns and closes."""
         self.path = str(path)
         self.wal_autocheckpoint = wal_autocheckpoint
+        self._opened = engine
         self._engine: SQLiteEngine | None = None
         self._readers: ThreadPoolExecutor | None = None
 
@@ -228,6 +237,9 @@ class SQLiteStore(RunStore):
 
     async def open(self) -> None:
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="runstore-reader")
+        if self._opened is not None:
+            self._engine, self._opened = self._opened, None
+            return
         loop = asyncio.get_running_loop()
         self._engine = await loop.run_in_executor(
             self._readers,
