@@ -141,72 +141,40 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from .errors import StorageUnavailable
+    from .store import open_store
     from .store.importer import import_legacy
-    from .store.sqlite import SQLiteEngine
+    from .store.sqlite_schema import CorruptDatabase
 
     settings = _settings(args)
     problem = _source_problem(args.source)
     if problem is not None:
         print(problem, file=sys.stderr)
         return 1
-    if settings.database_url is not None:
-        return _import_into_postgres(args.source, settings.database_url.get_secret_value())
-    with SQLiteEngine(settings.db) as engine:
-        report = import_legacy(args.source, engine)
-    return _import_report(f"{args.source} -> {settings.db}", report)
+    store = open_store(settings)
 
+    async def run() -> ImportReport:
+        async with store:
+            return await import_legacy(args.source, store)
 
-def _import_report(what: str, report: ImportReport) -> int:
-    print(f"{what}: {report.summary()}")
-    for run_id, reason in report.invalid:
-        print(f"  not imported: {run_id}: {reason}", file=sys.stderr)
-    return 1 if report.invalid else 0
-
-
-def _import_into_postgres(source: str, url: str) -> int:
-    from .errors import StorageUnavailable
-    from .store.postgres import PostgresStore
-
-    store = PostgresStore(url)
     try:
-        report = asyncio.run(_import_into(source, store))
+        report = asyncio.run(run())
     except StorageUnavailable as exc:
         print(f"runstore import: {exc.detail}", file=sys.stderr)
         return 1
-    return _import_report(f"{source} -> PostgreSQL at {store.target}", report)
+    except (sqlite3.Error, CorruptDatabase) as exc:
+        print(f"runstore import: cannot open the store {settings.db}: {exc}", file=sys.stderr)
+        return 1
+    target = settings.db
+    if settings.database_url is not None:
+        from .store.postgres import PostgresStore
 
-
-async def _import_into(source: str, store: RunStore) -> ImportReport:
-    """``import_legacy`` on any open-able RunStore: the same rules, run by run (a run stored
-    with the same content is left alone; one that has gone further is kept)."""
-    import json
-
-    from .errors import InvalidRun, StaleWrite
-    from .store.importer import ImportReport, legacy_snapshots
-    from .store.records import snapshot_record
-
-    report = ImportReport()
-    async with store:
-        for run_id, snapshot in legacy_snapshots(source):
-            if isinstance(snapshot, ValueError):
-                report.invalid.append((run_id, str(snapshot)))
-                continue
-            try:
-                record = snapshot_record(snapshot)
-            except InvalidRun as exc:
-                report.invalid.append((run_id, exc.detail))
-                continue
-            stored = await store.get_run(record.run_id)
-            if stored is not None and json.loads(stored.body) == snapshot:
-                report.unchanged += 1
-                continue
-            try:
-                await store.put_run(record)
-            except StaleWrite:
-                report.kept_newer += 1
-            else:
-                report.imported += 1
-    return report
+        assert isinstance(store, PostgresStore)
+        target = f"PostgreSQL at {store.target}"
+    print(f"{args.source} -> {target}: {report.summary()}")
+    for run_id, reason in report.invalid:
+        print(f"  not imported: {run_id}: {reason}", file=sys.stderr)
+    return 1 if report.invalid else 0
 
 
 def _backup(args: argparse.Namespace) -> int:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidRun, StaleWrite
+from .base import RunStore
 from .records import snapshot_record
-from .sqlite import SQLiteEngine
 
 __all__ = ["ImportReport", "import_legacy", "legacy_snapshots"]
 
@@ -100,8 +100,8 @@ def legacy_snapshots(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | V
         connection.close()
 
 
-def import_legacy(source: str | Path, engine: SQLiteEngine) -> ImportReport:
-    """Copy every run of a legacy database into the store; see the module docstring."""
+async def import_legacy(source: str | Path, store: RunStore) -> ImportReport:
+    """Copy every run of a legacy database into an open store; see the module docstring."""
     report = ImportReport()
     for run_id, snapshot in legacy_snapshots(source):
         if isinstance(snapshot, ValueError):
@@ -112,12 +112,12 @@ def import_legacy(source: str | Path, engine: SQLiteEngine) -> ImportReport:
         except InvalidRun as exc:
             report.invalid.append((run_id, exc.detail))
             continue
-        stored = engine.get_run(record.run_id)
+        stored = await store.get_run(record.run_id)
         if stored is not None and json.loads(stored.body) == snapshot:
             report.unchanged += 1
             continue
         try:
-            engine.put_run(record)
+            await store.put_run(record)
         except StaleWrite:
             report.kept_newer += 1
         else:
