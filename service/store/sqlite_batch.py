@@ -157,10 +157,17 @@ class RunWrites:
             pending.clear()
 
 
-class _Callable:
-    """Lets a write run on its own as a plain writer op (``op(connection)``)."""
+class _GroupedWrite:
+    """A write the writer thread applies together with its neighbours (``group``), or on its
+    own as a plain writer op (``op(connection)``)."""
 
     __slots__ = ()
+
+    @staticmethod
+    def group(
+        connection: sqlite3.Connection, writes: Sequence[RunWrite]
+    ) -> list[WriteResult | StoreError]:
+        return apply_writes(connection, writes)
 
     def __call__(self, connection: sqlite3.Connection) -> WriteResult:
         (outcome,) = apply_writes(connection, [self])  # type: ignore[list-item]
@@ -178,7 +185,7 @@ def check_version(stored: int, if_match: int | None) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class PutRun(_Callable):
+class PutRun(_GroupedWrite):
     """Create or replace a whole run."""
 
     record: SnapshotRecord
@@ -243,7 +250,7 @@ class PutRun(_Callable):
 
 
 @dataclass(frozen=True, slots=True)
-class PatchRun(_Callable):
+class PatchRun(_GroupedWrite):
     """Append steps and turns and replace fields of a stored run."""
 
     run_id: str
@@ -320,8 +327,3 @@ def apply_writes(
             outcomes.append(exc)
     state.flush()
     return outcomes
-
-
-# The writer thread applies consecutive writes that share a ``group`` function in one call.
-PutRun.group = staticmethod(apply_writes)  # type: ignore[attr-defined]
-PatchRun.group = staticmethod(apply_writes)  # type: ignore[attr-defined]
