@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from runstore.client._models import REQUIRED_FIELDS, RESERVED_FIELDS, RunPatch, RunSnapshot
 
 from .api.auth import BearerAuth
+from .api.direct import DirectRunRoutes
 from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from .api.routes import router
 from .config import Settings, is_loopback
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
     )
     app.include_router(router)
     install_problem_handlers(app)
+    # Added first, so that it runs inside authentication.
+    app.add_middleware(DirectRunRoutes)
     tokens = settings.token_table
     if tokens is not None:
         app.add_middleware(BearerAuth, tokens=tokens)
