@@ -91,9 +91,17 @@ class Server:
 
 
 def _pin(pid: int, cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+    """Pin every thread of ``pid`` (those started before now too: runstore's writer and reader
+    threads start before uvicorn listens) to ``cpu``; threads started later inherit it."""
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        return
+    try:
+        threads = [int(task) for task in os.listdir(f"/proc/{pid or os.getpid()}/task")]
+    except OSError:
+        threads = [pid]
+    for thread in threads:
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(pid, {cpu})
+            os.sched_setaffinity(thread, {cpu})
 
 
 def start_server(name: str, command: list[str], env: dict[str, str], pin: bool) -> Server:

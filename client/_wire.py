@@ -71,7 +71,7 @@ def encode_body(text: str) -> bytes:
 
 def run_path(run_id: str) -> str:
     """``/runs/{runId}``; InvalidRun for an id the contract does not allow."""
-    if not isinstance(run_id, str) or not 0 < len(run_id) <= 200 or not RUN_ID_RE.match(run_id):
+    if not isinstance(run_id, str) or not 0 < len(run_id) <= 200 or not RUN_ID_RE.fullmatch(run_id):
         raise InvalidRun(
             f"{run_id!r} is not a run id: 1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, "
             "starting with a letter or a digit.",

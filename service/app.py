@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp
 
 from runstore.client._models import REQUIRED_FIELDS, RESERVED_FIELDS, RunPatch, RunSnapshot
 
@@ -17,7 +18,7 @@ from .api.auth import BearerAuth
 from .api.direct import DirectRunRoutes
 from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from .api.routes import router
-from .config import Settings, is_loopback
+from .config import Settings, TokenTable, is_loopback
 from .store import RunStore, open_store
 
 __all__ = ["create_app"]
@@ -42,6 +43,24 @@ def _warn_if_open(settings: Settings) -> None:
         )
 
 
+class RunStoreApp(FastAPI):
+    """The FastAPI app with authentication and the direct run routes in front of its
+    middleware stack.
+
+    The run routes (:mod:`.api.direct`) are what agents call at every step; in front of the
+    stack they skip FastAPI's error, telemetry and body-limit middleware as well as its router.
+    Authentication is checked first, for every request.
+    """
+
+    def __init__(self, *, tokens: TokenTable | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tokens = tokens
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app: ASGIApp = DirectRunRoutes(super().build_middleware_stack())
+        return app if self.tokens is None else BearerAuth(app, tokens=self.tokens)
+
+
 def create_app(settings: Settings | None = None, *, store: RunStore | None = None) -> FastAPI:
     """A new runstore application; its lifespan opens the store (the one the settings name, or
     ``store``) and closes it."""
@@ -54,7 +73,8 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
         async with opened:
             yield {"store": opened, "settings": settings}
 
-    app = FastAPI(
+    app = RunStoreApp(
+        tokens=settings.token_table,
         title="runstore",
         version=VERSION,
         description=DESCRIPTION,
@@ -63,11 +83,6 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
     )
     app.include_router(router)
     install_problem_handlers(app)
-    # Added first, so that it runs inside authentication.
-    app.add_middleware(DirectRunRoutes)
-    tokens = settings.token_table
-    if tokens is not None:
-        app.add_middleware(BearerAuth, tokens=tokens)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
 

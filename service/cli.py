@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sqlite3
@@ -114,6 +115,17 @@ def _stop_requested(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _tune_gc() -> None:
+    """Collect cycles less often: a request allocates hundreds of containers (a parsed 50-step
+    body, thousands) and nearly all of them die by reference counting, so the collector's default
+    pace (every 700 allocations) spent a tenth of the server's time re-scanning live request
+    data. What start-up built (modules, the app, its schemas) lives as long as the process and
+    is moved out of the collector's sight with ``gc.freeze()``."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -128,8 +140,10 @@ def _serve(args: argparse.Namespace) -> int:
     if isinstance(store, str):
         print(store, file=sys.stderr)
         return 1
+    app = create_app(settings, store=store)
+    _tune_gc()
     uvicorn.run(
-        create_app(settings, store=store),
+        app,
         host=settings.host,
         port=settings.port,
         access_log=settings.access_log,

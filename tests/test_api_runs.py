@@ -143,7 +143,15 @@ async def test_run_ids_may_use_every_allowed_character(client: httpx.AsyncClient
 
 @pytest.mark.parametrize(
     "run_id",
-    ["-starts-with-dash", "has space", "x" * 201, "caf\u00e9", "semi;colon", "_underscore"],
+    [
+        "-starts-with-dash",
+        "has space",
+        "x" * 201,
+        "caf\u00e9",
+        "semi;colon",
+        "_underscore",
+        "trailing-newline%0A",
+    ],
 )
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
 async def test_a_run_id_that_breaks_the_rule_is_422_on_path_run_id(

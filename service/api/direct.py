@@ -1,11 +1,11 @@
-"""The run routes served straight from ASGI, in front of FastAPI's router.
+"""The run routes served straight from ASGI, in front of FastAPI's middleware and router.
 
 ``PUT``, ``PATCH``, ``GET``, ``HEAD`` and ``DELETE /runs/{runId}`` are what agents call at every
 step. FastAPI declares them (they are in the OpenAPI document, and its router serves them when the
-app is mounted under a ``root_path``), but routing a request through its exception middleware,
-exit stacks and router costs more than the durable write itself. :class:`DirectRunRoutes` sits
-inside the app's middleware (after authentication) and hands these requests to the same endpoint
-functions, with the same exception handlers; every other request goes on to the router.
+app is mounted under a ``root_path``), but passing a request through its middleware, exit stacks
+and router costs more than the durable write itself. :class:`DirectRunRoutes` sits in front of
+the app's middleware stack (behind authentication) and hands these requests to the same endpoint
+functions, with the app's exception handlers; every other request goes on to the stack.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def _settings(request: Request) -> Settings:
 
 def _run_id(request: Request) -> str:
     run_id: str = request.path_params["runId"]
-    if len(run_id) > 200 or RUN_ID_RE.match(run_id) is None:
+    if len(run_id) > 200 or RUN_ID_RE.fullmatch(run_id) is None:
         raise ProblemError(
             "invalid-fields",
             "The run id in the URL must be 1-200 characters of A-Z a-z 0-9 _ . ~ : @ - "

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from pydantic import ValidationError
 
 from runstore.client._models import (
+    MAX_INT,
     OPTIONAL_FIELDS,
     REQUIRED_FIELDS,
     RESERVED_FIELDS,
+    RUN_ID_RE,
+    STATUS_PATTERN,
     RunPatch,
     RunSnapshot,
 )
@@ -39,6 +42,7 @@ __all__ = [
     "json_path",
     "merge_doc",
     "patch_record",
+    "plainly_valid",
     "render_snapshot",
     "render_summary",
     "snapshot_record",
@@ -60,6 +64,53 @@ _SPLIT_FIELDS: Final = frozenset({"trace", "history", "plan"})
 _NOT_NULLABLE: Final = REQUIRED_FIELDS | {"traceFrom", "historyFrom"}
 _SNAPSHOT_FIELDS: Final = REQUIRED_FIELDS | OPTIONAL_FIELDS
 _PATCH_FIELDS: Final = _SNAPSHOT_FIELDS | {"traceFrom", "historyFrom"}
+
+
+_STATUS_RE: Final = re.compile(STATUS_PATTERN)
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_INT
+
+
+# For each of the models' own fields, whether a (non-null) JSON value plainly has the type the
+# model asks for. JSON gives exact types, so these are the models' strict rules; tests check
+# that they never accept what pydantic refuses.
+_PLAINLY_VALID: Final[dict[str, Callable[[Any], bool]]] = {
+    "runId": lambda value: (
+        type(value) is str and len(value) <= 200 and RUN_ID_RE.fullmatch(value) is not None
+    ),
+    "status": lambda value: type(value) is str and _STATUS_RE.fullmatch(value) is not None,
+    "startedAt": _is_count,
+    "completedAt": _is_count,
+    "stepIndex": _is_count,
+    "iterations": _is_count,
+    "revisions": _is_count,
+    "traceFrom": _is_count,
+    "historyFrom": _is_count,
+    "input": lambda value: type(value) is str,
+    "text": lambda value: type(value) is str,
+    "error": lambda value: type(value) is str,
+    "trace": lambda value: type(value) is list,
+    "usage": lambda value: type(value) is dict,
+    "plan": lambda value: type(value) is dict,
+    "history": lambda value: type(value) is list and all(type(turn) is dict for turn in value),
+}
+
+
+def plainly_valid(fields: Mapping[str, Any], nullable: frozenset[str]) -> bool:
+    """True when every field is null where ``nullable`` allows it or plainly of its type.
+
+    Most bodies are; the model is asked only about the others, for its verdict and its errors.
+    Validating a model costs more than the rest of a PATCH's checks together.
+    """
+    for name, value in fields.items():
+        if value is None:
+            if name not in nullable:
+                return False
+        elif not _PLAINLY_VALID[name](value):
+            return False
+    return True
 
 
 def _own_fields(body: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
@@ -172,13 +223,13 @@ def snapshot_record(body: Any) -> SnapshotRecord:
     snapshot = _common_checks(body, "snapshot")
     missing = sorted(REQUIRED_FIELDS - snapshot.keys())
     errors = [_field_error((name,), "is required", "missing") for name in missing]
-    try:
-        RunSnapshot.model_validate(
-            _own_fields(snapshot, _SNAPSHOT_FIELDS), strict=True, by_alias=True, by_name=False
-        )
-    except ValidationError as exc:
-        seen = {error["path"] for error in errors}
-        errors += [error for error in _pydantic_errors(exc) if error["path"] not in seen]
+    own = _own_fields(snapshot, _SNAPSHOT_FIELDS)
+    if errors or not plainly_valid(own, OPTIONAL_FIELDS):
+        try:
+            RunSnapshot.model_validate(own, strict=True, by_alias=True, by_name=False)
+        except ValidationError as exc:
+            seen = {error["path"] for error in errors}
+            errors += [error for error in _pydantic_errors(exc) if error["path"] not in seen]
     if errors:
         raise _invalid(errors, "snapshot")
     history = snapshot.get("history")
@@ -228,13 +279,13 @@ def patch_record(body: Any) -> PatchRecord:
         )
     if "historyFrom" in patch and history is None:
         errors.append(_field_error(("history",), "must be an array with historyFrom", "missing"))
-    try:
-        RunPatch.model_validate(
-            _own_fields(patch, _PATCH_FIELDS), strict=True, by_alias=True, by_name=False
-        )
-    except ValidationError as exc:
-        seen = {error["path"] for error in errors}
-        errors += [error for error in _pydantic_errors(exc) if error["path"] not in seen]
+    own = _own_fields(patch, _PATCH_FIELDS)
+    if not plainly_valid(own, _PATCH_FIELDS):
+        try:
+            RunPatch.model_validate(own, strict=True, by_alias=True, by_name=False)
+        except ValidationError as exc:
+            seen = {error["path"] for error in errors}
+            errors += [error for error in _pydantic_errors(exc) if error["path"] not in seen]
     if errors:
         raise _invalid(errors, "patch")
     trace = patch.get("trace")
