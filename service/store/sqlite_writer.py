@@ -60,6 +60,7 @@ class WriterThread(threading.Thread):
         self._startup_error: BaseException | None = None
         self._closed = False
         self._close_lock = threading.Lock()
+        self._stopping = False
 
     def start_and_wait(self) -> None:
         """Start the thread and wait until its connection is open (re-raising a failure)."""
@@ -119,24 +120,26 @@ class WriterThread(threading.Thread):
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch: list[_Item] = [first]  # type: ignore[list-item]
-            stopping = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)  # type: ignore[arg-type]
-            _deliver(self._commit(connection, batch))
-            if stopping:
+            self._stopping = False
+            _deliver(self._commit(connection, [first]))  # type: ignore[list-item]
+            if self._stopping:
                 return
+
+    def _take_queued(self, batch: list[_Item]) -> None:
+        """Add what is queued now to ``batch`` (up to MAX_BATCH); a stop ends the taking."""
+        while len(batch) < MAX_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:
+                self._stopping = True
+                return
+            batch.append(item)  # type: ignore[arg-type]
 
     def _commit(self, connection: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
         try:
-            return _run_batch(connection, batch)
+            return _run_batch(connection, batch, self._take_queued)
         except (sqlite3.Error, _OpFailed) as exc:
             _rollback(connection)
             if len(batch) == 1:
@@ -169,12 +172,20 @@ class _OpFailed(Exception):
     """An op raised something other than a StoreError, possibly after writing: undo the batch."""
 
 
-def _run_batch(connection: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
+def _run_batch(
+    connection: sqlite3.Connection,
+    batch: list[_Item],
+    take_queued: Callable[[list[_Item]], None] | None = None,
+) -> list[_Outcome]:
     # Ops check everything before they write (a StoreError leaves nothing behind), so the
     # batch needs no savepoint per op. Consecutive ops whose class has the same ``group``
     # function are handed to it together, to be applied with as few statements as it can.
     outcomes: list[_Outcome] = []
     connection.execute("BEGIN IMMEDIATE")
+    if take_queued is not None:
+        # Taken only now: the event loop went on queueing writes while BEGIN waited for the
+        # lock (and, first, while this thread waited for the GIL), so the group is larger.
+        take_queued(batch)
     start = 0
     while start < len(batch):
         op = batch[start][0]
