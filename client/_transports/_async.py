@@ -1,4 +1,4 @@
-"""The async transport: HTTP/1.1 over asyncio streams, with a keep-alive pool."""
+"""The async transport: HTTP/1.1 as an asyncio protocol, with a keep-alive pool."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Self
 
 import httpx
 
@@ -17,8 +17,6 @@ from ._common import DEFAULT_LIMITS, StaleConnection, make_response
 from ._http11 import ResponseParser, encode_request, origin_of
 
 __all__ = ["AsyncHttp11Transport"]
-
-_RECEIVE_SIZE: Final = 64 * 1024
 
 
 def _in_asyncio() -> bool:
@@ -29,49 +27,134 @@ def _in_asyncio() -> bool:
         return False
 
 
-class _Connection:
-    """One stream to the server, used by one request at a time, on one event loop."""
+class _Connection(asyncio.Protocol):
+    """One connection to the server, as an asyncio protocol, used by one request at a time.
 
-    __slots__ = ("idle_since", "loop", "origin", "reader", "used", "writer")
+    What arrives goes straight to the parser of the request in progress, so an answer that came
+    before the connection broke (a 413 to a body the server would not read) is still whole.
+    """
 
-    def __init__(
-        self, origin: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, origin: tuple[str, int], loop: asyncio.AbstractEventLoop) -> None:
         self.origin = origin
-        self.reader = reader
-        self.writer = writer
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
+        # Whether a response has come back on it: only then can it have gone stale.
         self.used = False
+        # Closed, broken, or sent bytes nobody asked for: it can carry no further request.
+        self.lost = False
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._parser: ResponseParser | None = None
+        self._answered: asyncio.Future[None] | None = None
+        self._read_deadline: asyncio.Timeout | None = None
+        self._read_timeout: float | None = None
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(cls, origin: tuple[str, int], limit: float | None) -> _Connection:
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(limit):
-                # asyncio sets TCP_NODELAY on TCP streams.
-                reader, writer = await asyncio.open_connection(*origin)
+                # asyncio sets TCP_NODELAY on TCP connections.
+                _, connection = await loop.create_connection(lambda: cls(origin, loop), *origin)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(str(exc) or "timed out") from exc
         except OSError as exc:
             raise httpx.ConnectError(str(exc)) from exc
-        return cls(origin, reader, writer)
+        return connection
+
+    # asyncio's side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            self.close()
+            return
+        try:
+            complete = parser.feed(data)
+        except httpx.RemoteProtocolError as exc:
+            self._settle(exc)
+            return
+        if complete:
+            self._settle(None)
+        elif self._read_deadline is not None and self._read_timeout is not None:
+            # The read timeout bounds each wait for data, not the whole body.
+            self._read_deadline.reschedule(self.loop.time() + self._read_timeout)
+
+    def eof_received(self) -> bool | None:
+        self.lost = True
+        self._ended(None)
+        return None  # asyncio closes the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._ended(exc)
+        self._wake_writer()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _ended(self, exc: Exception | None) -> None:
+        parser = self._parser
+        if parser is None:
+            return
+        if exc is not None:
+            self._settle(exc)
+            return
+        try:
+            parser.feed(b"")
+        except httpx.RemoteProtocolError as error:
+            self._settle(error)
+        else:
+            self._settle(None)
+
+    def _settle(self, exc: BaseException | None) -> None:
+        self._parser = None
+        answered = self._answered
+        if answered is not None and not answered.done():
+            if exc is None:
+                answered.set_result(None)
+            else:
+                answered.set_exception(exc)
+
+    # the transport's side
 
     def close(self) -> None:
-        # Not on a loop that has closed (a client moved between event loops).
-        with contextlib.suppress(RuntimeError):
-            self.writer.close()
+        self.lost = True
+        if self.transport is not None:
+            # abort, not close: close would first wait to send a backlog the server may never
+            # read. Not on a loop that has closed (a client moved between event loops).
+            with contextlib.suppress(RuntimeError):
+                self.transport.abort()
 
     async def aclose(self) -> None:
         self.close()
-        with contextlib.suppress(Exception):
-            await self.writer.wait_closed()
+        with contextlib.suppress(TimeoutError, RuntimeError):
+            async with asyncio.timeout(5):
+                await self.closed
 
     def stale(self) -> bool:
-        """Whether the idle stream saw the server close it (or fail)."""
+        """Whether the idle connection saw the server close it (or fail)."""
+        transport = self.transport
         return (
-            self.reader.at_eof()
-            or self.reader.exception() is not None
-            or self.writer.is_closing()
+            self.lost
+            or transport is None
+            or transport.is_closing()
             or self.loop is not asyncio.get_running_loop()
         )
 
@@ -79,49 +162,55 @@ class _Connection:
         self, payload: tuple[bytes, bytes], timeouts: Mapping[str, Any], *, skip_body: bool
     ) -> ResponseParser:
         """Send one request and read its response; StaleConnection as the blocking one."""
-        parser = ResponseParser(skip_body=skip_body)
-        writer = self.writer
-        write_error: OSError | None = None
+        transport = self.transport
+        assert transport is not None
+        if self.lost or transport.is_closing():
+            # Closed since it was checked; a write now would be dropped and never answered.
+            if self.used:
+                raise StaleConnection
+            raise httpx.ConnectError("The connection closed before the request was sent")
+        parser = self._parser = ResponseParser(skip_body=skip_body)
+        answered = self._answered = self.loop.create_future()
         try:
-            writer.write(payload[0])
+            transport.write(payload[0])
             if payload[1]:
-                writer.write(payload[1])
-            # Usually the kernel took it all at once; only a backlog needs waiting for.
-            if writer.transport.get_write_buffer_size():
-                async with asyncio.timeout(timeouts.get("write")):
-                    await writer.drain()
-        except TimeoutError as exc:
-            raise httpx.WriteTimeout(str(exc) or "timed out") from exc
-        except OSError as exc:
-            # The server may have answered and closed early (413 to a large body): read that.
-            write_error = exc
-        read_timeout = timeouts.get("read")
-        reader = self.reader
-        try:
-            async with asyncio.timeout(read_timeout) as deadline:
-                while not parser.feed(await reader.read(_RECEIVE_SIZE)):
-                    if read_timeout is not None:
-                        # The timeout bounds each wait for data, not the whole body.
-                        deadline.reschedule(self.loop.time() + read_timeout)
+                transport.write(payload[1])
+            if self._paused:
+                await self._drain(timeouts.get("write"))
+            self._read_timeout = timeouts.get("read")
+            async with asyncio.timeout(self._read_timeout) as self._read_deadline:
+                await answered
         except TimeoutError as exc:
             raise httpx.ReadTimeout(str(exc) or "timed out") from exc
         except (OSError, httpx.RemoteProtocolError) as exc:
-            if parser.received == 0 and (self.used or write_error is not None):
-                if self.used:
-                    raise StaleConnection from write_error or exc
-                assert write_error is not None
-                raise httpx.WriteError(str(write_error)) from write_error
+            if parser.received == 0 and self.used:
+                raise StaleConnection from exc
             if isinstance(exc, httpx.RemoteProtocolError):
                 raise
             raise httpx.ReadError(str(exc)) from exc
-        if write_error is not None:
-            parser.reusable = False
+        finally:
+            self._parser = self._answered = self._read_deadline = None
         self.used = True
         return parser
 
+    async def _drain(self, limit: float | None) -> None:
+        """Wait until asyncio has handed the request's backlog to the kernel."""
+        try:
+            async with asyncio.timeout(limit):
+                while self._paused and not self.lost and not self._answered_early():
+                    self._drained = self.loop.create_future()
+                    await self._drained
+        except TimeoutError as exc:
+            raise httpx.WriteTimeout(str(exc) or "timed out") from exc
+        finally:
+            self._drained = None
+
+    def _answered_early(self) -> bool:
+        return self._answered is not None and self._answered.done()
+
 
 class AsyncHttp11Transport(httpx.AsyncBaseTransport):
-    """:class:`Http11Transport` for asyncio, over asyncio streams.
+    """:class:`Http11Transport` for asyncio, as an asyncio protocol.
 
     The same pool, limits, timeouts, errors and retry of a stale connection. Under another async
     library (trio) every request goes through httpx's default async transport instead.
