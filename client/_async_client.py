@@ -50,8 +50,12 @@ class AsyncRunStoreClient:
     ``token`` is sent as ``Authorization: Bearer``. ``timeout`` (seconds or an
     ``httpx.Timeout``) bounds each attempt; ``retries`` (a :class:`RetryPolicy`, or a number of
     retries after the first try) bounds how hard each call tries when the store is unreachable
-    or answers 408, 429, 502, 503 or 504. ``transport`` replaces the network (tests give an
-    ``httpx`` transport here). Errors are :class:`RunStoreError` subclasses.
+    or answers 408, 429, 502, 503 or 504. Errors are :class:`RunStoreError` subclasses.
+
+    ``transport`` replaces the network (tests give an ``httpx`` transport here). Without one, a
+    plain ``http://`` URL gets the client's own HTTP/1.1 keep-alive transport (a fraction of the
+    CPU per request of httpx's); ``https://``, a proxy from the environment (``HTTP_PROXY``,
+    ``ALL_PROXY``, unless ``NO_PROXY`` names the host) and trio keep httpx's default transport.
 
     Use it as an async context manager, or await :meth:`close`.
     """
