@@ -4,7 +4,7 @@ httpx's default transport (httpcore over h11) spends most of an agent's CPU per 
 one small PATCH, and the generic machinery around it costs several times what the request
 does. :class:`Http11Transport` and :class:`AsyncHttp11Transport` do only what a client of the
 runstore server needs: plain-HTTP/1.1 keep-alive, one write per request, and a response parser
-with no per-event objects. :func:`lean_transport` says when they apply.
+with no per-event objects. :func:`lean_transport_serves` says when they apply.
 """
 
 from __future__ import annotations
