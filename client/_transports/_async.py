@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -13,7 +12,7 @@ from typing import Any, Self
 
 import httpx
 
-from ._common import DEFAULT_LIMITS, StaleConnection, make_response
+from ._common import DEFAULT_LIMITS, PoolBounds, StaleConnection, make_response
 from ._http11 import ResponseParser, encode_request, origin_of
 
 __all__ = ["AsyncHttp11Transport"]
@@ -218,13 +217,10 @@ class AsyncHttp11Transport(httpx.AsyncBaseTransport):
 
     def __init__(self, *, limits: httpx.Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
-        self._max_connections = limits.max_connections or 2**31
-        self._max_idle = (
-            self._max_connections
-            if limits.max_keepalive_connections is None
-            else limits.max_keepalive_connections
-        )
-        self._expiry = math.inf if limits.keepalive_expiry is None else limits.keepalive_expiry
+        bounds = PoolBounds.of(limits)
+        self._max_connections = bounds.max_connections
+        self._max_idle = bounds.max_idle
+        self._expiry = bounds.expiry
         self._idle: list[_Connection] = []
         self._in_use = 0
         self._waiters: deque[asyncio.Future[None]] = deque()

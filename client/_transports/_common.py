@@ -3,18 +3,42 @@ a stale connection, and the httpx response they return."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Final
 
 import httpx
 
 from ._http11 import ResponseParser
 
-__all__ = ["DEFAULT_LIMITS", "StaleConnection", "make_response"]
+__all__ = ["DEFAULT_LIMITS", "PoolBounds", "StaleConnection", "make_response"]
 
 # httpx's defaults. The server (uvicorn) closes a connection idle for 5 s.
 DEFAULT_LIMITS: Final = httpx.Limits(
     max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0
 )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolBounds:
+    """``httpx.Limits`` as numbers a pool compares with: no limit is infinite."""
+
+    max_connections: float
+    max_idle: float
+    expiry: float
+
+    @classmethod
+    def of(cls, limits: httpx.Limits) -> PoolBounds:
+        max_connections = math.inf if limits.max_connections is None else limits.max_connections
+        return cls(
+            max_connections=max_connections,
+            max_idle=(
+                max_connections
+                if limits.max_keepalive_connections is None
+                else limits.max_keepalive_connections
+            ),
+            expiry=math.inf if limits.keepalive_expiry is None else limits.keepalive_expiry,
+        )
 
 
 class StaleConnection(Exception):

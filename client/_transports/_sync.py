@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import select
 import socket
 import threading
@@ -14,7 +13,7 @@ from typing import Any, Final, Self
 
 import httpx
 
-from ._common import DEFAULT_LIMITS, StaleConnection, make_response
+from ._common import DEFAULT_LIMITS, PoolBounds, StaleConnection, make_response
 from ._http11 import ResponseParser, encode_request, origin_of
 
 __all__ = ["Http11Transport"]
@@ -112,7 +111,7 @@ class Http11Transport(httpx.BaseTransport):
 
     It writes each request in one system call and parses the response itself, which costs a
     fraction of the CPU of httpx's default transport (httpcore and h11). No TLS, no proxies, no
-    HTTP/2: the clients use it only where none applies (see :func:`lean_transport`).
+    HTTP/2: the clients use it only where none applies (see :func:`lean_transport_serves`).
 
     Connections are pooled per origin and reused last-in first-out; ``limits`` bounds them as
     httpx's do (``max_connections`` in use or idle, ``max_keepalive_connections`` idle,
@@ -123,13 +122,10 @@ class Http11Transport(httpx.BaseTransport):
     """
 
     def __init__(self, *, limits: httpx.Limits = DEFAULT_LIMITS) -> None:
-        self._max_connections = limits.max_connections or 2**31
-        self._max_idle = (
-            self._max_connections
-            if limits.max_keepalive_connections is None
-            else limits.max_keepalive_connections
-        )
-        self._expiry = math.inf if limits.keepalive_expiry is None else limits.keepalive_expiry
+        bounds = PoolBounds.of(limits)
+        self._max_connections = bounds.max_connections
+        self._max_idle = bounds.max_idle
+        self._expiry = bounds.expiry
         self._idle: list[_Connection] = []
         self._in_use = 0
         self._closed = False

@@ -44,30 +44,27 @@ CREATE TABLE turns (
 CREATE TABLE probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);
 """
 
+
 # Steps and turns as rowid tables. Clustered by (run, position), as v1 kept them, a group
 # commit that appends one step to each of many runs rewrote a page per run; with rowids the new
 # rows go to the end of the table and only the small (run, position) index entries scatter.
 # That took about a third of the writer's time off a group of PATCHes (bench/http_load.py).
-_V2: Final = """
-CREATE TABLE steps_v2 (
+def _as_rowid_table(table: str) -> str:
+    return f"""
+CREATE TABLE {table}_v2 (
     run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
     idx INTEGER NOT NULL,
     item TEXT NOT NULL,
     PRIMARY KEY (run_id, idx)
 );
-INSERT INTO steps_v2 (run_id, idx, item) SELECT run_id, idx, item FROM steps ORDER BY run_id, idx;
-DROP TABLE steps;
-ALTER TABLE steps_v2 RENAME TO steps;
-CREATE TABLE turns_v2 (
-    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-    idx INTEGER NOT NULL,
-    item TEXT NOT NULL,
-    PRIMARY KEY (run_id, idx)
-);
-INSERT INTO turns_v2 (run_id, idx, item) SELECT run_id, idx, item FROM turns ORDER BY run_id, idx;
-DROP TABLE turns;
-ALTER TABLE turns_v2 RENAME TO turns;
+INSERT INTO {table}_v2 (run_id, idx, item)
+    SELECT run_id, idx, item FROM {table} ORDER BY run_id, idx;
+DROP TABLE {table};
+ALTER TABLE {table}_v2 RENAME TO {table};
 """
+
+
+_V2: Final = _as_rowid_table("steps") + _as_rowid_table("turns")
 
 # MIGRATIONS[n] takes a database from user_version n to n + 1.
 MIGRATIONS: Final = (_V1, _V2)
