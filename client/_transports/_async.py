@@ -12,7 +12,7 @@ from typing import Any, Self
 
 import httpx
 
-from ._common import DEFAULT_LIMITS, PoolBounds, StaleConnection, make_response
+from ._common import DEFAULT_LIMITS, PoolBounds, StaleConnection, make_response, take_idle
 from ._http11 import ResponseParser, encode_request, origin_of
 
 __all__ = ["AsyncHttp11Transport"]
@@ -277,17 +277,11 @@ class AsyncHttp11Transport(httpx.AsyncBaseTransport):
         if self._in_use >= self._max_connections:
             await self._wait_for_slot(timeouts.get("pool"))
         self._in_use += 1
-        now = time.monotonic()
-        idle = self._idle
-        for index in range(len(idle) - 1, -1, -1):
-            connection = idle[index]
-            if connection.origin != origin:
-                continue
-            del idle[index]
-            if now - connection.idle_since > self._expiry or connection.stale():
-                connection.close()
-                continue
-            return connection
+        reuse, unfit = take_idle(self._idle, origin, self._expiry, _Connection.stale)
+        for connection in unfit:
+            connection.close()
+        if reuse is not None:
+            return reuse
         try:
             return await _Connection.open(origin, timeouts.get("connect"))
         except BaseException:

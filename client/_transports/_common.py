@@ -4,14 +4,16 @@ a stale connection, and the httpx response they return."""
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol, TypeVar
 
 import httpx
 
 from ._http11 import ResponseParser
 
-__all__ = ["DEFAULT_LIMITS", "PoolBounds", "StaleConnection", "make_response"]
+__all__ = ["DEFAULT_LIMITS", "PoolBounds", "StaleConnection", "make_response", "take_idle"]
 
 # httpx's defaults. The server (uvicorn) closes a connection idle for 5 s.
 DEFAULT_LIMITS: Final = httpx.Limits(
@@ -39,6 +41,34 @@ class PoolBounds:
             ),
             expiry=math.inf if limits.keepalive_expiry is None else limits.keepalive_expiry,
         )
+
+
+class IdleConnection(Protocol):
+    origin: tuple[str, int]
+    idle_since: float
+
+
+C = TypeVar("C", bound=IdleConnection)
+
+
+def take_idle(
+    idle: list[C], origin: tuple[str, int], expiry: float, closed_by_peer: Callable[[C], bool]
+) -> tuple[C | None, list[C]]:
+    """Take the most recently idle connection to ``origin`` that is fit to use out of ``idle``;
+    those passed over on the way (idle too long, or closed by the server) are taken out too, and
+    returned for the caller to close."""
+    now = time.monotonic()
+    unfit: list[C] = []
+    for index in range(len(idle) - 1, -1, -1):
+        connection = idle[index]
+        if connection.origin != origin:
+            continue
+        del idle[index]
+        if now - connection.idle_since > expiry or closed_by_peer(connection):
+            unfit.append(connection)
+            continue
+        return connection, unfit
+    return None, unfit
 
 
 class StaleConnection(Exception):

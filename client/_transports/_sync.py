@@ -13,7 +13,7 @@ from typing import Any, Final, Self
 
 import httpx
 
-from ._common import DEFAULT_LIMITS, PoolBounds, StaleConnection, make_response
+from ._common import DEFAULT_LIMITS, PoolBounds, StaleConnection, make_response, take_idle
 from ._http11 import ResponseParser, encode_request, origin_of
 
 __all__ = ["Http11Transport"]
@@ -170,8 +170,6 @@ class Http11Transport(httpx.BaseTransport):
 
     def _acquire(self, origin: tuple[str, int], timeouts: Mapping[str, Any]) -> _Connection:
         """A slot in the pool, and an idle connection to ``origin`` or a new one."""
-        reuse: _Connection | None = None
-        stale: list[_Connection] = []
         with self._slot_freed:
             if self._closed:
                 raise RuntimeError("The transport is closed")
@@ -184,18 +182,7 @@ class Http11Transport(httpx.BaseTransport):
                         raise httpx.PoolTimeout("No connection became free in time")
                     self._slot_freed.wait(left)
             self._in_use += 1
-            now = time.monotonic()
-            idle = self._idle
-            for index in range(len(idle) - 1, -1, -1):
-                connection = idle[index]
-                if connection.origin != origin:
-                    continue
-                del idle[index]
-                if now - connection.idle_since > self._expiry or connection.readable():
-                    stale.append(connection)
-                    continue
-                reuse = connection
-                break
+            reuse, stale = take_idle(self._idle, origin, self._expiry, _Connection.readable)
         for connection in stale:
             connection.close()
         if reuse is not None:
