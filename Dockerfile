@@ -21,6 +21,11 @@ ARG PIP_TRUSTED_HOST
 ARG PIP_FIND_LINKS
 ARG PIP_CERT
 ARG RUNSTORE_EXTRAS
+# Builders that cache a RUN without looking into what it mounts from another stage (buildah's
+# --layers) would install the wheels of an earlier build in the runtime stage, and cannot mount a
+# stage they took whole from the cache. A digest of the sources, declared in both stages, makes
+# both steps' cache keys change together with them. BuildKit needs no such help.
+ARG RUNSTORE_SOURCE_DIGEST=
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -36,6 +41,8 @@ RUN python3 -m venv /opt/build \
 # --- runtime: a virtual environment installed from those wheels, no compilers, no pip cache ------
 FROM ${BASE_IMAGE} AS runtime
 ARG RUNSTORE_EXTRAS
+# See the build stage: the install step's cache key changes with the sources.
+ARG RUNSTORE_SOURCE_DIGEST=
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
