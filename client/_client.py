@@ -12,7 +12,9 @@ import httpx
 from ._http import (
     DEFAULT_TIMEOUT,
     Failure,
+    RawRequests,
     RequestFactory,
+    Response,
     ack_of,
     base_headers,
     check,
@@ -27,7 +29,7 @@ from ._ledger import RunLedger
 from ._models import RunPatch, RunSnapshot, RunSummary
 from ._persistence import RunPersistence
 from ._retry import RETRYABLE_STATUSES, RETRYABLE_TRANSPORT_ERRORS, RetryPolicy, retry_policy
-from ._transports import Http11Transport, lean_transport_serves
+from ._transports import Answer, Http11Transport, lean_transport_serves
 from ._wire import (
     SnapshotLike,
     StoredSnapshot,
@@ -77,6 +79,11 @@ class RunStoreClient:
         # A known transport is called directly (see RequestFactory); without one, httpx picks
         # it per URL (a proxy from the environment), and credentials in the URL need its auth.
         self._transport = None if self._http.base_url.userinfo else transport
+        # The client's own transport is handed the request's bytes (see RawRequests).
+        self._lean: tuple[Http11Transport, RawRequests] | None = None
+        if isinstance(self._transport, Http11Transport):
+            raw = RawRequests(self._http.base_url, base_headers(token), self._http.timeout)
+            self._lean = (self._transport, raw)
 
     @property
     def base_url(self) -> httpx.URL:
@@ -105,7 +112,7 @@ class RunStoreClient:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         params: Any = None,
-    ) -> tuple[httpx.Response, bool]:
+    ) -> tuple[Response, bool]:
         """The first answer that is not worth retrying, and whether an earlier attempt may have
         been applied; StoreUnavailable once the retry policy gives up."""
         schedule = self.retry_policy.schedule()
@@ -133,8 +140,24 @@ class RunStoreClient:
         content: bytes | None,
         headers: Mapping[str, str] | None,
         params: Any,
-    ) -> httpx.Response:
-        """One attempt: straight to the transport when it is known, else through httpx."""
+    ) -> Response:
+        """One attempt: as bytes to the client's own transport, straight to a known transport,
+        else through httpx."""
+        lean = self._lean
+        if lean is not None and params is None:
+            if self._http.is_closed:
+                raise RuntimeError("Cannot send a request, as the client has been closed.")
+            lean_transport, raw = lean
+            payload = raw.payload(method, url, content=content, headers=headers)
+            try:
+                parser = lean_transport.exchange(
+                    raw.origin, payload, raw.timeouts, skip_body=method == "HEAD"
+                )
+            except httpx.TransportError as exc:
+                # As httpx.Client sets it; built only now, since it is rarely needed.
+                exc.request = self._requests.build(method, url, content=content, headers=headers)
+                raise
+            return Answer(parser)
         transport = self._transport
         if transport is None:
             return self._http.request(

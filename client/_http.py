@@ -16,12 +16,15 @@ import httpx
 from ._exceptions import RunStoreError, StoreUnavailable, UnexpectedResponse, error_for_problem
 from ._models import RunSummary
 from ._retry import RetrySchedule, parse_retry_after
+from ._transports import Answer, encode_head, origin_of
 from ._wire import StoredSnapshot, Write, WriteAck
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Failure",
+    "RawRequests",
     "RequestFactory",
+    "Response",
     "UrlCache",
     "ack_of",
     "base_headers",
@@ -42,6 +45,10 @@ _UNCERTAIN_STATUSES: Final = frozenset({502, 504})
 _NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
+# What the clients read answers from: httpx's response, or the lean transport's Answer.
+Response = httpx.Response | Answer
+
+
 def base_headers(token: str | None) -> dict[str, str]:
     headers = {"user-agent": USER_AGENT, "accept": "application/json"}
     if token is not None:
@@ -58,7 +65,7 @@ def write_headers(if_match: int | None = None, *, if_none_match: bool = False) -
     return headers
 
 
-def _problem(response: httpx.Response) -> dict[str, Any]:
+def _problem(response: Response) -> dict[str, Any]:
     try:
         problem = json.loads(response.content)
     except ValueError:
@@ -73,13 +80,13 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     }
 
 
-def check(response: httpx.Response) -> None:
+def check(response: Response) -> None:
     """Raise the typed error for an answer that is not a success."""
     if response.status_code >= 400:
         raise error_for_problem(response.status_code, _problem(response))
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(response: Response) -> Any:
     check(response)
     try:
         return json.loads(response.content)
@@ -90,7 +97,7 @@ def _json(response: httpx.Response) -> Any:
         ) from None
 
 
-def ack_of(response: httpx.Response) -> WriteAck:
+def ack_of(response: Response) -> WriteAck:
     """The ``{"runId", "version", "traceLength"}`` of a write's answer."""
     body = _json(response)
     try:
@@ -107,7 +114,7 @@ def ack_of(response: httpx.Response) -> WriteAck:
         ) from None
 
 
-def stored_snapshot(response: httpx.Response) -> StoredSnapshot | None:
+def stored_snapshot(response: Response) -> StoredSnapshot | None:
     """A GET's answer: None for 404, else the snapshot and the version its ETag names."""
     if response.status_code == 404:
         return None
@@ -120,7 +127,7 @@ def stored_snapshot(response: httpx.Response) -> StoredSnapshot | None:
     return StoredSnapshot(wire, int(etag))
 
 
-def deleted_count(response: httpx.Response) -> int:
+def deleted_count(response: Response) -> int:
     """The ``{"deleted": n}`` of a bulk delete's answer."""
     body = _json(response)
     deleted = body.get("deleted") if isinstance(body, dict) else None
@@ -145,7 +152,7 @@ def list_params(
     return params
 
 
-def page_of(response: httpx.Response) -> tuple[list[RunSummary], str | None]:
+def page_of(response: Response) -> tuple[list[RunSummary], str | None]:
     """The summaries of one ``GET /runs`` page and the cursor of the next (None on the last)."""
     body = _json(response)
     if not isinstance(body, dict) or not isinstance(body.get("runs"), list):
@@ -217,6 +224,45 @@ class RequestFactory:
         )
 
 
+class RawRequests:
+    """The clients' requests as the bytes their own transport sends (see
+    ``Http11Transport.exchange``): no ``httpx.Request`` is built, and the answer comes back as
+    an :class:`Answer`. For requests with no query parameters under a plain ``http://`` base URL
+    with no credentials; the headers are the client's own (no ``Accept-Encoding``: the answers
+    come back as they are, and an Answer does not decode content).
+    """
+
+    def __init__(self, base_url: httpx.URL, headers: Mapping[str, str], timeout: httpx.Timeout):
+        self.origin = origin_of(base_url)
+        self.timeouts = timeout.as_dict()
+        self._host = base_url.netloc
+        self._prefix = base_url.raw_path.rstrip(b"/")
+        self._headers = [(name.encode(), value.encode()) for name, value in headers.items()]
+
+    def payload(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[bytes, bytes]:
+        all_headers = self._headers
+        if headers:
+            all_headers = all_headers + [
+                (name.encode(), value.encode()) for name, value in headers.items()
+            ]
+        if content is not None:
+            all_headers = [*all_headers, (b"Content-Length", b"%d" % len(content))]
+        return encode_head(
+            method.encode("ascii"),
+            self._prefix + path.encode("ascii"),
+            all_headers,
+            content or b"",
+            host=self._host,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """An attempt that may succeed if tried again: why it failed, and what that implies."""
@@ -225,7 +271,7 @@ class Failure:
     retry_after: float | None = None
     # The request may have been applied although no success came back.
     uncertain: bool = False
-    response: httpx.Response | None = None
+    response: Response | None = None
     exception: Exception | None = None
 
     @classmethod
@@ -237,7 +283,7 @@ class Failure:
         )
 
     @classmethod
-    def of_response(cls, response: httpx.Response) -> Failure:
+    def of_response(cls, response: Response) -> Failure:
         return cls(
             f"{response.status_code} {response.reason_phrase}",
             retry_after=parse_retry_after(response.headers),

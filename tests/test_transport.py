@@ -19,13 +19,16 @@ import pytest
 from support import ServerProcess, make_snapshot
 
 from runstore.client import AsyncRunStoreClient, RunStoreClient, StoreUnavailable
+from runstore.client._http import RawRequests
 from runstore.client._transports import (
+    Answer,
     AsyncHttp11Transport,
     Http11Transport,
     lean_transport_serves,
 )
 from runstore.client._transports import _async as async_transport
 from runstore.client._transports import _sync as sync_transport
+from runstore.client._transports._http11 import ResponseParser
 
 MODES = ["sync", "async"]
 
@@ -695,7 +698,17 @@ def test_credentials_in_the_url_go_through_httpx() -> None:
 
 
 @pytest.mark.server
-def test_the_clients_use_the_lean_transport_against_the_server(server: ServerProcess) -> None:
+def test_the_clients_use_the_lean_transport_against_the_server(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[str] = []
+    original = httpx.Request.__init__
+
+    def counting_init(self: httpx.Request, method: str, url: Any, **kwargs: Any) -> None:
+        built.append(f"{method} {url}")
+        original(self, method, url, **kwargs)
+
+    monkeypatch.setattr(httpx.Request, "__init__", counting_init)
     with RunStoreClient(server.url, retries=0) as client:
         assert isinstance(client._transport, Http11Transport)
         hooks = client.persistence()
@@ -708,6 +721,10 @@ def test_the_clients_use_the_lean_transport_against_the_server(server: ServerPro
         assert stored is not None
         assert len(stored.trace) == 29
         assert len(client._transport._idle) == 1
+        # Every request went to the transport as bytes: no httpx.Request was built.
+        assert built == []
+        assert [summary.run_id for summary in client.list_runs()] == ["lean-1"]
+        assert len(built) == 1  # a query string goes through httpx's URL handling
 
     async def main() -> None:
         async with AsyncRunStoreClient(server.url, retries=0) as client:
@@ -760,3 +777,43 @@ def test_a_stopped_server_is_unavailable_not_a_crash(server: ServerProcess) -> N
         with pytest.raises(StoreUnavailable) as caught:
             client.get_run("gone-1")
         assert isinstance(caught.value.__cause__, httpx.ConnectError)
+        # The sync client sends bytes and builds no httpx.Request, except for an error like this.
+        assert caught.value.__cause__.request.url == f"{server.url}/runs/gone-1"
+        assert caught.value.__cause__.request.method == "GET"
+
+
+# ---------------------------------------------------------------- the sync client's bytes
+
+
+def test_an_answer_reads_like_an_httpx_response() -> None:
+    parser = ResponseParser()
+    reply = answer(404, b'{"x": 1}', 'ETag: "7"', "X-Many: a", "x-many: b")
+    assert parser.feed(reply)
+    read = Answer(parser)
+    reference = httpx.Response(404, headers=parser.headers, content=parser.body())
+    assert read.status_code == reference.status_code == 404
+    assert read.reason_phrase == "Whatever"  # as sent, as make_response reports it too
+    assert read.content == reference.content == b'{"x": 1}'
+    for name in ("etag", "ETag", "x-many", "content-length", "missing"):
+        assert read.headers.get(name) == reference.headers.get(name)
+
+
+def test_raw_requests_are_what_httpx_would_send() -> None:
+    base = httpx.URL("http://127.0.0.1:8123/store/")
+    raw = RawRequests(base, {"user-agent": "t", "accept": "application/json"}, httpx.Timeout(3.0))
+    assert raw.origin == ("127.0.0.1", 8123)
+    assert raw.timeouts == {"connect": 3.0, "read": 3.0, "write": 3.0, "pool": 3.0}
+    head, rest = raw.payload(
+        "PATCH", "/runs/r-1", content=b"{}", headers={"content-type": "application/json"}
+    )
+    assert rest == b""
+    assert head == (
+        b"PATCH /store/runs/r-1 HTTP/1.1\r\nHost: 127.0.0.1:8123\r\nuser-agent: t\r\n"
+        b"accept: application/json\r\ncontent-type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    head, _ = raw.payload("GET", "/runs/r-1")
+    assert head.startswith(b"GET /store/runs/r-1 HTTP/1.1\r\n")
+    assert b"Content-Length" not in head
+    with pytest.raises(httpx.LocalProtocolError):
+        raw.payload("GET", "/runs/r-1", headers={"if-match": '"1"\r\nx-evil: 1'})

@@ -14,14 +14,18 @@ import urllib.request
 import httpx
 
 from ._async import AsyncHttp11Transport
-from ._common import DEFAULT_LIMITS
+from ._common import DEFAULT_LIMITS, Answer
+from ._http11 import encode_head, origin_of
 from ._sync import Http11Transport
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "Answer",
     "AsyncHttp11Transport",
     "Http11Transport",
+    "encode_head",
     "lean_transport_serves",
+    "origin_of",
     "proxied",
 ]
 

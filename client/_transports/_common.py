@@ -1,19 +1,26 @@
 """What the blocking and the async transport share beyond the protocol: limits, the signal of
-a stale connection, and the httpx response they return."""
+a stale connection, and the responses they return (httpx's, or the clients' lighter Answer)."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import httpx
 
 from ._http11 import ResponseParser
 
-__all__ = ["DEFAULT_LIMITS", "PoolBounds", "StaleConnection", "make_response", "take_idle"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Answer",
+    "PoolBounds",
+    "StaleConnection",
+    "make_response",
+    "take_idle",
+]
 
 # httpx's defaults. The server (uvicorn) closes a connection idle for 5 s.
 DEFAULT_LIMITS: Final = httpx.Limits(
@@ -87,3 +94,47 @@ def make_response(parser: ResponseParser) -> httpx.Response:
         stream=httpx.ByteStream(parser.body()),
         extensions={"http_version": parser.http_version, "reason_phrase": parser.reason},
     )
+
+
+class Answer:
+    """A complete response as the clients read it: status, reason, headers and content, the
+    part of ``httpx.Response`` they use, without building one (which costs more than parsing).
+
+    Header names are matched without regard to case; a name sent more than once reads as its
+    values joined by commas, as ``httpx.Headers.get`` reads it.
+    """
+
+    __slots__ = ("_headers", "_raw_headers", "content", "reason_phrase", "status_code")
+
+    def __init__(self, parser: ResponseParser) -> None:
+        self.status_code = parser.status
+        self.reason_phrase = parser.reason.decode("latin-1")
+        self.content = parser.body()
+        self._raw_headers = parser.headers
+        self._headers: _Headers | None = None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        if self._headers is None:
+            headers = _Headers()
+            for name, value in self._raw_headers:
+                key = name.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                headers[key] = (
+                    f"{dict.__getitem__(headers, key)}, {text}" if key in headers else text
+                )
+            self._headers = headers
+        return self._headers
+
+
+class _Headers(dict[str, str]):
+    """Header values by lower-case name, looked up whatever the case asked for."""
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name.lower() if isinstance(name, str) else name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)

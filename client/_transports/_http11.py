@@ -10,6 +10,7 @@ transport (h11) would: :class:`httpx.RemoteProtocolError` for what the server go
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Final
 
 import httpx
@@ -57,12 +58,28 @@ def encode_request(request: httpx.Request, body: bytes) -> tuple[bytes, bytes]:
     neither header gets a ``Content-Length``. When the head and body are small they come back
     joined in the first item, so the request is one write and one TCP segment.
     """
-    target = request.url.raw_path
-    method = request.method.encode("ascii")
+    return encode_head(
+        request.method.encode("ascii"),
+        request.url.raw_path,
+        request.headers.raw,
+        body,
+        host=request.url.netloc,
+    )
+
+
+def encode_head(
+    method: bytes,
+    target: bytes,
+    headers: Iterable[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    host: bytes,
+) -> tuple[bytes, bytes]:
+    """:func:`encode_request` of a request given as its parts (``host`` if no header names it)."""
     _check_name(method)
     lines = [method + b" " + target + b" HTTP/1.1"]
     chunked = has_length = has_host = False
-    for name, value in request.headers.raw:
+    for name, value in headers:
         _check_name(name)
         lower = name.lower()
         if lower == b"transfer-encoding":
@@ -73,7 +90,7 @@ def encode_request(request: httpx.Request, body: bytes) -> tuple[bytes, bytes]:
             has_host = True
         lines.append(name + b": " + value)
     if not has_host:
-        lines.insert(1, b"Host: " + request.url.netloc)
+        lines.insert(1, b"Host: " + host)
     if chunked:
         body = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
     elif body and not has_length:

@@ -149,8 +149,21 @@ class Http11Transport(httpx.BaseTransport):
             )
         payload = encode_request(request, request.read())
         timeouts: Mapping[str, Any] = request.extensions.get("timeout", {})
-        skip_body = request.method == "HEAD"
-        origin = origin_of(request.url)
+        parser = self.exchange(
+            origin_of(request.url), payload, timeouts, skip_body=request.method == "HEAD"
+        )
+        return make_response(parser)
+
+    def exchange(
+        self,
+        origin: tuple[str, int],
+        payload: tuple[bytes, bytes],
+        timeouts: Mapping[str, Any],
+        *,
+        skip_body: bool = False,
+    ) -> ResponseParser:
+        """A request already encoded (:func:`encode_head`) to ``origin``, and its complete
+        answer: :meth:`handle_request` without httpx's Request and Response, for the clients."""
         connection = self._acquire(origin, timeouts)
         try:
             try:
@@ -166,7 +179,7 @@ class Http11Transport(httpx.BaseTransport):
         self._release(connection if parser.reusable else None)
         if not parser.reusable:
             connection.close()
-        return make_response(parser)
+        return parser
 
     def _acquire(self, origin: tuple[str, int], timeouts: Mapping[str, Any]) -> _Connection:
         """A slot in the pool, and an idle connection to ``origin`` or a new one."""
