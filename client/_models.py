@@ -25,6 +25,7 @@ __all__ = [
     "RunPatch",
     "RunSnapshot",
     "RunSummary",
+    "is_run_id",
 ]
 
 RUN_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.~:@-]*$"
@@ -33,6 +34,15 @@ STATUS_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,31}$"
 MAX_INT: Final = 2**63 - 1
 
 RUN_ID_RE: Final = re.compile(RUN_ID_PATTERN)
+
+
+def is_run_id(value: object) -> bool:
+    """Whether ``value`` is an id a run can have: 1-200 characters, all of them matching
+    ``RUN_ID_PATTERN`` (whole: a trailing newline does not pass its ``$``)."""
+    return (
+        isinstance(value, str) and 0 < len(value) <= 200 and RUN_ID_RE.fullmatch(value) is not None
+    )
+
 
 RunId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=RUN_ID_PATTERN)]
 Status = Annotated[str, StringConstraints(pattern=STATUS_PATTERN)]

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from pydantic_core import to_jsonable_python
 
 from ._exceptions import InvalidRun
-from ._models import OPTIONAL_FIELDS, RUN_ID_RE, RunSnapshot
+from ._models import OPTIONAL_FIELDS, RunSnapshot, is_run_id
 
 __all__ = [
     "SnapshotLike",
@@ -71,7 +71,7 @@ def encode_body(text: str) -> bytes:
 
 def run_path(run_id: str) -> str:
     """``/runs/{runId}``; InvalidRun for an id the contract does not allow."""
-    if not isinstance(run_id, str) or not 0 < len(run_id) <= 200 or not RUN_ID_RE.fullmatch(run_id):
+    if not is_run_id(run_id):
         raise InvalidRun(
             f"{run_id!r} is not a run id: 1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, "
             "starting with a letter or a digit.",

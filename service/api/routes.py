@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from runstore.client._models import MAX_INT, RUN_ID_PATTERN, RUN_ID_RE, STATUS_PATTERN
+from runstore.client._models import MAX_INT, RUN_ID_PATTERN, STATUS_PATTERN, is_run_id
 
 from ..config import Settings
 from ..errors import PreconditionFailed
@@ -97,7 +97,7 @@ def _settings(request: Request) -> Settings:
 
 def _run_id(request: Request) -> str:
     run_id: str = request.path_params["runId"]
-    if len(run_id) > 200 or RUN_ID_RE.fullmatch(run_id) is None:
+    if not is_run_id(run_id):
         raise ProblemError(
             "invalid-fields",
             "The run id in the URL must be 1-200 characters of A-Z a-z 0-9 _ . ~ : @ - "

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from runstore.client._models import RUN_ID_RE
+from runstore.client._models import is_run_id
 
 from .records import PatchRecord, SnapshotRecord
 
@@ -132,12 +132,10 @@ def decode_cursor(text: str) -> Cursor:
         raise ValueError("not a cursor this store issued") from exc
     if (
         type(started_at) is not int
-        or not isinstance(run_id, str)
         or not 0 <= started_at < 2**63
-        or not 0 < len(run_id) <= 200
         # Only ids a run can have: anything else (a NUL, a lone surrogate) would reach the
         # database as a bound parameter it cannot encode.
-        or RUN_ID_RE.fullmatch(run_id) is None
+        or not is_run_id(run_id)
     ):
         raise ValueError("not a cursor this store issued")
     return Cursor(started_at, run_id)

@@ -27,10 +27,10 @@ from runstore.client._models import (
     OPTIONAL_FIELDS,
     REQUIRED_FIELDS,
     RESERVED_FIELDS,
-    RUN_ID_RE,
     STATUS_PATTERN,
     RunPatch,
     RunSnapshot,
+    is_run_id,
 )
 
 from ..errors import FieldError, InvalidRun
@@ -81,9 +81,7 @@ def _is_count(value: Any) -> bool:
 # model asks for. JSON gives exact types, so these are the models' strict rules; tests check
 # that they never accept what pydantic refuses.
 _PLAINLY_VALID: Final[dict[str, Callable[[Any], bool]]] = {
-    "runId": lambda value: (
-        type(value) is str and len(value) <= 200 and RUN_ID_RE.fullmatch(value) is not None
-    ),
+    "runId": is_run_id,
     "status": lambda value: type(value) is str and _STATUS_RE.fullmatch(value) is not None,
     "startedAt": _is_count,
     "completedAt": _is_count,

@@ -48,7 +48,7 @@ CREATE TABLE probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);
 # Steps and turns as rowid tables. Clustered by (run, position), as v1 kept them, a group
 # commit that appends one step to each of many runs rewrote a page per run; with rowids the new
 # rows go to the end of the table and only the small (run, position) index entries scatter.
-# That took about a third of the writer's time off a group of PATCHes (bench/http_load.py).
+# That took about a third off the writer's CPU time for a group of 16 PATCHes.
 def _as_rowid_table(table: str) -> str:
     return f"""
 CREATE TABLE {table}_v2 (
