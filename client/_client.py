@@ -72,8 +72,9 @@ class RunStoreClient:
         self.retry_policy = retry_policy(retries)
         if transport is None and lean_transport_serves(httpx.URL(base_url)):
             transport = Http11Transport()
+        headers = base_headers(token)
         self._http = httpx.Client(
-            base_url=base_url, headers=base_headers(token), timeout=timeout, transport=transport
+            base_url=base_url, headers=headers, timeout=timeout, transport=transport
         )
         self._requests = RequestFactory(self._http)
         # A known transport is called directly (see RequestFactory); without one, httpx picks
@@ -82,7 +83,7 @@ class RunStoreClient:
         # The client's own transport is handed the request's bytes (see RawRequests).
         self._lean: tuple[Http11Transport, RawRequests] | None = None
         if isinstance(self._transport, Http11Transport):
-            raw = RawRequests(self._http.base_url, base_headers(token), self._http.timeout)
+            raw = RawRequests(self._http.base_url, headers, self._http.timeout)
             self._lean = (self._transport, raw)
 
     @property
@@ -143,10 +144,15 @@ class RunStoreClient:
     ) -> Response:
         """One attempt: as bytes to the client's own transport, straight to a known transport,
         else through httpx."""
+        transport = self._transport
+        if transport is None:
+            return self._http.request(
+                method, self._requests.urls[url], content=content, headers=headers, params=params
+            )
+        if self._http.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
         lean = self._lean
         if lean is not None and params is None:
-            if self._http.is_closed:
-                raise RuntimeError("Cannot send a request, as the client has been closed.")
             lean_transport, raw = lean
             payload = raw.payload(method, url, content=content, headers=headers)
             try:
@@ -158,13 +164,6 @@ class RunStoreClient:
                 exc.request = self._requests.build(method, url, content=content, headers=headers)
                 raise
             return Answer(parser)
-        transport = self._transport
-        if transport is None:
-            return self._http.request(
-                method, self._requests.urls[url], content=content, headers=headers, params=params
-            )
-        if self._http.is_closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
         request = self._requests.build(method, url, content=content, headers=headers, params=params)
         try:
             response = transport.handle_request(request)
