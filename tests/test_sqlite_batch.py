@@ -40,6 +40,24 @@ def _rows(connection: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
+def _by_index(connection: sqlite3.Connection, how: str | None = None) -> list[list[str]]:
+    """The run ids as each of the runs indexes orders them (or the table, NOT INDEXED)."""
+    queries = [
+        ("runs_by_start", "", "started_at DESC, run_id DESC"),
+        ("runs_by_status", "", "status, started_at DESC, run_id DESC"),
+        ("runs_by_completion", "WHERE completed_at IS NOT NULL", "completed_at, run_id"),
+    ]
+    return [
+        [
+            row[0]
+            for row in connection.execute(
+                f"SELECT run_id FROM runs {how or 'INDEXED BY ' + index} {where} ORDER BY {order}"
+            )
+        ]
+        for index, where, order in queries
+    ]
+
+
 def _outcome(value: Any) -> Any:
     return (type(value).__name__, str(value)) if isinstance(value, StoreError) else value
 
@@ -87,6 +105,8 @@ def patch_writes(draw: st.DrawFn) -> RunWrite:
     if draw(st.booleans()):
         body["completedAt"] = draw(st.none() | st.just(9))
     if draw(st.booleans()):
+        body["status"] = draw(st.sampled_from(["running", "failed"]))
+    if draw(st.booleans()):
         body["plan"] = draw(st.none() | st.just({"p": 1}))
     if draw(st.booleans()):
         body["extra"] = draw(st.integers(0, 2))
@@ -116,6 +136,9 @@ def test_a_group_equals_its_writes_one_by_one(tmp_path: Path, writes: list[RunWr
         group.execute("COMMIT")
         assert together == singly
         assert _rows(group) == _rows(one)
+        # The indexes too: an update that leaves the indexed columns alone does not touch them.
+        assert _by_index(group) == _by_index(one) == _by_index(one, "NOT INDEXED")
+        assert group.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
         one.close()
         group.close()

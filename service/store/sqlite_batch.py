@@ -34,6 +34,11 @@ _RUN_COLUMNS: Final = (
     "history_length, doc, plan"
 )
 _RUN_PLACEHOLDERS: Final = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# What an update that leaves the indexed columns (status, started_at, completed_at) alone
+# writes: most PATCHes. Setting an indexed column, even to its own value, rewrites its index
+# entries, and each index page so touched is one more page in the WAL at commit.
+_CONTENT_COLUMNS: Final = "run_id, version, updated_at, trace_length, history_length, doc, plan"
+_CONTENT_PLACEHOLDERS: Final = "(?, ?, ?, ?, ?, ?, ?)"
 
 
 def now_ms() -> int:
@@ -55,6 +60,27 @@ class _Run:
     plan: str | None
     stored: bool
     changed: bool = False
+    # (status, started_at, completed_at) as the file has them; None until the row is stored.
+    indexed: tuple[str, int, int | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.stored:
+            self.indexed = (self.status, self.started_at, self.completed_at)
+
+    def moved(self) -> bool:
+        """Whether an indexed column differs from the file's."""
+        return self.indexed != (self.status, self.started_at, self.completed_at)
+
+    def content_values(self, updated_at: int) -> tuple[object, ...]:
+        return (
+            self.run_id,
+            self.version,
+            updated_at,
+            self.trace_length,
+            self.history_length,
+            self.doc,
+            self.plan,
+        )
 
     def values(self, updated_at: int) -> tuple[object, ...]:
         return (
@@ -82,6 +108,16 @@ def _update_runs_sql(rows: int) -> str:
         f"WITH v ({_RUN_COLUMNS}) AS (VALUES {', '.join([_RUN_PLACEHOLDERS] * rows)}) "
         "UPDATE runs SET status = v.status, started_at = v.started_at, "
         "completed_at = v.completed_at, version = v.version, updated_at = v.updated_at, "
+        "trace_length = v.trace_length, history_length = v.history_length, doc = v.doc, "
+        "plan = v.plan FROM v WHERE runs.run_id = v.run_id"
+    )
+
+
+@functools.cache
+def _update_content_sql(rows: int) -> str:
+    return (
+        f"WITH v ({_CONTENT_COLUMNS}) AS (VALUES {', '.join([_CONTENT_PLACEHOLDERS] * rows)}) "
+        "UPDATE runs SET version = v.version, updated_at = v.updated_at, "
         "trace_length = v.trace_length, history_length = v.history_length, doc = v.doc, "
         "plan = v.plan FROM v WHERE runs.run_id = v.run_id"
     )
@@ -142,15 +178,21 @@ class RunWrites:
 
     def flush(self) -> None:
         """Write every changed run, then the pending items (which refer to the runs)."""
-        new = [run.values(self.now) for run in self.runs.values() if run.changed and not run.stored]
-        old = [run.values(self.now) for run in self.runs.values() if run.changed and run.stored]
+        changed = [run for run in self.runs.values() if run.changed]
+        new = [run.values(self.now) for run in changed if not run.stored]
+        moved = [run.values(self.now) for run in changed if run.stored and run.moved()]
+        in_place = [
+            run.content_values(self.now) for run in changed if run.stored and not run.moved()
+        ]
         for rows, params in _chunks(new):
             self.connection.execute(_insert_runs_sql(rows), params)
-        for rows, params in _chunks(old):
+        for rows, params in _chunks(moved):
             self.connection.execute(_update_runs_sql(rows), params)
-        for run in self.runs.values():
-            if run.changed:
-                run.stored, run.changed = True, False
+        for rows, params in _chunks(in_place):
+            self.connection.execute(_update_content_sql(rows), params)
+        for run in changed:
+            run.stored, run.changed = True, False
+            run.indexed = (run.status, run.started_at, run.completed_at)
         for table, pending in self.items.items():
             for rows, params in _chunks(pending):
                 self.connection.execute(_upsert_items_sql(table, rows), params)

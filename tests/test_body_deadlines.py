@@ -1,0 +1,142 @@
+"""The body-read deadline: one timer per event loop instead of ``asyncio.timeout`` per read.
+
+A read past its deadline is answered 408 and the task goes on; any other cancellation passes
+through; reads with different timeouts on one loop each expire on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import uvloop
+from starlette.requests import Request
+
+from runstore.service.api import body
+from runstore.service.api.problems import ProblemError
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class Sender:
+    """The ASGI receive of a client that sends its body when told to."""
+
+    def __init__(self, payload: bytes = b'{"a":1}') -> None:
+        self.payload = payload
+        self.go = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        await self.go.wait()
+        return {"type": "http.request", "body": self.payload, "more_body": False}
+
+    def request(self) -> Request:
+        return Request({"type": "http", "headers": JSON_HEADERS}, self.receive)
+
+
+def deadlines() -> body._Deadlines:
+    found = body._deadlines.get(asyncio.get_running_loop())
+    assert found is not None
+    return found
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Any:
+    return asyncio.run if request.param == "asyncio" else uvloop.run
+
+
+def test_a_body_that_arrives_in_time_is_read(run: Any) -> None:
+    async def main() -> None:
+        sender = Sender()
+        asyncio.get_running_loop().call_later(0.05, sender.go.set)
+        assert await body.read_json_body(sender.request(), limit=1000, seconds=5) == {"a": 1}
+        assert not deadlines()._reads
+        assert not deadlines()._expired
+
+    run(main())
+
+
+def test_a_late_body_is_answered_408_and_the_task_goes_on(run: Any) -> None:
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        began = time.monotonic()
+        with pytest.raises(ProblemError) as raised:
+            await body.read_json_body(Sender().request(), limit=1000, seconds=0.2)
+        assert raised.value.slug == "request-timeout"
+        assert raised.value.headers == {"Connection": "close"}
+        assert 0.2 <= time.monotonic() - began < 2
+        # Not left cancelling: the task can still await, to send its answer.
+        assert task.cancelling() == 0
+        await asyncio.sleep(0.01)
+        assert not deadlines()._reads
+        assert not deadlines()._expired
+
+    run(main())
+
+
+def test_another_cancellation_passes_through(run: Any) -> None:
+    async def main() -> None:
+        reader = asyncio.create_task(body.read_json_body(Sender().request(), limit=1000, seconds=5))
+        await asyncio.sleep(0.05)
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert not deadlines()._reads
+
+    run(main())
+
+
+def test_a_cancellation_at_the_deadline_is_not_swallowed(run: Any) -> None:
+    async def main() -> None:
+        reader = asyncio.create_task(
+            body.read_json_body(Sender().request(), limit=1000, seconds=0.1)
+        )
+        await asyncio.sleep(0)  # the read has started
+        # Cancelled by its owner in the same loop turn as the deadline's timer fires.
+        when = deadlines()._reads[reader]
+        asyncio.get_running_loop().call_at(when, reader.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert not deadlines()._reads
+        assert not deadlines()._expired
+
+    run(main())
+
+
+def test_each_read_expires_on_its_own_deadline(run: Any) -> None:
+    async def read(seconds: float) -> float:
+        began = time.monotonic()
+        with pytest.raises(ProblemError):
+            await body.read_json_body(Sender().request(), limit=1000, seconds=seconds)
+        return time.monotonic() - began
+
+    async def main() -> None:
+        # The long read arms the timer first; the short one, started later, must re-arm it.
+        long = asyncio.create_task(read(1.0))
+        await asyncio.sleep(0.05)
+        short = asyncio.create_task(read(0.2))
+        others = [asyncio.create_task(read(0.4)) for _ in range(3)]
+        assert 0.2 <= await short < 0.6
+        for other in others:
+            assert 0.4 <= await other < 0.9
+        assert 1.0 <= await long < 1.6
+        assert not deadlines()._reads
+
+    run(main())
+
+
+def test_reads_that_end_in_time_are_never_cancelled_later(run: Any) -> None:
+    async def main() -> None:
+        for _ in range(20):
+            sender = Sender()
+            sender.go.set()
+            await body.read_json_body(sender.request(), limit=1000, seconds=0.1)
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(0.3)  # past every deadline; the timer finds nothing to cancel
+        assert task.cancelling() == 0
+        assert not deadlines()._expired
+
+    run(main())
