@@ -19,7 +19,14 @@ from starlette.requests import ClientDisconnect, Request
 
 from .problems import ProblemError
 
-__all__ = ["parse_etags", "parse_if_match", "read_json_body"]
+__all__ = [
+    "parse_etags",
+    "parse_if_match",
+    "parse_json",
+    "parse_json_unchecked",
+    "read_body",
+    "read_json_body",
+]
 
 _JSON_MEDIA: Final = re.compile(r"^application/(?:[\w.+-]+\+)?json$", re.IGNORECASE)
 
@@ -78,6 +85,22 @@ def _parse_fast(raw: bytes) -> Any:
     except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
         return None  # the strict parser says what is wrong
     return value if colons == _colons(raw) else None
+
+
+def parse_json_unchecked(raw: bytes) -> tuple[Any, int | None]:
+    """The body parsed, and its number of colons when the duplicate-key check is left to the
+    caller (None when the value is checked already).
+
+    For large bodies whose caller re-encodes the parts anyway (a PUT's snapshot record): it
+    counts their colons instead of re-encoding the whole value here (see _parse_fast). On any
+    error with such a value, the caller parses again with parse_json, which names a duplicate.
+    """
+    if not (b"\\" in raw and b"\\u003" in raw):
+        try:
+            return _fast_decode(raw), _colons(raw)
+        except (ValueError, RecursionError):
+            pass  # parse_json says what is wrong
+    return parse_json(raw), None
 
 
 def parse_json(raw: bytes) -> Any:
@@ -243,8 +266,8 @@ async def _read_within(request: Request, limit: int, seconds: float) -> bytes:
     return raw
 
 
-async def read_json_body(request: Request, *, limit: int, seconds: float) -> Any:
-    """The parsed JSON body, or ProblemError 408/413/415/400."""
+async def read_body(request: Request, *, limit: int, seconds: float) -> bytes:
+    """The body of a JSON request, not yet parsed, or ProblemError 408/413/415/400."""
     _check_media_type(request)
     try:
         raw = await _read_within(request, limit, seconds)
@@ -252,7 +275,12 @@ async def read_json_body(request: Request, *, limit: int, seconds: float) -> Any
         raise ProblemError("bad-request", "The client went away before the body arrived.") from None
     if not raw:
         raise ProblemError("malformed-json", "The body is empty; send a JSON object.")
-    return parse_json(raw)
+    return raw
+
+
+async def read_json_body(request: Request, *, limit: int, seconds: float) -> Any:
+    """The parsed JSON body, or ProblemError 408/413/415/400."""
+    return parse_json(await read_body(request, limit=limit, seconds=seconds))
 
 
 _ETAG: Final = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|$)')

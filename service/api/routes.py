@@ -18,10 +18,17 @@ from starlette.responses import Response
 from runstore.client._models import MAX_INT, RUN_ID_PATTERN, STATUS_PATTERN, is_run_id
 
 from ..config import Settings
-from ..errors import PreconditionFailed
+from ..errors import InvalidRun, PreconditionFailed
 from ..store.base import RunQuery, RunStore, WriteResult, decode_cursor, encode_cursor
-from ..store.records import patch_record, snapshot_record
-from .body import parse_etags, parse_if_match, read_json_body
+from ..store.records import DuplicateKey, SnapshotRecord, patch_record, snapshot_record
+from .body import (
+    parse_etags,
+    parse_if_match,
+    parse_json,
+    parse_json_unchecked,
+    read_body,
+    read_json_body,
+)
 from .problems import ProblemError
 from .schemas import Deleted, Health, Problem, RunList, WriteAck
 
@@ -206,11 +213,8 @@ async def put_run(request: Request) -> Response:
     """Store a whole snapshot. 201 when the run is new, 200 when it replaced one."""
     run_id = _run_id(request)
     settings = _settings(request)
-    body = await read_json_body(
-        request, limit=settings.max_body_bytes, seconds=settings.body_timeout
-    )
-    _check_body_run_id(body, run_id)
-    record = snapshot_record(body)
+    raw = await read_body(request, limit=settings.max_body_bytes, seconds=settings.body_timeout)
+    record = _snapshot_of(raw, run_id)
     store = _store(request)
     if_none_match = request.headers.get("if-none-match")
     create_only = False
@@ -221,6 +225,22 @@ async def put_run(request: Request) -> Response:
     if_match = await _resolve_if_match(store, run_id, request.headers.get("if-match"))
     result = await store.put_run(record, if_match=if_match, if_none_match=create_only)
     return _ack(result, 201 if result.created else 200, run_id)
+
+
+def _snapshot_of(raw: bytes, run_id: str) -> SnapshotRecord:
+    """The snapshot record of a PUT body, its duplicate-key check done by the record, which
+    encodes every part anyway (body.parse_json_unchecked)."""
+    body, colons = parse_json_unchecked(raw)
+    try:
+        _check_body_run_id(body, run_id)
+        return snapshot_record(body, colons=colons)
+    except (ProblemError, InvalidRun, DuplicateKey):
+        if colons is None:
+            raise
+    # Parsed again strictly: a duplicate key is answered as such, before any other error.
+    body = parse_json(raw)
+    _check_body_run_id(body, run_id)
+    return snapshot_record(body)
 
 
 def _etag_matches(header: str, version: int) -> bool:

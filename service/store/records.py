@@ -36,6 +36,7 @@ from runstore.client._models import (
 from ..errors import FieldError, InvalidRun
 
 __all__ = [
+    "DuplicateKey",
     "PatchRecord",
     "SnapshotRecord",
     "dump_json",
@@ -230,8 +231,25 @@ def _common_checks(body: Any, what: str) -> Mapping[str, Any]:
     return body
 
 
-def snapshot_record(body: Any) -> SnapshotRecord:
-    """Validate a parsed JSON snapshot (camelCase keys) and split it for storage."""
+class DuplicateKey(ValueError):
+    """The JSON text a body was parsed from had more colons than its parts re-encode to: a
+    parser that keeps the last of duplicate keys dropped one."""
+
+
+def _colons(parts: list[str]) -> int:
+    text = "".join(parts).encode()
+    return len(text) - len(text.replace(b":", b""))
+
+
+def snapshot_record(body: Any, *, colons: int | None = None) -> SnapshotRecord:
+    """Validate a parsed JSON snapshot (camelCase keys) and split it for storage.
+
+    ``colons`` is the number of colons in the JSON text ``body`` was parsed from, when its
+    parser did not refuse duplicate keys: every colon outside a string follows a key, and the
+    record's JSON texts write each colon inside a string as it is, so the record's texts plus one
+    colon for each key kept outside ``doc`` must have as many, or a key was dropped
+    (DuplicateKey). Checked here because the record encodes every part anyway.
+    """
     snapshot = _common_checks(body, "snapshot")
     missing = sorted(REQUIRED_FIELDS - snapshot.keys())
     errors = [_field_error((name,), "is required", "missing") for name in missing]
@@ -246,16 +264,22 @@ def snapshot_record(body: Any) -> SnapshotRecord:
         raise _invalid(errors, "snapshot")
     history = snapshot.get("history")
     plan = snapshot.get("plan")
-    return SnapshotRecord(
+    doc_fields = _doc_fields(snapshot)
+    record = SnapshotRecord(
         run_id=snapshot["runId"],
         status=snapshot["status"],
         started_at=snapshot["startedAt"],
         completed_at=snapshot.get("completedAt"),
-        doc=dump_json(_doc_fields(snapshot)),
+        doc=dump_json(doc_fields),
         plan=None if plan is None else dump_json(plan),
         trace=[dump_json(item) for item in snapshot["trace"]],
         history=None if history is None else [dump_json(turn) for turn in history],
     )
+    if colons is not None:
+        texts = [record.doc, record.plan or "", *record.trace, *(record.history or ())]
+        if _colons(texts) + len(snapshot) - len(doc_fields) != colons:
+            raise DuplicateKey("a key appears twice in an object")
+    return record
 
 
 def _doc_fields(snapshot: Mapping[str, Any]) -> dict[str, Any]:

@@ -140,6 +140,12 @@ def _chunks(rows: Sequence[tuple[object, ...]]) -> list[tuple[int, list[object]]
     return chunks
 
 
+def _item_chunks(flat: list[object]) -> list[tuple[int, list[object]]]:
+    """Items kept flat, three values each, in groups of ROWS_PER_INSERT."""
+    step = 3 * ROWS_PER_INSERT
+    return [(len(flat[i : i + step]) // 3, flat[i : i + step]) for i in range(0, len(flat), step)]
+
+
 class RunWrites:
     """The runs one group touches, and what it has yet to write."""
 
@@ -156,15 +162,19 @@ class RunWrites:
             run_id: _Run(run_id, status, started, completed, version, steps, turns, doc, plan, True)
             for run_id, status, started, completed, version, steps, turns, doc, plan in rows
         }
-        self.items: dict[str, list[tuple[str, int, str]]] = {"steps": [], "turns": []}
+        # Pending items, flat: run id, position, JSON text, run id, ... (bound as they are).
+        self.items: dict[str, list[object]] = {"steps": [], "turns": []}
 
     def write_items(
         self, table: str, run_id: str, start: int, items: list[str], old_length: int
     ) -> None:
         """Items ``start...`` replace what is there; a shorter list drops the stored tail."""
-        pending = self.items[table]
-        pending.extend((run_id, start + i, item) for i, item in enumerate(items))
-        end = start + len(items)
+        count = len(items)
+        end = start + count
+        flat: list[object] = [run_id] * (3 * count)
+        flat[1::3] = range(start, end)
+        flat[2::3] = items
+        self.items[table] += flat
         if end < old_length:
             # Rare (an If-Match write that shortens, a shorter history): keep the order.
             self.flush()
@@ -194,7 +204,7 @@ class RunWrites:
             run.stored, run.changed = True, False
             run.indexed = (run.status, run.started_at, run.completed_at)
         for table, pending in self.items.items():
-            for rows, params in _chunks(pending):
+            for rows, params in _item_chunks(pending):
                 self.connection.execute(_upsert_items_sql(table, rows), params)
             pending.clear()
 
