@@ -1,7 +1,7 @@
 """HTTP load benchmark: PATCH (one new step), PUT (a 50-step snapshot) and GET against runstore,
 with the two references measured in the same invocation (see bench/reference_apps.py).
 
-    .venv/bin/python bench/http_load.py                      # SQLite, 16 connections, 5 s each
+    .venv/bin/python bench/http_load.py                      # SQLite, 16 connections, 5 rounds
     .venv/bin/python bench/http_load.py --backend postgres --database-url postgresql://...
     .venv/bin/python bench/http_load.py --backend postgres --database-url ... --replicas 2
 
@@ -13,6 +13,10 @@ then the ratios the targets are stated in:
 - PATCH throughput >= 70% of the floor's;
 - PUT of a 50-step snapshot >= 3x the naive endpoint's throughput;
 - GET p99 under load <= 2x its p50.
+
+Each round measures every scenario on runstore and on its reference back to back; a ratio is
+the median of the rounds' ratios, which are printed too. On a shared machine whose speed drifts
+by tens of percent within minutes, one round's ratio says little.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -45,6 +50,7 @@ RequestFactory = Callable[[int, int], bytes]  # (connection number, request numb
 class Result:
     target: str
     scenario: str
+    round: int
     requests: int
     seconds: float
     errors: int
@@ -64,6 +70,7 @@ class Result:
         return {
             "target": self.target,
             "scenario": self.scenario,
+            "round": self.round,
             "requests": self.requests,
             "errors": self.errors,
             "throughput": round(self.throughput, 1),
@@ -323,13 +330,22 @@ def servers(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, list[
                 server.stop()
 
 
+def _paired(reference: str, round_number: int) -> tuple[str, str]:
+    """Each round measures runstore and its reference back to back, taking turns at going
+    first, so that a machine that slows down or speeds up favours neither."""
+    pair = (reference, "runstore")
+    return pair if round_number % 2 == 0 else (pair[1], pair[0])
+
+
 async def run_all(args: argparse.Namespace, workdir: Path) -> list[Result]:
     results: list[Result] = []
     tag = f"b{int(time.time())}"
     with servers(args, workdir) as running:
         ports = {name: [s.port for s in group] for name, group in running.items()}
 
-        async def measure(target: str, scenario: str, factory: RequestFactory) -> None:
+        async def measure(
+            target: str, scenario: str, factory: RequestFactory, round_number: int
+        ) -> None:
             counted, seconds, errors, latencies = await drive(
                 ports[target],
                 factory,
@@ -338,22 +354,25 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> list[Result]:
                 warmup=args.warmup,
                 ok=frozenset({200, 201, 204}),
             )
-            result = Result(target, scenario, counted, seconds, errors, latencies)
+            result = Result(target, scenario, round_number, counted, seconds, errors, latencies)
             results.append(result)
             print(_format(result), flush=True)
 
         for round_number in range(args.rounds):
             prefix = f"{tag}-r{round_number}"
+
             # PATCH: every connection appends to its own run, created first with 5 steps.
-            for target in ("floor", "runstore"):
-                if target == "runstore":
-                    await seed_runs(ports[target][0], f"{prefix}-patch", args.connections, 5)
-                await measure(target, "PATCH 1 step", patch_factory(f"{prefix}-patch", 5))
-            for target in ("naive", "runstore"):
-                await measure(target, "PUT 50 steps", put_factory(f"{prefix}-put-{target}", 50, 50))
-            for target in ("naive", "runstore"):
+            await seed_runs(ports["runstore"][0], f"{prefix}-patch", args.connections, 5)
+            for target in _paired("floor", round_number):
+                factory = patch_factory(f"{prefix}-patch", 5)
+                await measure(target, "PATCH 1 step", factory, round_number)
+            for target in _paired("naive", round_number):
+                factory = put_factory(f"{prefix}-put-{target}", 50, 50)
+                await measure(target, "PUT 50 steps", factory, round_number)
+            for target in _paired("naive", round_number):
                 await seed_runs(ports[target][0], f"{prefix}-get", 200, 50)
-                await measure(target, "GET 50 steps", get_factory(f"{prefix}-get", 200, 7))
+                factory = get_factory(f"{prefix}-get", 200, 7)
+                await measure(target, "GET 50 steps", factory, round_number)
     return results
 
 
@@ -365,36 +384,60 @@ def _format(result: Result) -> str:
     )
 
 
-def _median(results: list[Result], target: str, scenario: str, metric: str) -> float:
-    values = [
-        float(r.row()[metric]) for r in results if r.target == target and r.scenario == scenario
-    ]
-    return statistics.median(values)
+def _metric(results: list[Result], target: str, scenario: str, metric: str) -> dict[int, float]:
+    """``metric`` of ``target`` in ``scenario``, by round."""
+    return {
+        r.round: float(r.row()[metric])  # type: ignore[arg-type]
+        for r in results
+        if r.target == target and r.scenario == scenario
+    }
+
+
+def _ratios(
+    numerators: dict[int, float], denominators: dict[int, float]
+) -> tuple[float, list[float]]:
+    """The median of the per-round ratios, and the ratios: each round pairs two measurements
+    taken back to back, so the machine's drift between rounds cancels out."""
+    ratios = [numerators[n] / denominators[n] for n in sorted(numerators)]
+    return statistics.median(ratios), ratios
 
 
 def summarize(results: list[Result]) -> dict[str, dict[str, object]]:
-    patch = _median(results, "runstore", "PATCH 1 step", "throughput") / _median(
-        results, "floor", "PATCH 1 step", "throughput"
+    throughput = functools.partial(_metric, results, metric="throughput")
+    patch, patch_rounds = _ratios(
+        throughput("runstore", "PATCH 1 step"), throughput("floor", "PATCH 1 step")
     )
-    put = _median(results, "runstore", "PUT 50 steps", "throughput") / _median(
-        results, "naive", "PUT 50 steps", "throughput"
+    put, put_rounds = _ratios(
+        throughput("runstore", "PUT 50 steps"), throughput("naive", "PUT 50 steps")
     )
-    get = _median(results, "runstore", "GET 50 steps", "p99_ms") / _median(
-        results, "runstore", "GET 50 steps", "p50_ms"
+    get, get_rounds = _ratios(
+        _metric(results, "runstore", "GET 50 steps", "p99_ms"),
+        _metric(results, "runstore", "GET 50 steps", "p50_ms"),
     )
+
+    def verdict(ratio: float, rounds: list[float], target: str, met: bool) -> dict[str, object]:
+        return {
+            "ratio": round(ratio, 3),
+            "rounds": [round(value, 3) for value in rounds],
+            "target": target,
+            "met": met,
+        }
+
     return {
-        "patch_vs_floor": {"ratio": round(patch, 3), "target": ">= 0.70", "met": patch >= 0.70},
-        "put_vs_naive": {"ratio": round(put, 3), "target": ">= 3.0", "met": put >= 3.0},
-        "get_p99_over_p50": {"ratio": round(get, 3), "target": "<= 2.0", "met": get <= 2.0},
+        "patch_vs_floor": verdict(patch, patch_rounds, ">= 0.70", patch >= 0.70),
+        "put_vs_naive": verdict(put, put_rounds, ">= 3.0", put >= 3.0),
+        "get_p99_over_p50": verdict(get, get_rounds, "<= 2.0", get <= 2.0),
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured time per scenario")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured time per scenario")
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=1, help="repeat and report medians")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="repeat; ratios are medians of the rounds' ratios"
+    )
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--database-url", help="PostgreSQL URL (with --backend postgres)")
     parser.add_argument("--replicas", type=int, default=1, help="runstore servers to spread over")
@@ -424,9 +467,10 @@ def main() -> int:
     summary = summarize(results)
     print()
     for name, verdict in summary.items():
+        rounds = " ".join(f"{value:.2f}" for value in verdict["rounds"])  # type: ignore[attr-defined]
         print(
             f"{name:<18} {verdict['ratio']:>7}  target {verdict['target']:<7}  "
-            f"met: {verdict['met']}"
+            f"met: {verdict['met']!s:<5}  (rounds: {rounds})"
         )
     if args.json:
         args.json.write_text(

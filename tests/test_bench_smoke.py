@@ -30,3 +30,48 @@ def test_agent_workload_runs_and_reads_every_run_back(tmp_path: Path) -> None:
         assert 0 < row["p50_ms"] <= row["p99_ms"]
     assert summary["runstore_over_reference"] > 0
     assert "runstore / reference hooks per second" in done.stdout
+
+
+def test_http_load_runs_every_scenario_and_pairs_the_rounds(tmp_path: Path) -> None:
+    results = tmp_path / "load.json"
+    command = [sys.executable, str(ROOT / "bench" / "http_load.py")]
+    command += ["--seconds", "0.3", "--warmup", "0.1", "--rounds", "2", "--connections", "2"]
+    command += ["--json", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(results.read_text())
+    rows = report["results"]
+    expected = {
+        ("floor", "PATCH 1 step"),
+        ("runstore", "PATCH 1 step"),
+        ("naive", "PUT 50 steps"),
+        ("runstore", "PUT 50 steps"),
+        ("naive", "GET 50 steps"),
+        ("runstore", "GET 50 steps"),
+    }
+    for round_number in (0, 1):
+        measured = [row for row in rows if row["round"] == round_number]
+        assert {(row["target"], row["scenario"]) for row in measured} == expected
+        assert all(row["requests"] > 0 and row["errors"] == 0 for row in measured)
+    # Runstore and its reference take turns at going first.
+    firsts = [
+        next(row["target"] for row in rows if row["round"] == n and row["scenario"] == scenario)
+        for scenario in ("PATCH 1 step", "PUT 50 steps")
+        for n in (0, 1)
+    ]
+    assert firsts == ["floor", "runstore", "naive", "runstore"]
+    for name in ("patch_vs_floor", "put_vs_naive", "get_p99_over_p50"):
+        verdict = report["summary"][name]
+        assert len(verdict["rounds"]) == 2
+        # The median of two rounds is their mean.
+        assert verdict["ratio"] == pytest.approx(sum(verdict["rounds"]) / 2, abs=0.002)
+    patch = report["summary"]["patch_vs_floor"]
+    by_round = {
+        (row["target"], row["round"]): row["throughput"]
+        for row in rows
+        if row["scenario"] == "PATCH 1 step"
+    }
+    assert patch["rounds"] == [
+        round(by_round["runstore", n] / by_round["floor", n], 3) for n in (0, 1)
+    ]
+    assert f"(rounds: {patch['rounds'][0]:.2f} {patch['rounds'][1]:.2f})" in done.stdout
