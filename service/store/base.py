@@ -15,7 +15,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from runstore.client._models import is_run_id
 
@@ -35,9 +35,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """What a PUT or PATCH left stored."""
+class WriteResult(NamedTuple):
+    """What a PUT or PATCH left stored (a NamedTuple, like the records: built per request)."""
 
     run_id: str
     version: int
@@ -45,8 +44,7 @@ class WriteResult:
     created: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRun:
+class StoredRun(NamedTuple):
     """A run read back: its version and its snapshot as JSON bytes."""
 
     version: int
