@@ -143,3 +143,28 @@ async def test_only_the_run_routes_bypass_the_router(tmp_path: Path) -> None:
                 "POST /runs/r1",
                 "GET /healthz",
             ]
+
+
+@pytest.mark.parametrize("created", [False, True])
+def test_a_write_s_answer_is_what_starlette_s_response_would_be(created: bool) -> None:
+    from starlette.responses import Response
+
+    from runstore.service.api.routes import _ack
+    from runstore.service.store.base import WriteResult
+
+    result = WriteResult("run-1", 12, 345, created=created)
+    answer = _ack(result, 201 if created else 200, "run-1")
+    headers = {"ETag": '"12"', **({"Location": "/runs/run-1"} if created else {})}
+    expected = Response(
+        b'{"runId":"run-1","version":12,"traceLength":345}',
+        status_code=201 if created else 200,
+        media_type="application/json",
+        headers=headers,
+    )
+    assert (answer.status_code, answer.body, answer.raw_headers) == (
+        expected.status_code,
+        expected.body,
+        expected.raw_headers,
+    )
+    assert answer.headers["etag"] == '"12"'
+    assert answer.background is None

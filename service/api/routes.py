@@ -22,6 +22,7 @@ from ..errors import InvalidRun, PreconditionFailed
 from ..store.base import RunQuery, RunStore, WriteResult, decode_cursor, encode_cursor
 from ..store.records import DuplicateKey, SnapshotRecord, patch_record, snapshot_record
 from .body import (
+    header,
     parse_etags,
     parse_if_match,
     parse_json,
@@ -145,17 +146,30 @@ async def _resolve_if_match(store: RunStore, run_id: str, header: str | None) ->
     return current
 
 
+class _Ack(Response):
+    """A write's answer, its headers built as bytes at once (what ``Response(...)`` gives for
+    the same body and headers, without its header normalisation: a few microseconds a write)."""
+
+    media_type = JSON
+
+    def __init__(self, result: WriteResult, status: int, run_id: str) -> None:
+        self.status_code = status
+        self.background = None
+        self.body = (
+            f'{{"runId":"{result.run_id}","version":{result.version},'
+            f'"traceLength":{result.trace_length}}}'.encode()
+        )
+        self.raw_headers = [(b"etag", b'"%d"' % result.version)]
+        if result.created:
+            self.raw_headers.append((b"location", f"/runs/{run_id}".encode()))
+        self.raw_headers += [
+            (b"content-length", b"%d" % len(self.body)),
+            (b"content-type", b"application/json"),
+        ]
+
+
 def _ack(result: WriteResult, status: int, run_id: str) -> Response:
-    headers = {"ETag": f'"{result.version}"'}
-    if result.created:
-        headers["Location"] = f"/runs/{run_id}"
-    return Response(
-        f'{{"runId":"{result.run_id}","version":{result.version},'
-        f'"traceLength":{result.trace_length}}}'.encode(),
-        status_code=status,
-        media_type=JSON,
-        headers=headers,
-    )
+    return _Ack(result, status, run_id)
 
 
 _JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
@@ -186,7 +200,7 @@ async def patch_run(request: Request) -> Response:
     _check_body_run_id(body, run_id)
     patch = patch_record(body)
     store = _store(request)
-    if_match = await _resolve_if_match(store, run_id, request.headers.get("if-match"))
+    if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
     result = await store.patch_run(run_id, patch, if_match=if_match)
     return _ack(result, 200, run_id)
 
@@ -216,13 +230,13 @@ async def put_run(request: Request) -> Response:
     raw = await read_body(request, limit=settings.max_body_bytes, seconds=settings.body_timeout)
     record = _snapshot_of(raw, run_id)
     store = _store(request)
-    if_none_match = request.headers.get("if-none-match")
+    if_none_match = header(request, b"if-none-match")
     create_only = False
     if if_none_match is not None:
         if parse_etags(if_none_match, "If-None-Match") is not None:
             raise ProblemError("bad-request", "On PUT, If-None-Match supports only *.")
         create_only = True
-    if_match = await _resolve_if_match(store, run_id, request.headers.get("if-match"))
+    if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
     result = await store.put_run(record, if_match=if_match, if_none_match=create_only)
     return _ack(result, 201 if result.created else 200, run_id)
 
@@ -264,7 +278,7 @@ async def _read_run(run_id: str, request: Request, *, head: bool) -> Response:
     if stored is None:
         raise ProblemError("not-found", f"No run is stored under {run_id!r}.")
     etag = f'"{stored.version}"'
-    if_none_match = request.headers.get("if-none-match")
+    if_none_match = header(request, b"if-none-match")
     if if_none_match is not None and _etag_matches(if_none_match, stored.version):
         return Response(status_code=304, headers={"ETag": etag})
     if head:
@@ -311,7 +325,7 @@ async def head_run(request: Request) -> Response:
 async def delete_run(request: Request) -> Response:
     run_id = _run_id(request)
     store = _store(request)
-    if_match = await _resolve_if_match(store, run_id, request.headers.get("if-match"))
+    if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
     await store.delete_run(run_id, if_match=if_match)
     return Response(status_code=204)
 
