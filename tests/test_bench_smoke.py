@@ -75,3 +75,13 @@ def test_http_load_runs_every_scenario_and_pairs_the_rounds(tmp_path: Path) -> N
         round(by_round["runstore", n] / by_round["floor", n], 3) for n in (0, 1)
     ]
     assert f"(rounds: {patch['rounds'][0]:.2f} {patch['rounds'][1]:.2f})" in done.stdout
+
+
+@pytest.mark.parametrize("kind", ["patch", "put"])
+def test_app_cpu_runs_the_app_with_an_instant_store(kind: str) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "app_cpu.py"), kind, "-n", "50"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    # It checks every answer was a 200 and fails otherwise.
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"{kind}: ")
+    assert float(done.stdout.split()[1]) > 0
