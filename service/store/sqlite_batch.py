@@ -30,15 +30,21 @@ __all__ = ["PatchRun", "PutRun", "apply_writes", "check_version", "now_ms"]
 # Rows in one INSERT: well under SQLite's limit of bound parameters.
 ROWS_PER_INSERT: Final = 64
 _RUN_COLUMNS: Final = (
-    "run_id, status, started_at, completed_at, version, updated_at, trace_length, "
-    "history_length, doc, plan"
+    "run_id",
+    "status",
+    "started_at",
+    "completed_at",
+    "version",
+    "updated_at",
+    "trace_length",
+    "history_length",
+    "doc",
+    "plan",
 )
-_RUN_PLACEHOLDERS: Final = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # What an update that leaves the indexed columns (status, started_at, completed_at) alone
 # writes: most PATCHes. Setting an indexed column, even to its own value, rewrites its index
 # entries, and each index page so touched is one more page in the WAL at commit.
-_CONTENT_COLUMNS: Final = "run_id, version, updated_at, trace_length, history_length, doc, plan"
-_CONTENT_PLACEHOLDERS: Final = "(?, ?, ?, ?, ?, ?, ?)"
+_CONTENT_COLUMNS: Final = (_RUN_COLUMNS[0], *_RUN_COLUMNS[4:])
 
 
 def now_ms() -> int:
@@ -72,17 +78,12 @@ class _Run:
         return self.indexed != (self.status, self.started_at, self.completed_at)
 
     def content_values(self, updated_at: int) -> tuple[object, ...]:
-        return (
-            self.run_id,
-            self.version,
-            updated_at,
-            self.trace_length,
-            self.history_length,
-            self.doc,
-            self.plan,
-        )
+        """The values of _CONTENT_COLUMNS."""
+        values = self.values(updated_at)
+        return (values[0], *values[4:])
 
     def values(self, updated_at: int) -> tuple[object, ...]:
+        """The values of _RUN_COLUMNS."""
         return (
             self.run_id,
             self.status,
@@ -97,29 +98,22 @@ class _Run:
         )
 
 
+def _rows_sql(columns: tuple[str, ...], rows: int) -> str:
+    return ", ".join(["(" + ", ".join("?" * len(columns)) + ")"] * rows)
+
+
 @functools.cache
 def _insert_runs_sql(rows: int) -> str:
-    return f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES {', '.join([_RUN_PLACEHOLDERS] * rows)}"
+    return f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES {_rows_sql(_RUN_COLUMNS, rows)}"
 
 
 @functools.cache
-def _update_runs_sql(rows: int) -> str:
+def _update_runs_sql(columns: tuple[str, ...], rows: int) -> str:
+    """One UPDATE of ``rows`` runs, setting ``columns`` (the first is run_id, the key)."""
+    assignments = ", ".join(f"{column} = v.{column}" for column in columns[1:])
     return (
-        f"WITH v ({_RUN_COLUMNS}) AS (VALUES {', '.join([_RUN_PLACEHOLDERS] * rows)}) "
-        "UPDATE runs SET status = v.status, started_at = v.started_at, "
-        "completed_at = v.completed_at, version = v.version, updated_at = v.updated_at, "
-        "trace_length = v.trace_length, history_length = v.history_length, doc = v.doc, "
-        "plan = v.plan FROM v WHERE runs.run_id = v.run_id"
-    )
-
-
-@functools.cache
-def _update_content_sql(rows: int) -> str:
-    return (
-        f"WITH v ({_CONTENT_COLUMNS}) AS (VALUES {', '.join([_CONTENT_PLACEHOLDERS] * rows)}) "
-        "UPDATE runs SET version = v.version, updated_at = v.updated_at, "
-        "trace_length = v.trace_length, history_length = v.history_length, doc = v.doc, "
-        "plan = v.plan FROM v WHERE runs.run_id = v.run_id"
+        f"WITH v ({', '.join(columns)}) AS (VALUES {_rows_sql(columns, rows)}) "
+        f"UPDATE runs SET {assignments} FROM v WHERE runs.run_id = v.run_id"
     )
 
 
@@ -197,9 +191,9 @@ class RunWrites:
         for rows, params in _chunks(new):
             self.connection.execute(_insert_runs_sql(rows), params)
         for rows, params in _chunks(moved):
-            self.connection.execute(_update_runs_sql(rows), params)
+            self.connection.execute(_update_runs_sql(_RUN_COLUMNS, rows), params)
         for rows, params in _chunks(in_place):
-            self.connection.execute(_update_content_sql(rows), params)
+            self.connection.execute(_update_runs_sql(_CONTENT_COLUMNS, rows), params)
         for run in changed:
             run.stored, run.changed = True, False
             run.indexed = (run.status, run.started_at, run.completed_at)
