@@ -131,8 +131,8 @@ def _check_body_run_id(body: Any, run_id: str) -> None:
             )
 
 
-async def _resolve_if_match(store: RunStore, run_id: str, header: str | None) -> int | None:
-    accepted = parse_if_match(header)
+async def _resolve_if_match(store: RunStore, run_id: str, value: str | None) -> int | None:
+    accepted = parse_if_match(value)
     if accepted is None:
         return None
     if len(accepted) == 1 and -1 not in accepted:
@@ -257,8 +257,8 @@ def _snapshot_of(raw: bytes, run_id: str) -> SnapshotRecord:
     return snapshot_record(body)
 
 
-def _etag_matches(header: str, version: int) -> bool:
-    tags = parse_etags(header, "If-None-Match")
+def _etag_matches(value: str, version: int) -> bool:
+    tags = parse_etags(value, "If-None-Match")
     return tags is None or any(tag == str(version) for _, tag in tags)  # weak comparison
 
 
