@@ -82,8 +82,9 @@ class RunStoreApp(FastAPI):
     def __init__(self, *, tokens: TokenTable | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.tokens = tokens
-        # FastAPI (0.160 and later) asks for every request whether OpenTelemetry has been
-        # configured, which took a few percent of a PATCH. Asked less often, it answers the same.
+        # FastAPI's native telemetry (0.165 here) asks for every request whether OpenTelemetry
+        # has been configured, which took a few percent of a PATCH. Asked less often (see
+        # StickyCheck), it answers the same.
         telemetry = getattr(self, "_native_telemetry", None)
         if callable(getattr(telemetry, "enabled", None)):
             telemetry.enabled = StickyCheck(telemetry.enabled)  # type: ignore[union-attr]
