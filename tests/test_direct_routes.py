@@ -149,11 +149,11 @@ async def test_only_the_run_routes_bypass_the_router(tmp_path: Path) -> None:
 def test_a_write_s_answer_is_what_starlette_s_response_would_be(created: bool) -> None:
     from starlette.responses import Response
 
-    from runstore.service.api.routes import _ack
+    from runstore.service.api.routes import _Ack
     from runstore.service.store.base import WriteResult
 
     result = WriteResult("run-1", 12, 345, created=created)
-    answer = _ack(result, 201 if created else 200, "run-1")
+    answer = _Ack(result, 201 if created else 200, "run-1")
     headers = {"ETag": '"12"', **({"Location": "/runs/run-1"} if created else {})}
     expected = Response(
         b'{"runId":"run-1","version":12,"traceLength":345}',

@@ -17,6 +17,7 @@ from typing import Any, Final
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 
+from ..store.records import count_colons
 from .problems import ProblemError
 
 __all__ = [
@@ -63,13 +64,9 @@ _fast_decode = msgspec.json.Decoder().decode
 _fast_encode = msgspec.json.Encoder().encode
 
 
-def _colons(data: bytes) -> int:
-    # About twice as fast as bytes.count, which scans a byte at a time.
-    return len(data) - len(data.replace(b":", b""))
-
-
-def _parse_fast(raw: bytes) -> Any:
-    r"""The body parsed by msgspec, or None to leave it to the strict parser.
+def _decode_fast(raw: bytes) -> tuple[Any, int] | None:
+    r"""The body parsed by msgspec and the number of colons in it, or None to leave the body to
+    the strict parser.
 
     msgspec reads JSON several times faster than the json module, keeps integers of any size and
     refuses what the json module refuses, except that it keeps the last of duplicate keys. A
@@ -81,11 +78,23 @@ def _parse_fast(raw: bytes) -> Any:
     if b"\\" in raw and b"\\u003" in raw:  # the first test is a fast scan for one byte
         return None
     try:
-        value = _fast_decode(raw)
-        colons = _colons(_fast_encode(value))
+        return _fast_decode(raw), count_colons(raw)
     except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
         return None  # the strict parser says what is wrong
-    return value if colons == _colons(raw) else None
+
+
+def _parse_fast(raw: bytes) -> Any:
+    """The body parsed by msgspec and checked for duplicate keys by re-encoding it (see
+    _decode_fast), or None to leave it to the strict parser."""
+    decoded = _decode_fast(raw)
+    if decoded is None:
+        return None
+    value, colons = decoded
+    try:
+        encoded = _fast_encode(value)
+    except (ValueError, RecursionError):
+        return None
+    return value if count_colons(encoded) == colons else None
 
 
 def parse_json_unchecked(raw: bytes) -> tuple[Any, int | None]:
@@ -93,15 +102,13 @@ def parse_json_unchecked(raw: bytes) -> tuple[Any, int | None]:
     caller (None when the value is checked already).
 
     For large bodies whose caller re-encodes the parts anyway (a PUT's snapshot record): it
-    counts their colons instead of re-encoding the whole value here (see _parse_fast). On any
+    counts their colons instead of re-encoding the whole value here (see _decode_fast). On any
     error with such a value, the caller parses again with parse_json, which names a duplicate.
     """
-    if not (b"\\" in raw and b"\\u003" in raw):
-        try:
-            return _fast_decode(raw), _colons(raw)
-        except (ValueError, RecursionError):
-            pass  # parse_json says what is wrong
-    return parse_json(raw), None
+    decoded = _decode_fast(raw)
+    if decoded is None:
+        return parse_json(raw), None
+    return decoded
 
 
 def parse_json(raw: bytes) -> Any:

@@ -147,8 +147,9 @@ async def _resolve_if_match(store: RunStore, run_id: str, value: str | None) -> 
 
 
 class _Ack(Response):
-    """A write's answer, its headers built as bytes at once (what ``Response(...)`` gives for
-    the same body and headers, without its header normalisation: a few microseconds a write)."""
+    """A write's answer: ``runId``, ``version`` and ``traceLength``, with ETag (and Location
+    when the run was created). Its header bytes are built at once: what ``Response(...)`` gives
+    for the same body and headers, without its header normalisation (a few us a write)."""
 
     media_type = JSON
 
@@ -166,10 +167,6 @@ class _Ack(Response):
             (b"content-length", b"%d" % len(self.body)),
             (b"content-type", b"application/json"),
         ]
-
-
-def _ack(result: WriteResult, status: int, run_id: str) -> Response:
-    return _Ack(result, status, run_id)
 
 
 _JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
@@ -202,7 +199,7 @@ async def patch_run(request: Request) -> Response:
     store = _store(request)
     if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
     result = await store.patch_run(run_id, patch, if_match=if_match)
-    return _ack(result, 200, run_id)
+    return _Ack(result, 200, run_id)
 
 
 @router.put(
@@ -238,7 +235,7 @@ async def put_run(request: Request) -> Response:
         create_only = True
     if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
     result = await store.put_run(record, if_match=if_match, if_none_match=create_only)
-    return _ack(result, 201 if result.created else 200, run_id)
+    return _Ack(result, 201 if result.created else 200, run_id)
 
 
 def _snapshot_of(raw: bytes, run_id: str) -> SnapshotRecord:

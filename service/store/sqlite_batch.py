@@ -45,6 +45,7 @@ _RUN_COLUMNS: Final = (
 # writes: most PATCHes. Setting an indexed column, even to its own value, rewrites its index
 # entries, and each index page so touched is one more page in the WAL at commit.
 _CONTENT_COLUMNS: Final = (_RUN_COLUMNS[0], *_RUN_COLUMNS[4:])
+_ITEM_COLUMNS: Final = ("run_id", "idx", "item")
 
 
 def now_ms() -> int:
@@ -53,7 +54,7 @@ def now_ms() -> int:
 
 @dataclass(slots=True)
 class _Run:
-    """A run's row as the group goes; ``stored`` says whether the row exists in the file."""
+    """A run's row as the group goes."""
 
     run_id: str
     status: str
@@ -64,14 +65,14 @@ class _Run:
     history_length: int | None
     doc: str
     plan: str | None
-    stored: bool
+    # (status, started_at, completed_at) as the file has them; None while the row is not in it.
+    indexed: tuple[str, int, int | None] | None
     changed: bool = False
-    # (status, started_at, completed_at) as the file has them; None until the row is stored.
-    indexed: tuple[str, int, int | None] | None = None
 
-    def __post_init__(self) -> None:
-        if self.stored:
-            self.indexed = (self.status, self.started_at, self.completed_at)
+    @property
+    def stored(self) -> bool:
+        """Whether the row exists in the file."""
+        return self.indexed is not None
 
     def moved(self) -> bool:
         """Whether an indexed column differs from the file's."""
@@ -120,7 +121,7 @@ def _update_runs_sql(columns: tuple[str, ...], rows: int) -> str:
 @functools.cache
 def _upsert_items_sql(table: str, rows: int) -> str:
     return (
-        f"INSERT INTO {table} (run_id, idx, item) VALUES {', '.join(['(?, ?, ?)'] * rows)} "
+        f"INSERT INTO {table} ({', '.join(_ITEM_COLUMNS)}) VALUES {_rows_sql(_ITEM_COLUMNS, rows)} "
         "ON CONFLICT (run_id, idx) DO UPDATE SET item = excluded.item WHERE item != excluded.item"
     )
 
@@ -135,9 +136,11 @@ def _chunks(rows: Sequence[tuple[object, ...]]) -> list[tuple[int, list[object]]
 
 
 def _item_chunks(flat: list[object]) -> list[tuple[int, list[object]]]:
-    """Items kept flat, three values each, in groups of ROWS_PER_INSERT."""
-    step = 3 * ROWS_PER_INSERT
-    return [(len(flat[i : i + step]) // 3, flat[i : i + step]) for i in range(0, len(flat), step)]
+    """Items kept flat, a value for each of _ITEM_COLUMNS, in groups of ROWS_PER_INSERT."""
+    width = len(_ITEM_COLUMNS)
+    step = width * ROWS_PER_INSERT
+    chunks = [flat[start : start + step] for start in range(0, len(flat), step)]
+    return [(len(chunk) // width, chunk) for chunk in chunks]
 
 
 class RunWrites:
@@ -153,7 +156,18 @@ class RunWrites:
             ids,
         ).fetchall()
         self.runs: dict[str, _Run] = {
-            run_id: _Run(run_id, status, started, completed, version, steps, turns, doc, plan, True)
+            run_id: _Run(
+                run_id,
+                status,
+                started,
+                completed,
+                version,
+                steps,
+                turns,
+                doc,
+                plan,
+                indexed=(status, started, completed),
+            )
             for run_id, status, started, completed, version, steps, turns, doc, plan in rows
         }
         # Pending items, flat: run id, position, JSON text, run id, ... (bound as they are).
@@ -183,11 +197,16 @@ class RunWrites:
     def flush(self) -> None:
         """Write every changed run, then the pending items (which refer to the runs)."""
         changed = [run for run in self.runs.values() if run.changed]
-        new = [run.values(self.now) for run in changed if not run.stored]
-        moved = [run.values(self.now) for run in changed if run.stored and run.moved()]
-        in_place = [
-            run.content_values(self.now) for run in changed if run.stored and not run.moved()
-        ]
+        new: list[tuple[object, ...]] = []
+        moved: list[tuple[object, ...]] = []
+        in_place: list[tuple[object, ...]] = []
+        for run in changed:
+            if not run.stored:
+                new.append(run.values(self.now))
+            elif run.moved():
+                moved.append(run.values(self.now))
+            else:
+                in_place.append(run.content_values(self.now))
         for rows, params in _chunks(new):
             self.connection.execute(_insert_runs_sql(rows), params)
         for rows, params in _chunks(moved):
@@ -195,7 +214,7 @@ class RunWrites:
         for rows, params in _chunks(in_place):
             self.connection.execute(_update_runs_sql(_CONTENT_COLUMNS, rows), params)
         for run in changed:
-            run.stored, run.changed = True, False
+            run.changed = False
             run.indexed = (run.status, run.started_at, run.completed_at)
         for table, pending in self.items.items():
             for rows, params in _item_chunks(pending):
@@ -262,7 +281,7 @@ class PutRun(_GroupedWrite):
                 history_length,
                 record.doc,
                 record.plan,
-                stored=False,
+                indexed=None,
                 changed=True,
             )
             writes.write_items("steps", run.run_id, 0, record.trace, 0)
