@@ -1,0 +1,136 @@
+"""The README and docs/client.md run as written, against a real server on a free port.
+
+Their ``console`` blocks are one shell session: every ``$`` command runs, in order, in one bash,
+and must print what the page shows under it (``updatedAt`` is the server's clock, so its value
+is not compared). Their ``python`` blocks run, in order, as scripts; each must succeed, and a
+line ``print(...)  # text`` must print the start of ``text``. Other blocks (``sh``: installing,
+Docker) are instructions for a reader's machine and are not run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support import ServerProcess
+
+pytestmark = pytest.mark.server
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ("README.md", "docs/client.md")
+# The address the pages use; the tests substitute their own server's.
+DOCUMENTED_URL = "http://127.0.0.1:8000"
+
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+_UPDATED_AT = re.compile(r'"updatedAt":\d+')
+_PRINTED = re.compile(r"^\s*print\(.*\)\s+# (.+)$")
+
+
+@dataclass(frozen=True)
+class Command:
+    text: str
+    expected: tuple[str, ...]
+
+
+def blocks(page: str, language: str) -> list[str]:
+    text = (ROOT / page).read_text(encoding="utf-8")
+    return [body for lang, body in _FENCE.findall(text) if lang == language]
+
+
+def session(block: str) -> list[Command]:
+    """The ``$`` commands of a console block (with the lines that continue them: after a ``\\``,
+    or inside a quoted string) and the lines shown after each."""
+    commands: list[Command] = []
+    lines = block.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        assert line.startswith("$ "), f"output with no command before it: {line!r}"
+        text = [line[2:]]
+        while text[-1].endswith("\\") or "\n".join(text).count("'") % 2:
+            i += 1
+            text.append(lines[i])
+        i += 1
+        expected: list[str] = []
+        while i < len(lines) and not lines[i].startswith("$ "):
+            expected.append(lines[i])
+            i += 1
+        commands.append(Command("\n".join(text), tuple(expected)))
+    return commands
+
+
+def normalised(lines: list[str] | tuple[str, ...]) -> list[str]:
+    return [_UPDATED_AT.sub('"updatedAt":0', line) for line in lines]
+
+
+def run_session(commands: list[Command], url: str, cwd: Path) -> list[list[str]]:
+    """Every command in one bash, so variables carry over; each command's output lines."""
+    marker = "__runstore_readme_command__"
+    script = "\n".join(f"echo {marker}\n{command.text}" for command in commands)
+    script = script.replace(DOCUMENTED_URL, url)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    outputs = done.stdout.split(marker + "\n")[1:]
+    return [output.splitlines() for output in outputs]
+
+
+def run_python(code: str, url: str, cwd: Path) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", code.replace(DOCUMENTED_URL, url)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"{code}\n---\n{done.stderr}"
+    return done.stdout.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the sessions use curl")
+@pytest.mark.parametrize("page", PAGES)
+def test_the_page_runs_as_written(page: str, tmp_path: Path) -> None:
+    consoles = blocks(page, "console")
+    programs = blocks(page, "python")
+    assert consoles or programs
+    with ServerProcess(tmp_path / "runs.db") as server:
+        commands = [command for block in consoles for command in session(block)]
+        outputs = run_session(commands, server.url, tmp_path) if commands else []
+        assert len(outputs) == len(commands)
+        for command, output in zip(commands, outputs, strict=True):
+            assert normalised(output) == normalised(command.expected), command.text
+        for code in programs:
+            printed = run_python(code, server.url, tmp_path)
+            promised = [m.group(1) for line in code.splitlines() if (m := _PRINTED.match(line))]
+            assert len(printed) >= len(promised), code
+            for line, comment in zip(printed, promised, strict=False):
+                assert comment.startswith(line), (line, comment)
+
+
+def test_the_readme_is_a_short_page() -> None:
+    assert len((ROOT / "README.md").read_bytes()) <= 10 * 1024
+
+
+def test_every_local_link_of_the_docs_leads_somewhere() -> None:
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
