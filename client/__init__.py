@@ -1,7 +1,9 @@
 """The runstore client: snapshots, HTTP clients with persistence hooks, and embedded mode.
 
 Needs httpx and pydantic only; embedded mode uses the store engine of ``runstore.service``,
-which needs no server dependency either.
+which needs no server dependency either. The contract lives in two public modules that the
+server imports too: :mod:`runstore.client.models` (the wire models) and
+:mod:`runstore.client.problems` (the problem types, one exception tree).
 """
 
 from __future__ import annotations
@@ -9,12 +11,21 @@ from __future__ import annotations
 from ._async_client import AsyncRunStoreClient
 from ._client import RunStoreClient
 from ._embedded import EmbeddedStore, embedded_persistence
-from ._exceptions import (
+from ._persistence import AsyncPersistence, AsyncRunPersistence, Persistence, RunPersistence
+from ._retry import RetryPolicy
+from ._wire import SnapshotLike
+from .models import RunPatch, RunSnapshot, RunSummary, WriteAck
+from .problems import (
     BadRequest,
     BodyTooLarge,
     Forbidden,
+    InternalError,
     InvalidRun,
+    MalformedJson,
+    MethodNotAllowed,
     PreconditionFailed,
+    RequestTimeout,
+    RunIdMismatch,
     RunNotFound,
     RunStoreError,
     StaleWrite,
@@ -22,12 +33,9 @@ from ._exceptions import (
     TraceGap,
     Unauthorized,
     UnexpectedResponse,
+    UnsupportedMediaType,
     WriteConflict,
 )
-from ._models import RunPatch, RunSnapshot, RunSummary
-from ._persistence import AsyncPersistence, AsyncRunPersistence, Persistence, RunPersistence
-from ._retry import RetryPolicy
-from ._wire import SnapshotLike, WriteAck
 
 __all__ = [
     "AsyncPersistence",
@@ -37,10 +45,15 @@ __all__ = [
     "BodyTooLarge",
     "EmbeddedStore",
     "Forbidden",
+    "InternalError",
     "InvalidRun",
+    "MalformedJson",
+    "MethodNotAllowed",
     "Persistence",
     "PreconditionFailed",
+    "RequestTimeout",
     "RetryPolicy",
+    "RunIdMismatch",
     "RunNotFound",
     "RunPatch",
     "RunPersistence",
@@ -54,6 +67,7 @@ __all__ = [
     "TraceGap",
     "Unauthorized",
     "UnexpectedResponse",
+    "UnsupportedMediaType",
     "WriteAck",
     "WriteConflict",
     "embedded_persistence",

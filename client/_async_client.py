@@ -24,7 +24,6 @@ from ._http import (
     write_request,
 )
 from ._ledger import RunLedger
-from ._models import RunPatch, RunSnapshot, RunSummary
 from ._persistence import AsyncRunPersistence
 from ._retry import RETRYABLE_STATUSES, RETRYABLE_TRANSPORT_ERRORS, RetryPolicy, retry_policy
 from ._transports import AsyncHttp11Transport, lean_transport_serves
@@ -32,12 +31,12 @@ from ._wire import (
     SnapshotLike,
     StoredSnapshot,
     Write,
-    WriteAck,
     encode,
     encode_body,
     run_path,
     view_of,
 )
+from .models import RunPatch, RunSnapshot, RunSummary, WriteAck
 
 __all__ = ["AsyncRunStoreClient"]
 

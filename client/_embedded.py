@@ -7,8 +7,9 @@ processes on one machine may open the same file; SQLite's locking orders their w
 write that finds the file locked for longer than the busy timeout is retried like a 503.
 
 The engine is imported when a store is opened, not with this module, and it needs neither
-FastAPI nor uvicorn: ``pip install runstore`` is enough. Its errors are turned into the client's
-(:mod:`._exceptions`), so code written against the HTTP client catches the same types.
+FastAPI nor uvicorn: ``pip install runstore`` is enough. The engine raises the errors of
+:mod:`runstore.client.problems`, the same classes the HTTP client raises, and they pass through
+unchanged.
 """
 
 from __future__ import annotations
@@ -18,72 +19,20 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from ._exceptions import (
-    InvalidRun,
-    PreconditionFailed,
-    RunNotFound,
-    RunStoreError,
-    StaleWrite,
-    StoreUnavailable,
-    TraceGap,
-    WriteConflict,
-)
 from ._persistence import RunPersistence
 from ._retry import RetryPolicy, retry_policy
-from ._wire import StoredSnapshot, Write, WriteAck
+from ._wire import StoredSnapshot, Write
+from .models import WriteAck
+from .problems import StoreUnavailable
 
 if TYPE_CHECKING:
-    from runstore.service.errors import StoreError
     from runstore.service.store.sqlite import SQLiteEngine
 
 __all__ = ["EmbeddedStore", "embedded_persistence"]
 
 T = TypeVar("T")
-
-# The problem details the server would answer with, by the client error a store error becomes.
-_PROBLEMS: Final[dict[type[RunStoreError], tuple[str, str]]] = {
-    InvalidRun: ("invalid-fields", "Invalid fields"),
-    RunNotFound: ("not-found", "Not found"),
-    StaleWrite: ("stale-write", "Stale write"),
-    TraceGap: ("trace-gap", "Trace gap"),
-    WriteConflict: ("conflict", "Conflict"),
-    PreconditionFailed: ("precondition-failed", "Precondition failed"),
-    StoreUnavailable: ("storage-unavailable", "Storage unavailable"),
-}
-
-
-def client_error(error: StoreError) -> RunStoreError:
-    """The client's error for a store error, with the problem details the server would send."""
-    from runstore.service import errors
-
-    cls: type[RunStoreError]
-    extra: dict[str, Any] = {}
-    if isinstance(error, errors.InvalidRun):
-        cls, extra = InvalidRun, {"errors": error.errors}
-    elif isinstance(error, errors.RunNotFound):
-        cls = RunNotFound
-    elif isinstance(error, errors.StaleWrite):
-        cls = StaleWrite
-    elif isinstance(error, errors.TraceGap):
-        cls = TraceGap
-    elif isinstance(error, errors.WriteConflict):
-        cls = WriteConflict
-    elif isinstance(error, errors.PreconditionFailed):
-        cls = PreconditionFailed
-    else:
-        cls = StoreUnavailable
-    slug, title = _PROBLEMS[cls]
-    status = cls.default_status if cls is not StoreUnavailable else 503
-    problem = {
-        "type": f"urn:runstore:problem:{slug}",
-        "title": title,
-        "status": status,
-        "detail": error.detail,
-        **extra,
-    }
-    return cls(error.detail, status=status, problem=problem)
 
 
 class EmbeddedStore:
@@ -94,21 +43,15 @@ class EmbeddedStore:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, retries: RetryPolicy | int = 5) -> None:
-        from runstore.service.errors import StoreError
         from runstore.service.store.sqlite import SQLiteEngine
         from runstore.service.store.sqlite_schema import CorruptDatabase
 
         self.path = os.fspath(path)
         self.retry_policy = retry_policy(retries)
-        self._store_error = StoreError
         try:
             self._engine: SQLiteEngine = SQLiteEngine(self.path)
         except (CorruptDatabase, sqlite3.Error) as exc:
-            raise StoreUnavailable(
-                f"Cannot open the store {self.path!r}: {exc}", status=503
-            ) from exc
-        except StoreError as exc:
-            raise client_error(exc) from exc
+            raise StoreUnavailable(f"Cannot open the store {self.path!r}: {exc}") from exc
 
     def close(self) -> None:
         """Commit queued writes and close the file; idempotent."""
@@ -120,14 +63,11 @@ class EmbeddedStore:
         while True:
             try:
                 return operation()
-            except self._store_error as exc:
-                error = client_error(exc)
-                if not isinstance(error, StoreUnavailable):
-                    raise error from exc
+            except StoreUnavailable as exc:
                 delay = schedule.next_delay()
                 if delay is None:
-                    error.attempts = schedule.attempts
-                    raise error from exc
+                    exc.attempts = schedule.attempts
+                    raise
                 time.sleep(delay)
 
     def send(self, write: Write) -> WriteAck:
@@ -143,7 +83,12 @@ class EmbeddedStore:
             result = self._call(
                 lambda: self._engine.patch_run(write.run_id, patch, if_match=write.if_match)
             )
-        return WriteAck(result.run_id, result.version, result.trace_length, result.created)
+        return WriteAck(
+            run_id=result.run_id,
+            version=result.version,
+            trace_length=result.trace_length,
+            created=result.created,
+        )
 
     def read(self, run_id: str) -> StoredSnapshot | None:
         """The stored run and its version, or None."""

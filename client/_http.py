@@ -13,11 +13,11 @@ from typing import Any, Final
 
 import httpx
 
-from ._exceptions import RunStoreError, StoreUnavailable, UnexpectedResponse, error_for_problem
-from ._models import RunSummary
 from ._retry import RetrySchedule, parse_retry_after
 from ._transports import Answer, encode_head, origin_of
-from ._wire import StoredSnapshot, Write, WriteAck
+from ._wire import StoredSnapshot, Write
+from .models import RunSummary, WriteAck
+from .problems import RunStoreError, StoreUnavailable, UnexpectedResponse, error_for_problem
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -299,7 +299,7 @@ class Failure:
             f"{schedule.elapsed:.1f} s; last: {self.description}"
         )
         if self.response is None:
-            return StoreUnavailable(detail, attempts=attempts)
+            return StoreUnavailable(detail, status=None, attempts=attempts)
         problem: Mapping[str, Any] = _problem(self.response)
         error = error_for_problem(self.response.status_code, problem)
         return StoreUnavailable(

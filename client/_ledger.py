@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._models import OPTIONAL_FIELDS
-from ._wire import SnapshotView, Write, WriteAck, encode
+from ._wire import SnapshotView, Write, encode
+from .models import OPTIONAL_FIELDS, WriteAck
 
 __all__ = ["RunLedger", "RunState", "fingerprint"]
 

@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from ._exceptions import RunNotFound, RunStoreError, StoreUnavailable, TraceGap
 from ._ledger import DEFAULT_CAPACITY, RunLedger
-from ._models import RunSnapshot
-from ._wire import SnapshotLike, StoredSnapshot, Write, WriteAck, run_path, view_of
+from ._wire import SnapshotLike, StoredSnapshot, Write, run_path, view_of
+from .models import RunSnapshot, WriteAck
+from .problems import RunNotFound, RunStoreError, StoreUnavailable, TraceGap
 
 __all__ = [
     "AsyncPersistence",

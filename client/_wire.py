@@ -17,15 +17,14 @@ from urllib.parse import quote
 
 from pydantic_core import to_jsonable_python
 
-from ._exceptions import InvalidRun
-from ._models import OPTIONAL_FIELDS, RunSnapshot, is_run_id
+from .models import OPTIONAL_FIELDS, RunSnapshot, is_run_id
+from .problems import InvalidRun
 
 __all__ = [
     "SnapshotLike",
     "SnapshotView",
     "StoredSnapshot",
     "Write",
-    "WriteAck",
     "encode",
     "encode_body",
     "run_path",
@@ -56,7 +55,7 @@ def encode(value: Any, path: str = "$") -> str:
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidRun(
             f"{path} cannot be sent as JSON: {exc}",
-            problem={"errors": [{"path": path, "message": str(exc), "type": "json"}]},
+            [{"path": path, "message": str(exc), "type": "json"}],
         ) from None
 
 
@@ -75,19 +74,9 @@ def run_path(run_id: str) -> str:
         raise InvalidRun(
             f"{run_id!r} is not a run id: 1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, "
             "starting with a letter or a digit.",
-            problem={"errors": [{"path": "$.runId", "message": "not a run id", "type": "run_id"}]},
+            [{"path": "$.runId", "message": "not a run id", "type": "run_id"}],
         )
     return "/runs/" + quote(run_id, safe=":@~")
-
-
-@dataclass(frozen=True, slots=True)
-class WriteAck:
-    """What a PUT or PATCH left stored: the run's new version and its trace length."""
-
-    run_id: str
-    version: int
-    trace_length: int
-    created: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +104,7 @@ class SnapshotView:
 def _invalid(path: str, message: str) -> InvalidRun:
     return InvalidRun(
         f"The snapshot cannot be sent: {path} {message}.",
-        problem={"errors": [{"path": path, "message": message, "type": "snapshot"}]},
+        [{"path": path, "message": message, "type": "snapshot"}],
     )
 
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp
 
-from runstore.client._models import REQUIRED_FIELDS, RESERVED_FIELDS, RunPatch, RunSnapshot
+from runstore.client.models import REQUIRED_FIELDS, RESERVED_FIELDS, RunPatch, RunSnapshot
 
 from .api.auth import BearerAuth
 from .api.direct import DirectRunRoutes

@@ -98,7 +98,7 @@ def _postgres_problem(url: str) -> str | None:
         from .store.postgres import PostgresStore
     except ImportError:
         return "runstore: PostgreSQL needs psycopg: pip install 'runstore[server,postgres]'"
-    from .errors import StorageUnavailable
+    from runstore.client.problems import StoreUnavailable
 
     async def open_and_close() -> None:
         async with PostgresStore(url, min_connections=1, max_connections=1):
@@ -106,7 +106,7 @@ def _postgres_problem(url: str) -> str | None:
 
     try:
         asyncio.run(open_and_close())
-    except StorageUnavailable as exc:
+    except StoreUnavailable as exc:
         return f"runstore: {exc.detail} Check --database-url (RUNSTORE_DATABASE_URL)."
     return None
 
@@ -155,7 +155,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .errors import StorageUnavailable
+    from runstore.client.problems import StoreUnavailable
+
     from .store import open_store
     from .store.importer import import_legacy
     from .store.sqlite_schema import CorruptDatabase
@@ -173,7 +174,7 @@ def _import(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(run())
-    except StorageUnavailable as exc:
+    except StoreUnavailable as exc:
         print(f"runstore import: {exc.detail}", file=sys.stderr)
         return 1
     except (sqlite3.Error, CorruptDatabase) as exc:

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runstore.client._models import OPTIONAL_FIELDS, REQUIRED_FIELDS, RESERVED_FIELDS
+from runstore.client.models import OPTIONAL_FIELDS, REQUIRED_FIELDS, RESERVED_FIELDS
+from runstore.client.problems import MalformedJson
 from runstore.service.api import body, routes
-from runstore.service.api.problems import ProblemError
 from runstore.service.store.records import snapshot_record
 
 json_values = st.recursive(
@@ -62,7 +62,7 @@ def test_a_duplicate_key_anywhere_is_refused(obj: dict[str, Any], data: st.DataO
     raw = json.dumps(obj)[:-1] + f", {json.dumps(key)}: {json.dumps(extra)}}}"
     nested = f'{{"outer": [1, {raw}], "after": "a:b"}}'.encode()
     for document in (raw.encode(), nested):
-        with pytest.raises(ProblemError) as refused:
+        with pytest.raises(MalformedJson) as refused:
             body.parse_json(document)
         assert refused.value.slug == "malformed-json"
         assert "duplicate key" in refused.value.detail
@@ -87,7 +87,7 @@ def test_colons_in_strings_do_not_hide_or_invent_duplicates(raw: bytes) -> None:
     except ValueError as exc:
         expected = exc
     if isinstance(expected, Exception):
-        with pytest.raises(ProblemError):
+        with pytest.raises(MalformedJson):
             body.parse_json(raw)
     else:
         assert body.parse_json(raw) == expected
@@ -121,7 +121,7 @@ def test_values_are_kept_exactly(raw: bytes, expected: Any) -> None:
     ],
 )
 def test_what_the_json_module_refuses_is_refused(raw: bytes) -> None:
-    with pytest.raises(ProblemError) as refused:
+    with pytest.raises(MalformedJson) as refused:
         body.parse_json(raw)
     assert refused.value.slug == "malformed-json"
 
@@ -220,7 +220,7 @@ def test_a_duplicate_key_anywhere_in_a_put_body_is_refused(
             key = data.draw(st.sampled_from(sorted(target)))
             items[item] = _with_duplicate(target, key, extra)
             pairs[field] = (name, "[" + ",".join(items) + "]")
-    with pytest.raises(ProblemError) as refused:
+    with pytest.raises(MalformedJson) as refused:
         snapshot_of(_object(pairs).encode())
     assert refused.value.slug == "malformed-json"
     assert "duplicate key" in refused.value.detail
@@ -244,7 +244,7 @@ def test_a_duplicate_key_anywhere_in_a_put_body_is_refused(
     ],
 )
 def test_a_put_body_with_a_duplicate_is_refused_before_anything_else(raw: bytes) -> None:
-    with pytest.raises(ProblemError) as refused:
+    with pytest.raises(MalformedJson) as refused:
         snapshot_of(raw)
     assert refused.value.slug == "malformed-json"
     assert "duplicate key" in refused.value.detail

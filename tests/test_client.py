@@ -28,13 +28,13 @@ from test_client_support import (
 from runstore.client import (
     AsyncPersistence,
     AsyncRunStoreClient,
-    BadRequest,
     BodyTooLarge,
     Forbidden,
     InvalidRun,
     Persistence,
     PreconditionFailed,
     RetryPolicy,
+    RunIdMismatch,
     RunNotFound,
     RunPatch,
     RunSnapshot,
@@ -179,7 +179,7 @@ async def _mismatch(client: Any) -> None:
         (_exists, PreconditionFailed, 412, "precondition-failed"),
         (_invalid, InvalidRun, 422, "invalid-fields"),
         (_absent, RunNotFound, 404, "not-found"),
-        (_mismatch, BadRequest, 400, "run-id-mismatch"),
+        (_mismatch, RunIdMismatch, 400, "run-id-mismatch"),
     ],
 )
 async def test_refusals_are_typed_errors_and_change_nothing(

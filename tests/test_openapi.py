@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from runstore.client._models import OPTIONAL_FIELDS, REQUIRED_FIELDS
+from runstore.client.models import OPTIONAL_FIELDS, REQUIRED_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "openapi.json"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from support import make_snapshot
 
-from runstore.client._models import MAX_INT, OPTIONAL_FIELDS, RunPatch, RunSnapshot
+from runstore.client.models import MAX_INT, OPTIONAL_FIELDS, RunPatch, RunSnapshot
 from runstore.service.store.records import plainly_valid
 
 PATCH_FIELDS = frozenset(RunPatch.model_json_schema(by_alias=True)["properties"])

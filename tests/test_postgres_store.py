@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from support import make_snapshot
 
-from runstore.service.errors import StorageUnavailable
+from runstore.client.problems import StoreUnavailable
 from runstore.service.store import RunQuery, RunStore, SQLiteStore
 from runstore.service.store.postgres import PostgresStore
 from runstore.service.store.postgres_schema import SCHEMA_VERSION
@@ -151,7 +151,7 @@ async def test_a_schema_newer_than_this_runstore_is_refused(empty_database: str)
     async with PostgresStore(empty_database):
         pass
     query(empty_database, "INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
-    with pytest.raises(StorageUnavailable, match="newer than this runstore"):
+    with pytest.raises(StoreUnavailable, match="newer than this runstore"):
         await PostgresStore(empty_database).open()
 
 
@@ -166,7 +166,7 @@ async def test_a_database_whose_text_is_not_utf8_is_refused(postgres_url: str) -
         )
     try:
         url = database_url(name)
-        with pytest.raises(StorageUnavailable, match="needs UTF8"):
+        with pytest.raises(StoreUnavailable, match="needs UTF8"):
             await PostgresStore(url).open()
     finally:
         with admin_connection() as admin:
@@ -175,11 +175,11 @@ async def test_a_database_whose_text_is_not_utf8_is_refused(postgres_url: str) -
 
 async def test_open_says_which_database_it_cannot_reach() -> None:
     store = PostgresStore("postgresql://runstore:secret@127.0.0.1:1/runs_db", startup_timeout=0.5)
-    with pytest.raises(StorageUnavailable) as caught:
+    with pytest.raises(StoreUnavailable) as caught:
         await store.open()
     assert "Cannot connect to PostgreSQL at 127.0.0.1:1/runs_db" in caught.value.detail
     assert "secret" not in caught.value.detail
-    with pytest.raises(StorageUnavailable, match="not open"):
+    with pytest.raises(StoreUnavailable, match="not open"):
         await store.get_run("any")
 
 
@@ -263,11 +263,11 @@ async def test_an_outage_answers_storage_unavailable_then_recovers(
         allow_connections(postgres_database, False)
         try:
             kill_connections(postgres_database)
-            with pytest.raises(StorageUnavailable):
+            with pytest.raises(StoreUnavailable):
                 await store.get_run("run-1")
-            with pytest.raises(StorageUnavailable):
+            with pytest.raises(StoreUnavailable):
                 await store.patch_run("run-1", patch_record({"trace": [{}], "traceFrom": 1}))
-            with pytest.raises(StorageUnavailable):
+            with pytest.raises(StoreUnavailable):
                 await store.check_ready()
         finally:
             allow_connections(postgres_database, True)
@@ -276,7 +276,7 @@ async def test_an_outage_answers_storage_unavailable_then_recovers(
             try:
                 await store.check_ready()
                 break
-            except StorageUnavailable:
+            except StoreUnavailable:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runstore.client._models import OPTIONAL_FIELDS, REQUIRED_FIELDS, RESERVED_FIELDS
+from runstore.client.models import OPTIONAL_FIELDS, REQUIRED_FIELDS, RESERVED_FIELDS
 
 pytestmark = pytest.mark.anyio
 

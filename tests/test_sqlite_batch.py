@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runstore.service.errors import StoreError
+from runstore.client.problems import RunStoreError
 from runstore.service.store.records import patch_record, snapshot_record
 from runstore.service.store.sqlite_batch import PatchRun, PutRun, RunWrite, apply_writes
 from runstore.service.store.sqlite_schema import connect, migrate
@@ -59,7 +59,7 @@ def _by_index(connection: sqlite3.Connection, how: str | None = None) -> list[li
 
 
 def _outcome(value: Any) -> Any:
-    return (type(value).__name__, str(value)) if isinstance(value, StoreError) else value
+    return (type(value).__name__, str(value)) if isinstance(value, RunStoreError) else value
 
 
 items = st.lists(st.integers(0, 3).map(lambda n: {"n": n}), max_size=3)

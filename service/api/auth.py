@@ -13,6 +13,8 @@ from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from runstore.client.problems import Forbidden, Unauthorized
+
 from ..config import Scope as TokenScope
 from ..config import TokenTable
 from .problems import problem_response
@@ -72,15 +74,13 @@ class BearerAuth:
         kind, _, token = authorization.partition(b" ")
         if not authorization:
             response = problem_response(
-                "unauthorized",
-                "Send a token: Authorization: Bearer <token>.",
+                Unauthorized("Send a token: Authorization: Bearer <token>."),
                 headers=_challenge(),
                 instance=scope["path"],
             )
         elif kind.lower() != b"bearer" or not token.strip():
             response = problem_response(
-                "unauthorized",
-                "The Authorization header must be: Bearer <token>.",
+                Unauthorized("The Authorization header must be: Bearer <token>."),
                 headers=_challenge("invalid_request"),
                 instance=scope["path"],
             )
@@ -88,16 +88,16 @@ class BearerAuth:
             granted = self._scope_of(token.strip())
             if granted is None:
                 response = problem_response(
-                    "unauthorized",
-                    "The token is not valid.",
+                    Unauthorized("The token is not valid."),
                     headers=_challenge("invalid_token"),
                     instance=scope["path"],
                 )
             elif granted < needed:
                 response = problem_response(
-                    "forbidden",
-                    f"This request needs the {needed.name.lower()} scope; the token has "
-                    f"{granted.name.lower()}.",
+                    Forbidden(
+                        f"This request needs the {needed.name.lower()} scope; the token has "
+                        f"{granted.name.lower()}."
+                    ),
                     headers=_challenge("insufficient_scope"),
                     instance=scope["path"],
                 )

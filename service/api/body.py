@@ -17,8 +17,15 @@ from typing import Any, Final
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 
+from runstore.client.problems import (
+    BadRequest,
+    BodyTooLarge,
+    MalformedJson,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
+
 from ..store.records import count_colons
-from .problems import ProblemError
 
 __all__ = [
     "header",
@@ -112,27 +119,24 @@ def parse_json_unchecked(raw: bytes) -> tuple[Any, int | None]:
 
 
 def parse_json(raw: bytes) -> Any:
-    """Parse a request body; ProblemError(malformed-json) says what is wrong with it."""
+    """Parse a request body; MalformedJson says what is wrong with it."""
     value = _parse_fast(raw)
     if value is not None:
         return value
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ProblemError(
-            "malformed-json", f"The body is not valid UTF-8 (byte {exc.start})."
-        ) from None
+        raise MalformedJson(f"The body is not valid UTF-8 (byte {exc.start}).") from None
     try:
         return _decoder.decode(text)
     except json.JSONDecodeError as exc:
-        raise ProblemError(
-            "malformed-json",
+        raise MalformedJson(
             f"The body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
         ) from None
     except RecursionError:
-        raise ProblemError("malformed-json", "The body's JSON is nested too deeply.") from None
+        raise MalformedJson("The body's JSON is nested too deeply.") from None
     except ValueError as exc:
-        raise ProblemError("malformed-json", f"The body is not valid JSON: {exc}.") from None
+        raise MalformedJson(f"The body is not valid JSON: {exc}.") from None
 
 
 def header(request: Request, name: bytes) -> str | None:
@@ -154,13 +158,10 @@ def _check_media_type(request: Request) -> None:
     if content_type == "application/json":
         return
     if content_type is None:
-        raise ProblemError(
-            "unsupported-media-type", "Send the body as JSON with Content-Type: application/json."
-        )
+        raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
     media, _, params = content_type.partition(";")
     if not _JSON_MEDIA.match(media.strip()):
-        raise ProblemError(
-            "unsupported-media-type",
+        raise UnsupportedMediaType(
             f"Content-Type {media.strip()[:100]!r} is not JSON; send application/json.",
         )
     for param in params.split(";"):
@@ -169,7 +170,7 @@ def _check_media_type(request: Request) -> None:
             "utf-8",
             "utf8",
         ):
-            raise ProblemError("unsupported-media-type", "JSON bodies must be UTF-8.")
+            raise UnsupportedMediaType("JSON bodies must be UTF-8.")
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -178,12 +179,10 @@ async def _read_limited(request: Request, limit: int) -> bytes:
         try:
             size = int(declared)
         except ValueError:
-            raise ProblemError("bad-request", "Content-Length is not a number.") from None
+            raise BadRequest("Content-Length is not a number.") from None
         if size > limit:
-            raise ProblemError(
-                "body-too-large",
+            raise BodyTooLarge(
                 f"The body is {size} bytes; the limit is {limit} bytes.",
-                headers={"Connection": "close"},
             )
     # Straight from the ASGI messages: a body usually arrives whole in the first one.
     chunks: list[bytes] = []
@@ -197,10 +196,8 @@ async def _read_limited(request: Request, limit: int) -> bytes:
         more = message.get("more_body", False)
         received += len(chunk)
         if received > limit:
-            raise ProblemError(
-                "body-too-large",
+            raise BodyTooLarge(
                 f"The body is over the limit of {limit} bytes.",
-                headers={"Connection": "close"},
             )
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -261,7 +258,7 @@ _deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = (
 
 
 async def _read_within(request: Request, limit: int, seconds: float) -> bytes:
-    """_read_limited, or ProblemError 408 when the body takes longer than ``seconds``."""
+    """_read_limited, or RequestTimeout (408) when the body takes longer than ``seconds``."""
     loop = asyncio.get_running_loop()
     deadlines = _deadlines.get(loop)
     if deadlines is None:
@@ -275,10 +272,8 @@ async def _read_within(request: Request, limit: int, seconds: float) -> bytes:
     except asyncio.CancelledError:
         # Ours alone (decided as asyncio.timeout decides): the task goes on, to answer 408.
         if deadlines.finish(task) and task.uncancel() <= cancelling:
-            raise ProblemError(
-                "request-timeout",
+            raise RequestTimeout(
                 f"The body did not arrive within {seconds:g} seconds.",
-                headers={"Connection": "close"},
             ) from None
         raise
     except BaseException:
@@ -289,19 +284,20 @@ async def _read_within(request: Request, limit: int, seconds: float) -> bytes:
 
 
 async def read_body(request: Request, *, limit: int, seconds: float) -> bytes:
-    """The body of a JSON request, not yet parsed, or ProblemError 408/413/415/400."""
+    """The body of a JSON request, not yet parsed; or RequestTimeout, BodyTooLarge,
+    UnsupportedMediaType, BadRequest or MalformedJson."""
     _check_media_type(request)
     try:
         raw = await _read_within(request, limit, seconds)
     except ClientDisconnect:
-        raise ProblemError("bad-request", "The client went away before the body arrived.") from None
+        raise BadRequest("The client went away before the body arrived.") from None
     if not raw:
-        raise ProblemError("malformed-json", "The body is empty; send a JSON object.")
+        raise MalformedJson("The body is empty; send a JSON object.")
     return raw
 
 
 async def read_json_body(request: Request, *, limit: int, seconds: float) -> Any:
-    """The parsed JSON body, or ProblemError 408/413/415/400."""
+    """The parsed JSON body, or the error (408, 413, 415, 400) that stopped it."""
     return parse_json(await read_body(request, limit=limit, seconds=seconds))
 
 
@@ -309,7 +305,7 @@ _ETAG: Final = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|$)')
 
 
 def parse_etags(value: str, header: str) -> list[tuple[bool, str]] | None:
-    """A list of (weak, opaque) entity tags, or None for ``*``; ProblemError if malformed."""
+    """A list of (weak, opaque) entity tags, or None for ``*``; BadRequest if malformed."""
     if value.strip() == "*":
         return None
     tags: list[tuple[bool, str]] = []
@@ -318,14 +314,13 @@ def parse_etags(value: str, header: str) -> list[tuple[bool, str]] | None:
     while position < len(text):
         match = _ETAG.match(text, position)
         if match is None:
-            raise ProblemError(
-                "bad-request",
+            raise BadRequest(
                 f'{header} must be * or quoted entity tags such as "3" (got {value[:80]!r}).',
             )
         tags.append((match.group(1) is not None, match.group(2)))
         position = match.end()
     if not tags:
-        raise ProblemError("bad-request", f"{header} is empty.")
+        raise BadRequest(f"{header} is empty.")
     return tags
 
 

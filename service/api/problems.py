@@ -1,7 +1,7 @@
 """problem+json (RFC 9457) for every error, keyed by exception class.
 
-HTTP-level errors that are not the store's are raised as :class:`ProblemError`; the store's
-errors (:mod:`runstore.service.errors`) map to a status and a type here. Nothing leaves the
+Every answer is built from the class of a :mod:`runstore.client.problems` error (its slug, status
+and title): the store's errors and the HTTP-level ones raised here alike. Nothing leaves the
 server as a bare 500: an unexpected exception still gets a problem body.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
-from typing import Any, Final
+from collections.abc import Iterable, Mapping
+from typing import Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,117 +18,56 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 
-from ..errors import (
+from runstore.client.problems import (
+    BadRequest,
+    BodyTooLarge,
     FieldError,
+    InternalError,
     InvalidRun,
-    PreconditionFailed,
+    MethodNotAllowed,
+    RequestTimeout,
     RunNotFound,
-    StaleWrite,
-    StorageUnavailable,
-    StoreError,
-    TraceGap,
-    WriteConflict,
+    RunStoreError,
+    problem_type_for_status,
 )
 
-__all__ = ["PROBLEM_TYPES", "ProblemError", "install_problem_handlers", "problem_response"]
+__all__ = ["install_problem_handlers", "problem_response"]
 
 log = logging.getLogger("runstore.api")
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
-TYPE_PREFIX: Final = "urn:runstore:problem:"
 
-# slug -> (status, title); the docs list the same table.
-PROBLEM_TYPES: Final[dict[str, tuple[int, str]]] = {
-    "malformed-json": (400, "Malformed JSON"),
-    "run-id-mismatch": (400, "Run id mismatch"),
-    "bad-request": (400, "Bad request"),
-    "unauthorized": (401, "Unauthorized"),
-    "forbidden": (403, "Forbidden"),
-    "not-found": (404, "Not found"),
-    "method-not-allowed": (405, "Method not allowed"),
-    "request-timeout": (408, "Request timeout"),
-    "stale-write": (409, "Stale write"),
-    "trace-gap": (409, "Trace gap"),
-    "conflict": (409, "Conflict"),
-    "precondition-failed": (412, "Precondition failed"),
-    "body-too-large": (413, "Request body too large"),
-    "unsupported-media-type": (415, "Unsupported media type"),
-    "invalid-fields": (422, "Invalid fields"),
-    "storage-unavailable": (503, "Storage unavailable"),
-    "internal-error": (500, "Internal error"),
-}
-
-_STORE_ERRORS: Final[tuple[tuple[type[StoreError], str], ...]] = (
-    (InvalidRun, "invalid-fields"),
-    (RunNotFound, "not-found"),
-    (StaleWrite, "stale-write"),
-    (TraceGap, "trace-gap"),
-    (WriteConflict, "conflict"),
-    (PreconditionFailed, "precondition-failed"),
-    (StorageUnavailable, "storage-unavailable"),
-)
-
-
-class ProblemError(Exception):
-    """An error answered as problem+json with the status of its ``slug``."""
-
-    def __init__(
-        self,
-        slug: str,
-        detail: str,
-        *,
-        errors: list[FieldError] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.slug = slug
-        self.detail = detail
-        self.errors = errors
-        self.headers = headers
+# Refused before the body was read whole: the rest of it would be read as the next request.
+_CLOSES_CONNECTION: Final = (BodyTooLarge, RequestTimeout)
 
 
 def problem_response(
-    slug: str,
-    detail: str,
+    error: RunStoreError,
     *,
-    errors: list[FieldError] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     instance: str | None = None,
 ) -> Response:
-    status, title = PROBLEM_TYPES[slug]
-    body: dict[str, Any] = {
-        "type": TYPE_PREFIX + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
+    """The problem+json answer to ``error``: type, title and status from its class (a class
+    with no problem type of its own is answered as an internal error)."""
+    cls = type(error) if type(error).slug is not None else InternalError
+    body = cls.problem_details(error.detail)
+    status: int = body["status"]
     if instance is not None:
         body["instance"] = instance
+    errors = error.problem.get("errors")
     if errors is not None:
         body["errors"] = errors
     all_headers = dict(headers or {})
     if status == 503:
         all_headers.setdefault("Retry-After", "1")
+    if isinstance(error, _CLOSES_CONNECTION):
+        all_headers.setdefault("Connection", "close")
     return Response(
         json.dumps(body, ensure_ascii=False).encode(),
         status_code=status,
         media_type=PROBLEM_MEDIA_TYPE,
         headers=all_headers,
     )
-
-
-def _slug_for(exc: StoreError) -> str:
-    for cls, slug in _STORE_ERRORS:
-        if isinstance(exc, cls):
-            return slug
-    return "internal-error"
-
-
-def _status_slug(status: int) -> str:
-    for slug, (code, _) in PROBLEM_TYPES.items():
-        if code == status:
-            return slug
-    return "bad-request" if status < 500 else "internal-error"
 
 
 def _allowed_methods(request: Request, routes: Iterable[BaseRoute] | None = None) -> set[str]:
@@ -152,35 +91,26 @@ def install_problem_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every exception into problem+json."""
 
     async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProblemError)
-        return problem_response(
-            exc.slug,
-            exc.detail,
-            errors=exc.errors,
-            headers=exc.headers,
-            instance=request.url.path,
-        )
-
-    async def on_store_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StoreError)
-        errors = exc.errors if isinstance(exc, InvalidRun) else None
-        return problem_response(
-            _slug_for(exc), exc.detail, errors=errors, instance=request.url.path
-        )
+        assert isinstance(exc, RunStoreError)
+        if type(exc).slug is None:
+            return await on_unexpected(request, exc)
+        return problem_response(exc, instance=request.url.path)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        slug = _status_slug(exc.status_code)
-        detail = exc.detail if isinstance(exc.detail, str) else PROBLEM_TYPES[slug][1]
-        if exc.status_code == 404:
-            detail = f"There is nothing at {request.url.path}."
+        cls = problem_type_for_status(exc.status_code)
+        if cls is None:
+            cls = BadRequest if exc.status_code < 500 else InternalError
+        detail = exc.detail if isinstance(exc.detail, str) else (cls.default_title or "")
         headers = dict(exc.headers or {})
-        if exc.status_code == 405:
+        if cls is RunNotFound:
+            detail = f"There is nothing at {request.url.path}."
+        elif cls is MethodNotAllowed:
             detail = f"{request.method} is not allowed on {request.url.path}."
             allowed = _allowed_methods(request)
             if allowed:
                 headers["Allow"] = ", ".join(sorted(allowed))
-        return problem_response(slug, detail, headers=headers, instance=request.url.path)
+        return problem_response(cls(detail), headers=headers, instance=request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -194,22 +124,18 @@ def install_problem_handlers(app: FastAPI) -> None:
         ]
         names = ", ".join(error["path"] for error in errors[:5])
         return problem_response(
-            "invalid-fields",
-            f"The request has invalid parameters: {names}.",
-            errors=errors,
+            InvalidRun(f"The request has invalid parameters: {names}.", errors),
             instance=request.url.path,
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return problem_response(
-            "internal-error",
-            "The server failed to handle this request; nothing was changed.",
+            InternalError("The server failed to handle this request; nothing was changed."),
             instance=request.url.path,
         )
 
-    app.add_exception_handler(ProblemError, on_problem)
-    app.add_exception_handler(StoreError, on_store_error)
+    app.add_exception_handler(RunStoreError, on_problem)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Exception, on_unexpected)

@@ -15,10 +15,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from runstore.client._models import MAX_INT, RUN_ID_PATTERN, STATUS_PATTERN, is_run_id
+from runstore.client.models import MAX_INT, RUN_ID_PATTERN, STATUS_PATTERN, is_run_id
+from runstore.client.problems import (
+    BadRequest,
+    InvalidRun,
+    PreconditionFailed,
+    RunIdMismatch,
+    RunNotFound,
+)
 
 from ..config import Settings
-from ..errors import InvalidRun, PreconditionFailed
 from ..store.base import RunQuery, RunStore, WriteResult, decode_cursor, encode_cursor
 from ..store.records import DuplicateKey, SnapshotRecord, patch_record, snapshot_record
 from .body import (
@@ -30,7 +36,6 @@ from .body import (
     read_body,
     read_json_body,
 )
-from .problems import ProblemError
 from .schemas import Deleted, Health, Problem, RunList, WriteAck
 
 __all__ = ["router"]
@@ -106,11 +111,10 @@ def _settings(request: Request) -> Settings:
 def _run_id(request: Request) -> str:
     run_id: str = request.path_params["runId"]
     if not is_run_id(run_id):
-        raise ProblemError(
-            "invalid-fields",
+        raise InvalidRun(
             "The run id in the URL must be 1-200 characters of A-Z a-z 0-9 _ . ~ : @ - "
             "starting with a letter or digit.",
-            errors=[
+            [
                 {
                     "path": "path.runId",
                     "message": f"must be 1-200 characters matching {RUN_ID_PATTERN}",
@@ -125,8 +129,7 @@ def _check_body_run_id(body: Any, run_id: str) -> None:
     if isinstance(body, dict):
         sent = body.get("runId")
         if isinstance(sent, str) and sent != run_id:
-            raise ProblemError(
-                "run-id-mismatch",
+            raise RunIdMismatch(
                 f"The body's runId {sent[:200]!r} differs from the URL's {run_id!r}.",
             )
 
@@ -231,7 +234,7 @@ async def put_run(request: Request) -> Response:
     create_only = False
     if if_none_match is not None:
         if parse_etags(if_none_match, "If-None-Match") is not None:
-            raise ProblemError("bad-request", "On PUT, If-None-Match supports only *.")
+            raise BadRequest("On PUT, If-None-Match supports only *.")
         create_only = True
     if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
     result = await store.put_run(record, if_match=if_match, if_none_match=create_only)
@@ -245,7 +248,7 @@ def _snapshot_of(raw: bytes, run_id: str) -> SnapshotRecord:
     try:
         _check_body_run_id(body, run_id)
         return snapshot_record(body, colons=colons)
-    except (ProblemError, InvalidRun, DuplicateKey):
+    except (RunIdMismatch, InvalidRun, DuplicateKey):
         if colons is None:
             raise
     # Parsed again strictly: a duplicate key is answered as such, before any other error.
@@ -273,7 +276,7 @@ _IF_NONE_MATCH: Final = {"parameters": [_RUN_ID_PARAM, _IF_NONE_MATCH_PARAM]}
 async def _read_run(run_id: str, request: Request, *, head: bool) -> Response:
     stored = await _store(request).get_run(run_id)
     if stored is None:
-        raise ProblemError("not-found", f"No run is stored under {run_id!r}.")
+        raise RunNotFound(f"No run is stored under {run_id!r}.")
     etag = f'"{stored.version}"'
     if_none_match = header(request, b"if-none-match")
     if if_none_match is not None and _etag_matches(if_none_match, stored.version):
@@ -356,12 +359,9 @@ async def list_runs(
         try:
             decoded = decode_cursor(cursor)
         except ValueError:
-            raise ProblemError(
-                "invalid-fields",
+            raise InvalidRun(
                 "The cursor is not one this store issued; pass nextCursor unchanged.",
-                errors=[
-                    {"path": "query.cursor", "message": "not a valid cursor", "type": "cursor"}
-                ],
+                [{"path": "query.cursor", "message": "not a valid cursor", "type": "cursor"}],
             ) from None
     page = await _store(request).list_runs(
         RunQuery(
@@ -392,10 +392,9 @@ async def delete_runs(
 ) -> Response:
     """Delete every run that matches all the given bounds; needs the admin scope."""
     if completedBefore is None and startedBefore is None:
-        raise ProblemError(
-            "invalid-fields",
+        raise InvalidRun(
             "Say which runs to delete: completedBefore and/or startedBefore (ms).",
-            errors=[{"path": "query.completedBefore", "message": "is required", "type": "missing"}],
+            [{"path": "query.completedBefore", "message": "is required", "type": "missing"}],
         )
     deleted = await _store(request).delete_runs(
         completed_before=completedBefore, started_before=startedBefore

@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runstore.client._models import RunSummary
+from runstore.client.models import RunSummary, WriteAck
+from runstore.client.problems import PROBLEM_TYPE_PREFIX
 
 __all__ = ["Deleted", "FieldProblem", "Health", "Problem", "RunList", "WriteAck"]
 
@@ -22,20 +23,12 @@ class Problem(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(description="urn:runstore:problem:<slug>; the slugs are in the docs.")
+    type: str = Field(description=f"{PROBLEM_TYPE_PREFIX}<slug>; the slugs are in the docs.")
     title: str
     status: int
     detail: str
     instance: str | None = None
     errors: list[FieldProblem] | None = Field(None, description="With 422: each bad field.")
-
-
-class WriteAck(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    run_id: str = Field(alias="runId")
-    version: int = Field(description="Raised by one on every write of the run; also the ETag.")
-    trace_length: int = Field(alias="traceLength")
 
 
 class RunList(BaseModel):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
-from runstore.client._models import is_run_id
+from runstore.client.models import is_run_id
 
 from .records import PatchRecord, SnapshotRecord
 
@@ -143,8 +143,8 @@ class RunStore(ABC):
     """Durable storage of run snapshots.
 
     Write methods return only after the write is committed to stable storage. They raise the
-    errors of :mod:`runstore.service.errors`: ``RunNotFound``, ``StaleWrite``, ``TraceGap``,
-    ``PreconditionFailed``, ``StorageUnavailable``.
+    errors of :mod:`runstore.client.problems`: ``RunNotFound``, ``StaleWrite``, ``TraceGap``,
+    ``PreconditionFailed``, ``StoreUnavailable``.
     """
 
     async def __aenter__(self) -> Self:
@@ -211,4 +211,4 @@ class RunStore(ABC):
 
     @abstractmethod
     async def check_ready(self) -> None:
-        """Raise StorageUnavailable unless the store can read and write now."""
+        """Raise StoreUnavailable unless the store can read and write now."""

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidRun, StaleWrite
+from runstore.client.problems import InvalidRun, StaleWrite
+
 from .base import RunStore
 from .records import snapshot_record
 

@@ -10,7 +10,7 @@ on pooled connections, with retries.
 
 Transient failures (a lost connection, a serialization failure or deadlock, an administrator's
 shutdown) are retried a bounded number of times within a deadline; past it the operation raises
-:class:`StorageUnavailable` (503). A connection lost while ``COMMIT`` was in flight leaves the
+:class:`StoreUnavailable` (503). A connection lost while ``COMMIT`` was in flight leaves the
 outcome unknown to the client library, so the store asks the database with
 ``pg_xact_status(xid)`` instead of guessing: a committed write is answered as done, an aborted
 one is retried, and only a database that cannot say gives a 503.
@@ -32,7 +32,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..errors import StorageUnavailable
+from runstore.client.problems import StoreUnavailable
+
 from . import postgres_writes as writes
 from .base import Cursor, RunPage, RunQuery, RunStore, StoredRun, WriteResult, list_filters
 from .postgres_schema import migrate
@@ -112,7 +113,7 @@ class PostgresStore(RunStore):
     ``open`` waits up to ``startup_timeout`` seconds for the database, creates or migrates the
     schema under an advisory lock and fills a pool of ``min_connections`` to
     ``max_connections`` connections. Each operation retries transient failures for up to
-    ``operation_deadline`` seconds, then raises StorageUnavailable.
+    ``operation_deadline`` seconds, then raises StoreUnavailable.
     """
 
     def __init__(
@@ -163,7 +164,7 @@ class PostgresStore(RunStore):
             await pool.open(wait=True, timeout=self._startup_timeout)
         except PoolTimeout as exc:
             await pool.close()
-            raise StorageUnavailable(
+            raise StoreUnavailable(
                 f"Cannot fill the connection pool for PostgreSQL at {self.target}: {exc}"
             ) from exc
         self._pool = pool
@@ -182,7 +183,7 @@ class PostgresStore(RunStore):
                 break
             except psycopg.OperationalError as exc:
                 if monotonic() + 0.5 >= until:
-                    raise StorageUnavailable(
+                    raise StoreUnavailable(
                         f"Cannot connect to PostgreSQL at {self.target}: {_describe(exc)}"
                     ) from exc
                 if not waiting_logged:
@@ -193,7 +194,7 @@ class PostgresStore(RunStore):
             try:
                 found = await migrate(connection)
             except psycopg.Error as exc:
-                raise StorageUnavailable(
+                raise StoreUnavailable(
                     f"Cannot prepare the runstore schema in {self.target}: {_describe(exc)}"
                 ) from exc
         if found == 0:
@@ -213,7 +214,7 @@ class PostgresStore(RunStore):
     async def _connection(self, until: float) -> AsyncIterator[Connection]:
         pool = self._pool
         if pool is None:
-            raise StorageUnavailable("The store is not open.")
+            raise StoreUnavailable("The store is not open.")
         async with pool.connection(timeout=max(0.001, until - monotonic())) as connection:
             yield connection
 
@@ -252,7 +253,7 @@ class PostgresStore(RunStore):
                     if committed:
                         return outcome[0]
                     if committed is None:
-                        raise StorageUnavailable(
+                        raise StoreUnavailable(
                             "The connection to PostgreSQL was lost while the write was "
                             "committing, and the database cannot tell yet whether it did; read "
                             "the run before writing again."
@@ -271,7 +272,7 @@ class PostgresStore(RunStore):
             return
         else:
             log.warning("PostgreSQL unavailable after %d attempts: %s", attempt, _describe(exc))
-        raise StorageUnavailable(
+        raise StoreUnavailable(
             f"The database cannot take this operation now ({_describe(exc)})."
         ) from exc
 

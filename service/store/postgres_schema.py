@@ -16,7 +16,7 @@ from typing import Final
 
 from psycopg import AsyncConnection
 
-from ..errors import StorageUnavailable
+from runstore.client.problems import StoreUnavailable
 
 __all__ = ["MIGRATION_LOCK", "SCHEMA_VERSION", "migrate"]
 
@@ -76,12 +76,12 @@ async def migrate(connection: AsyncConnection[tuple[object, ...]]) -> int:
     """Bring the schema up to SCHEMA_VERSION (creating it on first use); returns the version
     found before. The connection must be in autocommit mode.
 
-    Refuses (StorageUnavailable) a database whose text is not UTF-8, and one whose schema is
+    Refuses (StoreUnavailable) a database whose text is not UTF-8, and one whose schema is
     newer than this runstore knows.
     """
     encoding = await _scalar(connection, "SHOW server_encoding")
     if encoding != "UTF8":
-        raise StorageUnavailable(
+        raise StoreUnavailable(
             f"The database's encoding is {encoding}; runstore needs UTF8 "
             "(CREATE DATABASE ... ENCODING 'UTF8')."
         )
@@ -91,7 +91,7 @@ async def migrate(connection: AsyncConnection[tuple[object, ...]]) -> int:
         found = await _scalar(connection, "SELECT coalesce(max(version), 0) FROM schema_version")
         assert isinstance(found, int)
         if found > SCHEMA_VERSION:
-            raise StorageUnavailable(
+            raise StoreUnavailable(
                 f"The database has runstore schema version {found}, newer than this runstore "
                 f"({SCHEMA_VERSION}); upgrade runstore."
             )

@@ -17,7 +17,8 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from ..errors import PreconditionFailed, RunNotFound, StaleWrite, TraceGap
+from runstore.client.problems import PreconditionFailed, RunNotFound, StaleWrite, TraceGap
+
 from .base import WriteResult, retention_filter
 from .records import PatchRecord, SnapshotRecord, merge_doc
 

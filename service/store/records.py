@@ -21,7 +21,7 @@ from typing import Any, Final, NamedTuple
 
 from pydantic import ValidationError
 
-from runstore.client._models import (
+from runstore.client.models import (
     MAX_INT,
     OPTIONAL_FIELDS,
     REQUIRED_FIELDS,
@@ -31,8 +31,7 @@ from runstore.client._models import (
     RunSnapshot,
     is_run_id,
 )
-
-from ..errors import FieldError, InvalidRun
+from runstore.client.problems import FieldError, InvalidRun
 
 __all__ = [
     "DuplicateKey",

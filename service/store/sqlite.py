@@ -17,7 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
-from ..errors import RunNotFound, StorageUnavailable
+from runstore.client.problems import RunNotFound, StoreUnavailable
+
 from .base import (
     Cursor,
     RunPage,
@@ -158,7 +159,7 @@ class SQLiteEngine:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             if self._closed:
-                raise StorageUnavailable("The store is closed.")
+                raise StoreUnavailable("The store is closed.")
             connection = connect(self.path, readonly=True)
             self._local.connection = connection
             with self._readers_lock:
@@ -232,7 +233,7 @@ class SQLiteStore(RunStore):
     @property
     def engine(self) -> SQLiteEngine:
         if self._engine is None:
-            raise StorageUnavailable("The store is not open.")
+            raise StoreUnavailable("The store is not open.")
         return self._engine
 
     async def open(self) -> None:
@@ -256,7 +257,7 @@ class SQLiteStore(RunStore):
 
     async def _read(self, read: Callable[..., T], *args: Any) -> T:
         if self._readers is None:
-            raise StorageUnavailable("The store is not open.")
+            raise StoreUnavailable("The store is not open.")
         return await asyncio.get_running_loop().run_in_executor(self._readers, read, *args)
 
     async def put_run(

@@ -7,7 +7,7 @@ the stored state of the runs it touches (read with one SELECT), then written wit
 statements whatever its size: one INSERT for new runs, one UPDATE for changed ones, and
 multi-row INSERTs for steps and history turns.
 
-Each write checks everything before it changes the state, so a refused write (a StoreError)
+Each write checks everything before it changes the state, so a refused write (a RunStoreError)
 leaves nothing behind and its neighbours go on; writes to the same run in one group see each
 other, exactly as if they had run one after another.
 """
@@ -21,7 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from ..errors import PreconditionFailed, RunNotFound, StaleWrite, StoreError, TraceGap
+from runstore.client.problems import (
+    PreconditionFailed,
+    RunNotFound,
+    RunStoreError,
+    StaleWrite,
+    TraceGap,
+)
+
 from .base import WriteResult
 from .records import PatchRecord, SnapshotRecord, merge_doc
 
@@ -231,12 +238,12 @@ class _GroupedWrite:
     @staticmethod
     def group(
         connection: sqlite3.Connection, writes: Sequence[RunWrite]
-    ) -> list[WriteResult | StoreError]:
+    ) -> list[WriteResult | RunStoreError]:
         return apply_writes(connection, writes)
 
     def __call__(self, connection: sqlite3.Connection) -> WriteResult:
         (outcome,) = apply_writes(connection, [self])  # type: ignore[list-item]
-        if isinstance(outcome, StoreError):
+        if isinstance(outcome, RunStoreError):
             raise outcome
         return outcome
 
@@ -381,14 +388,14 @@ RunWrite = PutRun | PatchRun
 
 def apply_writes(
     connection: sqlite3.Connection, writes: Sequence[RunWrite]
-) -> list[WriteResult | StoreError]:
+) -> list[WriteResult | RunStoreError]:
     """Apply ``writes`` in order inside the caller's transaction; a result or error each."""
     state = RunWrites(connection, {write.run_id for write in writes})
-    outcomes: list[WriteResult | StoreError] = []
+    outcomes: list[WriteResult | RunStoreError] = []
     for write in writes:
         try:
             outcomes.append(write.apply(state))
-        except StoreError as exc:
+        except RunStoreError as exc:
             outcomes.append(exc)
     state.flush()
     return outcomes

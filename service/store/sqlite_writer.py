@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Final
 
-from ..errors import StorageUnavailable, StoreError
+from runstore.client.problems import RunStoreError, StoreUnavailable
 
 __all__ = ["WriteOp", "WriterThread", "storage_error"]
 
@@ -34,10 +34,10 @@ _STOP: Final = object()
 MAX_BATCH: Final = 256
 
 
-def storage_error(exc: sqlite3.Error) -> StorageUnavailable:
-    """A StorageUnavailable that says what SQLite said."""
+def storage_error(exc: sqlite3.Error) -> StoreUnavailable:
+    """A StoreUnavailable that says what SQLite said."""
     name = getattr(exc, "sqlite_errorname", type(exc).__name__)
-    return StorageUnavailable(f"The database cannot take this operation now ({name}: {exc}).")
+    return StoreUnavailable(f"The database cannot take this operation now ({name}: {exc}).")
 
 
 class WriterThread(threading.Thread):
@@ -84,7 +84,7 @@ class WriterThread(threading.Thread):
 
     def _put(self, item: _Item) -> None:
         if self._closed:
-            raise StorageUnavailable("The store is shutting down.")
+            raise StoreUnavailable("The store is shutting down.")
         self._queue.put(item)
 
     def close(self) -> None:
@@ -169,7 +169,7 @@ def _failure(exc: Exception) -> BaseException:
 
 
 class _OpFailed(Exception):
-    """An op raised something other than a StoreError, possibly after writing: undo the batch."""
+    """An op raised something other than a RunStoreError, possibly after writing: undo the batch."""
 
 
 def _run_batch(
@@ -177,7 +177,7 @@ def _run_batch(
     batch: list[_Item],
     take_queued: Callable[[list[_Item]], None] | None = None,
 ) -> list[_Outcome]:
-    # Ops check everything before they write (a StoreError leaves nothing behind), so the
+    # Ops check everything before they write (a RunStoreError leaves nothing behind), so the
     # batch needs no savepoint per op. Consecutive ops whose class has the same ``group``
     # function are handed to it together, to be applied with as few statements as it can.
     outcomes: list[_Outcome] = []
@@ -204,7 +204,7 @@ def _run_batch(
         except Exception as exc:
             raise _OpFailed() from exc
         for (_, sink), result in zip(batch[start:end], results, strict=True):
-            if isinstance(result, StoreError):
+            if isinstance(result, RunStoreError):
                 outcomes.append((sink, None, result))
             else:
                 outcomes.append((sink, result, None))
@@ -216,7 +216,7 @@ def _run_batch(
 def _outcome_of(op: WriteOp, connection: sqlite3.Connection) -> Any:
     try:
         return op(connection)
-    except StoreError as exc:
+    except RunStoreError as exc:
         return exc
 
 

@@ -1,8 +1,10 @@
-"""The run snapshot: the one data shape that the store, the server and the client share.
+"""The wire models: the shapes the store, the server and the client share.
 
-The wire shape is the camelCase JSON of the agent framework's ``IRunSnapshot``. In Python the
+The run snapshot is the camelCase JSON of the agent framework's ``IRunSnapshot``. In Python the
 fields are snake_case; both names are accepted when a model is built in Python, while the server
 reads the camelCase names only (a snake_case key on the wire is an unknown field, kept as sent).
+The server imports these models for its OpenAPI document and its field rules; the client builds
+and reads them.
 
 This module needs pydantic only, so the client can be installed without the server.
 """
@@ -25,6 +27,7 @@ __all__ = [
     "RunPatch",
     "RunSnapshot",
     "RunSummary",
+    "WriteAck",
     "is_run_id",
 ]
 
@@ -167,3 +170,21 @@ class RunSummary(BaseModel):
     trace_length: int
     version: int
     updated_at: int
+
+
+class WriteAck(BaseModel):
+    """What a PUT or PATCH left stored: the run's new version and its trace length."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        frozen=True,
+    )
+
+    run_id: str
+    version: int = Field(description="Raised by one on every write of the run; also the ETag.")
+    trace_length: int
+    # Whether the write created the run: said by the answer's status (201), not by its body.
+    created: bool = Field(default=False, exclude=True)
