@@ -7,6 +7,7 @@ which needs no server dependency either.
 from __future__ import annotations
 
 from ._async_client import AsyncRunStoreClient
+from ._async_persistence import AsyncPersistence, AsyncRunPersistence
 from ._client import RunStoreClient
 from ._embedded import EmbeddedStore, embedded_persistence
 from ._exceptions import (
@@ -25,7 +26,7 @@ from ._exceptions import (
     WriteConflict,
 )
 from ._models import RunPatch, RunSnapshot, RunSummary
-from ._persistence import AsyncPersistence, AsyncRunPersistence, Persistence, RunPersistence
+from ._persistence import Persistence, RunPersistence
 from ._retry import RetryPolicy
 from ._wire import SnapshotLike, WriteAck
 
