@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SOURCES := service client tests bench scripts examples
 
-.PHONY: serve test lint format openapi check-openapi container-test clean
+.PHONY: serve test lint format openapi check-openapi sync-clients container-test clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,15 @@ lint: $(STAMP) .typecheck
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy
+	$(BIN)/python scripts/generate_sync.py --check
 
 format: $(STAMP)
 	$(BIN)/ruff format $(SOURCES)
 	$(BIN)/ruff check --fix $(SOURCES)
+
+# The blocking client and hooks, generated from the async ones (see scripts/generate_sync.py).
+sync-clients: $(STAMP)
+	$(BIN)/python scripts/generate_sync.py
 
 openapi: $(STAMP)
 	$(BIN)/python scripts/generate_openapi.py

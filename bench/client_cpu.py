@@ -9,7 +9,11 @@ Modes, each against a runstore server (started here on a free port unless ``--ur
 - ``patch``: ``RunStoreClient.patch_run`` of one new step;
 - ``hooks``: ``on_step_complete`` of the persistence hooks, one new step each (the agent
   workload's step hook);
-- ``async-hooks``: the same through ``AsyncRunStoreClient`` on asyncio.
+- ``async-hooks``: the same through ``AsyncRunStoreClient`` on asyncio;
+- ``floor``: a bare ``httpx.Client.patch`` of the very bytes the ``hooks`` mode sends (recorded
+  beforehand from the hooks over an ``httpx.MockTransport``), runs started and completed at the
+  same points: what any httpx client pays, so ``hooks`` minus ``floor`` is the hooks' own cost
+  (the ledger, the JSON of the new step, the retry loop, reading the answer).
 
 It prints the client process's CPU time (user + system, ``os.times``) per request, and
 the wall time per request. The server runs in another process, so its CPU is not counted.
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import json
 import os
 import pstats
 import sys
@@ -30,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agent_workload import finish, new_run, runstore_server, take_step
@@ -37,6 +44,8 @@ from agent_workload import finish, new_run, runstore_server, take_step
 from runstore.client import AsyncRunStoreClient, RunPatch, RunStoreClient
 
 WARM_UP = 100
+# Runs of at most this many steps, as the long agent workload has.
+RUN_STEPS = 500
 
 
 def _measure(name: str, count: int, loop: Callable[[int], None]) -> None:
@@ -75,8 +84,7 @@ def hooks_loop(url: str) -> tuple[Callable[[int], None], Callable[[], None]]:
     def loop(count: int) -> None:
         for _ in range(count):
             snapshot = state["snapshot"]
-            if snapshot is None or len(snapshot["trace"]) >= 500:
-                # Runs of at most 500 steps, as the long agent workload has.
+            if snapshot is None or len(snapshot["trace"]) >= RUN_STEPS:
                 if snapshot is not None:
                     finish(snapshot)
                     hooks.on_run_complete(snapshot)
@@ -107,7 +115,66 @@ def async_hooks_loop(url: str) -> tuple[Callable[[int], None], Callable[[], None
     return lambda count: runner.run(steps(count)), close
 
 
-MODES = {"patch": patch_loop, "hooks": hooks_loop, "async-hooks": async_hooks_loop}
+def recorded_run() -> tuple[str, bytes, list[bytes], bytes]:
+    """The run id, the start PUT's body, the step PATCHes' bodies and the completing PATCH's
+    body that the hooks send for one run of RUN_STEPS steps."""
+    sent: list[bytes] = []
+    trace_length = 0
+
+    def acknowledge(request: httpx.Request) -> httpx.Response:
+        # What the server answers a write, as far as the hooks read it.
+        nonlocal trace_length
+        sent.append(request.content)
+        body = json.loads(request.content)
+        if "traceFrom" in body or request.method == "PUT":
+            trace_length = body.get("traceFrom", 0) + len(body["trace"])
+        ack = {"runId": "floor", "version": len(sent), "traceLength": trace_length}
+        return httpx.Response(201 if request.method == "PUT" else 200, json=ack)
+
+    client = RunStoreClient("http://runstore.test", transport=httpx.MockTransport(acknowledge))
+    with client.persistence(close_client=True) as hooks:
+        snapshot = new_run(0, 1, f"cpu-{time.time_ns()}")  # an id as long as hooks_loop's
+        hooks.on_run_start(snapshot)
+        for _ in range(RUN_STEPS):
+            take_step(snapshot)
+            hooks.on_step_complete(snapshot)
+        finish(snapshot)
+        hooks.on_run_complete(snapshot)
+    assert len(sent) == RUN_STEPS + 2, "one PUT, a PATCH per step, a completing PATCH"
+    return snapshot["runId"], sent[0], sent[1:-1], sent[-1]
+
+
+def floor_loop(url: str) -> tuple[Callable[[int], None], Callable[[], None]]:
+    run_id, start, steps, complete = recorded_run()
+    http = httpx.Client(base_url=url, headers={"accept": "application/json"})
+    headers = {"content-type": "application/json"}
+    state: dict[str, Any] = {"path": None, "step": RUN_STEPS, "runs": 0}
+
+    def loop(count: int) -> None:
+        for _ in range(count):
+            if state["step"] >= RUN_STEPS:
+                if state["path"] is not None:
+                    http.patch(state["path"], content=complete, headers=headers)
+                state["runs"] += 1
+                fresh = f"bench-cpu-{time.time_ns()}-0-{state['runs']}"
+                state["path"], state["step"] = f"/runs/{fresh}", 0
+                body = start.replace(run_id.encode(), fresh.encode())
+                http.put(state["path"], content=body, headers=headers).raise_for_status()
+            state["answer"] = http.patch(
+                state["path"], content=steps[state["step"]], headers=headers
+            )
+            state["step"] += 1
+        state["answer"].raise_for_status()  # once per loop: the bytes were taken, not refused
+
+    return loop, http.close
+
+
+MODES = {
+    "patch": patch_loop,
+    "hooks": hooks_loop,
+    "async-hooks": async_hooks_loop,
+    "floor": floor_loop,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,10 @@ server imports too: :mod:`runstore.client.models` (the wire models) and
 from __future__ import annotations
 
 from ._async_client import AsyncRunStoreClient
+from ._async_persistence import AsyncPersistence, AsyncRunPersistence
 from ._client import RunStoreClient
 from ._embedded import EmbeddedStore, embedded_persistence
-from ._persistence import AsyncPersistence, AsyncRunPersistence, Persistence, RunPersistence
+from ._persistence import Persistence, RunPersistence
 from ._retry import RetryPolicy
 from ._wire import SnapshotLike
 from .models import RunPatch, RunSnapshot, RunSummary, WriteAck

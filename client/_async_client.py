@@ -1,4 +1,15 @@
-"""The async HTTP client of a runstore server: :class:`RunStoreClient`, awaited."""
+"""The HTTP clients of a runstore server: thin users of one ``httpx`` client each.
+
+:class:`AsyncRunStoreClient` is written in ``_async_client.py``; :class:`RunStoreClient` in
+``_client.py`` is generated from it by ``scripts/generate_sync.py`` (``make sync-clients``), and
+``tests/test_sync_generated.py`` fails when it is not current. Why generate the blocking code, as
+httpcore does, rather than keep a sans-IO core under two hand-written shells: the clients are
+little more than their methods' signatures, docstrings and the retry loop around one ``httpx``
+call, which two shells would each repeat. Generated, a method or a fix cannot reach one client
+and miss the other. What a client reads and decides without I/O (headers, answers, failed
+attempts) is in :mod:`._http` and :mod:`._retry`; the names the two differ in (how they wait,
+what the hooks are handed) are in :mod:`._concurrency`.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +17,13 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-import anyio
 import httpx
 
+from ._async_persistence import AsyncRunPersistence
+from ._concurrency import async_sleep
 from ._http import (
     DEFAULT_TIMEOUT,
     Failure,
-    RequestFactory,
     ack_of,
     base_headers,
     check,
@@ -21,12 +32,9 @@ from ._http import (
     page_of,
     stored_snapshot,
     write_headers,
-    write_request,
 )
 from ._ledger import RunLedger
-from ._persistence import AsyncRunPersistence
 from ._retry import RETRYABLE_STATUSES, RETRYABLE_TRANSPORT_ERRORS, RetryPolicy, retry_policy
-from ._transports import AsyncHttp11Transport, lean_transport_serves
 from ._wire import (
     SnapshotLike,
     StoredSnapshot,
@@ -42,21 +50,21 @@ __all__ = ["AsyncRunStoreClient"]
 
 
 class AsyncRunStoreClient:
-    """A client of a runstore server for asyncio or trio; one connection pool per client.
+    """A client of a runstore server over one ``httpx`` client (one keep-alive pool).
 
-    The same surface as :class:`RunStoreClient`, every call awaited.
+    :class:`RunStoreClient` blocks; :class:`AsyncRunStoreClient` has the same methods, awaited,
+    for asyncio or trio. Use either as a context manager (``with`` or ``async with``), or close
+    it.
 
     ``token`` is sent as ``Authorization: Bearer``. ``timeout`` (seconds or an
     ``httpx.Timeout``) bounds each attempt; ``retries`` (a :class:`RetryPolicy`, or a number of
     retries after the first try) bounds how hard each call tries when the store is unreachable
     or answers 408, 429, 502, 503 or 504. Errors are :class:`RunStoreError` subclasses.
 
-    ``transport`` replaces the network (tests give an ``httpx`` transport here). Without one, a
-    plain ``http://`` URL gets the client's own HTTP/1.1 keep-alive transport (a fraction of the
-    CPU per request of httpx's); ``https://``, a proxy from the environment (``HTTP_PROXY``,
-    ``ALL_PROXY``, unless ``NO_PROXY`` names the host) and trio keep httpx's default transport.
-
-    Use it as an async context manager, or await :meth:`close`.
+    ``transport`` replaces httpx's default transport (tests give an ``httpx.ASGITransport`` or
+    an ``httpx.MockTransport`` here). Without one, httpx's own rules apply: proxies from the
+    environment (``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), credentials in the URL as basic
+    auth, TLS for ``https://``.
     """
 
     def __init__(
@@ -69,15 +77,9 @@ class AsyncRunStoreClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.retry_policy = retry_policy(retries)
-        if transport is None and lean_transport_serves(httpx.URL(base_url)):
-            transport = AsyncHttp11Transport()
         self._http = httpx.AsyncClient(
             base_url=base_url, headers=base_headers(token), timeout=timeout, transport=transport
         )
-        self._requests = RequestFactory(self._http)
-        # A known transport is called directly (see RequestFactory); without one, httpx picks
-        # it per URL (a proxy from the environment), and credentials in the URL need its auth.
-        self._transport = None if self._http.base_url.userinfo else transport
 
     @property
     def base_url(self) -> httpx.URL:
@@ -113,7 +115,7 @@ class AsyncRunStoreClient:
         uncertain = False
         while True:
             try:
-                response = await self._send(
+                response = await self._http.request(
                     method, url, content=content, headers=headers, params=params
                 )
             except RETRYABLE_TRANSPORT_ERRORS as exc:
@@ -126,36 +128,7 @@ class AsyncRunStoreClient:
             delay = schedule.next_delay(failure.retry_after)
             if delay is None:
                 raise failure.give_up(schedule, method, url) from failure.exception
-            await anyio.sleep(delay)
-
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        *,
-        content: bytes | None,
-        headers: Mapping[str, str] | None,
-        params: Any,
-    ) -> httpx.Response:
-        """One attempt: straight to the transport when it is known, else through httpx."""
-        transport = self._transport
-        if transport is None:
-            return await self._http.request(
-                method, self._requests.urls[url], content=content, headers=headers, params=params
-            )
-        if self._http.is_closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
-        request = self._requests.build(method, url, content=content, headers=headers, params=params)
-        try:
-            response = await transport.handle_async_request(request)
-        except httpx.TransportError as exc:
-            exc.request = request  # as httpx.Client sets it
-            raise
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
+            await async_sleep(delay)
 
     async def put_run(
         self,
@@ -257,9 +230,11 @@ class AsyncRunStoreClient:
         )
 
     async def _send_write(self, write: Write) -> WriteAck:
-        method, body, headers = write_request(write)
         response, _ = await self._request(
-            method, run_path(write.run_id), content=body, headers=headers
+            write.method,
+            run_path(write.run_id),
+            content=write.body(),
+            headers=write_headers(write.if_match),
         )
         return ack_of(response)
 

@@ -1,20 +1,31 @@
-"""The blocking HTTP client of a runstore server."""
+# Generated from client/_async_client.py by scripts/generate_sync.py: edit that file, run
+# `make sync-clients`; tests/test_sync_generated.py checks that this file is current.
+
+"""The HTTP clients of a runstore server: thin users of one ``httpx`` client each.
+
+:class:`AsyncRunStoreClient` is written in ``_async_client.py``; :class:`RunStoreClient` in
+``_client.py`` is generated from it by ``scripts/generate_sync.py`` (``make sync-clients``), and
+``tests/test_sync_generated.py`` fails when it is not current. Why generate the blocking code, as
+httpcore does, rather than keep a sans-IO core under two hand-written shells: the clients are
+little more than their methods' signatures, docstrings and the retry loop around one ``httpx``
+call, which two shells would each repeat. Generated, a method or a fix cannot reach one client
+and miss the other. What a client reads and decides without I/O (headers, answers, failed
+attempts) is in :mod:`._http` and :mod:`._retry`; the names the two differ in (how they wait,
+what the hooks are handed) are in :mod:`._concurrency`.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 
+from ._concurrency import sleep
 from ._http import (
     DEFAULT_TIMEOUT,
     Failure,
-    RawRequests,
-    RequestFactory,
-    Response,
     ack_of,
     base_headers,
     check,
@@ -23,12 +34,10 @@ from ._http import (
     page_of,
     stored_snapshot,
     write_headers,
-    write_request,
 )
 from ._ledger import RunLedger
 from ._persistence import RunPersistence
 from ._retry import RETRYABLE_STATUSES, RETRYABLE_TRANSPORT_ERRORS, RetryPolicy, retry_policy
-from ._transports import Answer, Http11Transport, lean_transport_serves
 from ._wire import (
     SnapshotLike,
     StoredSnapshot,
@@ -44,19 +53,21 @@ __all__ = ["RunStoreClient"]
 
 
 class RunStoreClient:
-    """A client of a runstore server, blocking; one connection pool (keep-alive) per client.
+    """A client of a runstore server over one ``httpx`` client (one keep-alive pool).
+
+    :class:`RunStoreClient` blocks; :class:`AsyncRunStoreClient` has the same methods, awaited,
+    for asyncio or trio. Use either as a context manager (``with`` or ``async with``), or close
+    it.
 
     ``token`` is sent as ``Authorization: Bearer``. ``timeout`` (seconds or an
     ``httpx.Timeout``) bounds each attempt; ``retries`` (a :class:`RetryPolicy`, or a number of
     retries after the first try) bounds how hard each call tries when the store is unreachable
     or answers 408, 429, 502, 503 or 504. Errors are :class:`RunStoreError` subclasses.
 
-    ``transport`` replaces the network (tests give an ``httpx`` transport here). Without one, a
-    plain ``http://`` URL gets the client's own HTTP/1.1 keep-alive transport (a fraction of the
-    CPU per request of httpx's); ``https://``, a proxy from the environment (``HTTP_PROXY``,
-    ``ALL_PROXY``, unless ``NO_PROXY`` names the host) keep httpx's default transport.
-
-    Use it as a context manager, or call :meth:`close`.
+    ``transport`` replaces httpx's default transport (tests give an ``httpx.ASGITransport`` or
+    an ``httpx.MockTransport`` here). Without one, httpx's own rules apply: proxies from the
+    environment (``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), credentials in the URL as basic
+    auth, TLS for ``https://``.
     """
 
     def __init__(
@@ -69,21 +80,9 @@ class RunStoreClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.retry_policy = retry_policy(retries)
-        if transport is None and lean_transport_serves(httpx.URL(base_url)):
-            transport = Http11Transport()
-        headers = base_headers(token)
         self._http = httpx.Client(
-            base_url=base_url, headers=headers, timeout=timeout, transport=transport
+            base_url=base_url, headers=base_headers(token), timeout=timeout, transport=transport
         )
-        self._requests = RequestFactory(self._http)
-        # A known transport is called directly (see RequestFactory); without one, httpx picks
-        # it per URL (a proxy from the environment), and credentials in the URL need its auth.
-        self._transport = None if self._http.base_url.userinfo else transport
-        # The client's own transport is handed the request's bytes (see RawRequests).
-        self._lean: tuple[Http11Transport, RawRequests] | None = None
-        if isinstance(self._transport, Http11Transport):
-            raw = RawRequests(self._http.base_url, headers, self._http.timeout)
-            self._lean = (self._transport, raw)
 
     @property
     def base_url(self) -> httpx.URL:
@@ -112,14 +111,16 @@ class RunStoreClient:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         params: Any = None,
-    ) -> tuple[Response, bool]:
+    ) -> tuple[httpx.Response, bool]:
         """The first answer that is not worth retrying, and whether an earlier attempt may have
         been applied; StoreUnavailable once the retry policy gives up."""
         schedule = self.retry_policy.schedule()
         uncertain = False
         while True:
             try:
-                response = self._send(method, url, content=content, headers=headers, params=params)
+                response = self._http.request(
+                    method, url, content=content, headers=headers, params=params
+                )
             except RETRYABLE_TRANSPORT_ERRORS as exc:
                 failure = Failure.of_exception(exc)
             else:
@@ -130,50 +131,7 @@ class RunStoreClient:
             delay = schedule.next_delay(failure.retry_after)
             if delay is None:
                 raise failure.give_up(schedule, method, url) from failure.exception
-            time.sleep(delay)
-
-    def _send(
-        self,
-        method: str,
-        url: str,
-        *,
-        content: bytes | None,
-        headers: Mapping[str, str] | None,
-        params: Any,
-    ) -> Response:
-        """One attempt: as bytes to the client's own transport, straight to a known transport,
-        else through httpx."""
-        transport = self._transport
-        if transport is None:
-            return self._http.request(
-                method, self._requests.urls[url], content=content, headers=headers, params=params
-            )
-        if self._http.is_closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
-        lean = self._lean
-        if lean is not None and params is None:
-            lean_transport, raw = lean
-            payload = raw.payload(method, url, content=content, headers=headers)
-            try:
-                parser = lean_transport.exchange(
-                    raw.origin, payload, raw.timeouts, skip_body=method == "HEAD"
-                )
-            except httpx.TransportError as exc:
-                # As httpx.Client sets it; built only now, since it is rarely needed.
-                exc.request = self._requests.build(method, url, content=content, headers=headers)
-                raise
-            return Answer(parser)
-        request = self._requests.build(method, url, content=content, headers=headers, params=params)
-        try:
-            response = transport.handle_request(request)
-        except httpx.TransportError as exc:
-            exc.request = request  # as httpx.Client sets it
-            raise
-        try:
-            response.read()
-        finally:
-            response.close()
-        return response
+            sleep(delay)
 
     def put_run(
         self,
@@ -247,7 +205,8 @@ class RunStoreClient:
             page_params = params if cursor is None else [*params, ("cursor", cursor)]
             response, _ = self._request("GET", "/runs", params=page_params)
             summaries, cursor = page_of(response)
-            yield from summaries
+            for summary in summaries:
+                yield summary
             if cursor is None:
                 return
 
@@ -274,8 +233,12 @@ class RunStoreClient:
         )
 
     def _send_write(self, write: Write) -> WriteAck:
-        method, body, headers = write_request(write)
-        response, _ = self._request(method, run_path(write.run_id), content=body, headers=headers)
+        response, _ = self._request(
+            write.method,
+            run_path(write.run_id),
+            content=write.body(),
+            headers=write_headers(write.if_match),
+        )
         return ack_of(response)
 
     def _read(self, run_id: str) -> StoredSnapshot | None:

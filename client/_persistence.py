@@ -1,3 +1,6 @@
+# Generated from client/_async_persistence.py by scripts/generate_sync.py: edit that file, run
+# `make sync-clients`; tests/test_sync_generated.py checks that this file is current.
+
 """The persistence hooks agent frameworks call, sending only what is new.
 
 :class:`Persistence` and :class:`AsyncPersistence` name the shape (the framework's
@@ -7,30 +10,30 @@ that can take a :class:`~._wire.Write` and read a run back: the HTTP clients and
 store. The :class:`~._ledger.RunLedger` works out each write; this module sends it and handles
 the answers that mean the store holds less than this process thought (404, trace gap), by
 sending the run whole.
+
+The awaited hooks are written in ``_async_persistence.py``; the blocking ones in
+``_persistence.py`` are generated from it by ``scripts/generate_sync.py`` (why: the docstring of
+:mod:`._async_client`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
+from ._concurrency import Close, ReadRun, SendWrite
 from ._ledger import DEFAULT_CAPACITY, RunLedger
-from ._wire import SnapshotLike, StoredSnapshot, Write, run_path, view_of
-from .models import RunSnapshot, WriteAck
+from ._wire import SnapshotLike, run_path, view_of
+from .models import RunSnapshot
 from .problems import RunNotFound, RunStoreError, StoreUnavailable, TraceGap
 
-__all__ = [
-    "AsyncPersistence",
-    "AsyncRunPersistence",
-    "Persistence",
-    "RunPersistence",
-]
+__all__ = ["Persistence", "RunPersistence"]
 
 
 @runtime_checkable
 class Persistence(Protocol):
-    """What an agent framework calls to save runs as they go and to load one to resume it.
+    """What an agent framework calls to save runs as they go and to load one to resume it:
+    :class:`Persistence` blocks, :class:`AsyncPersistence` is awaited.
 
     A snapshot is a :class:`RunSnapshot` or a mapping in the camelCase wire shape, and is the
     whole run each time; the implementation decides what to send.
@@ -52,26 +55,6 @@ class Persistence(Protocol):
         """Release what the hooks hold."""
 
 
-@runtime_checkable
-class AsyncPersistence(Protocol):
-    """:class:`Persistence` for frameworks that await their hooks."""
-
-    async def on_run_start(self, snapshot: SnapshotLike) -> None:
-        """The run has started."""
-
-    async def on_step_complete(self, snapshot: SnapshotLike) -> None:
-        """A step has completed; ``snapshot.trace`` ends with it."""
-
-    async def on_run_complete(self, snapshot: SnapshotLike) -> None:
-        """The run has ended (completed, failed or cancelled)."""
-
-    async def load_run(self, run_id: str) -> RunSnapshot | None:
-        """The stored run, to resume it, or None."""
-
-    async def close(self) -> None:
-        """Release what the hooks hold."""
-
-
 def _refused(error: RunStoreError) -> bool:
     # After "not now" the ledger still holds what the store confirmed, so the next hook sends
     # everything since (appends are idempotent). After a refusal, what is stored is unknown.
@@ -79,21 +62,22 @@ def _refused(error: RunStoreError) -> bool:
 
 
 class RunPersistence:
-    """The hooks, blocking. Made by :meth:`RunStoreClient.persistence` and by
-    :func:`embedded_persistence`.
+    """The hooks over one store: :class:`RunPersistence` blocks (made by
+    :meth:`RunStoreClient.persistence` and by :func:`embedded_persistence`),
+    :class:`AsyncRunPersistence` is awaited (made by :meth:`AsyncRunStoreClient.persistence`).
 
     ``on_run_start`` sends the whole snapshot unless the run is known here (after ``load_run``);
     ``on_step_complete`` and ``on_run_complete`` send a PATCH of the new steps, the new history
     turns and the changed fields. Errors are the client's typed errors. Calls for one run must
-    come one at a time; different runs may be saved from different threads.
+    come one at a time; different runs may be saved from different threads or tasks.
     """
 
     def __init__(
         self,
-        send: Callable[[Write], WriteAck],
-        read: Callable[[str], StoredSnapshot | None],
+        send: SendWrite,
+        read: ReadRun,
         *,
-        close: Callable[[], None] | None = None,
+        close: Close | None = None,
         capacity: int = DEFAULT_CAPACITY,
     ) -> None:
         self._send = send
@@ -153,84 +137,6 @@ class RunPersistence:
                         raise
                     write = self._ledger.whole(view)
                     ack = self._send(write)
-            except RunStoreError as error:
-                if _refused(error):
-                    self._ledger.forget(view.run_id)
-                raise
-            self._ledger.confirm(write, ack)
-        if final:
-            self._ledger.forget(view.run_id)
-
-
-class AsyncRunPersistence:
-    """:class:`RunPersistence` with awaitable hooks, made by
-    :meth:`AsyncRunStoreClient.persistence`."""
-
-    def __init__(
-        self,
-        send: Callable[[Write], Awaitable[WriteAck]],
-        read: Callable[[str], Awaitable[StoredSnapshot | None]],
-        *,
-        close: Callable[[], Awaitable[None]] | None = None,
-        capacity: int = DEFAULT_CAPACITY,
-    ) -> None:
-        self._send = send
-        self._read = read
-        self._close = close
-        self._ledger = RunLedger(capacity)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def on_run_start(self, snapshot: SnapshotLike) -> None:
-        """Store the run as it starts."""
-        await self._save(snapshot, final=False)
-
-    async def on_step_complete(self, snapshot: SnapshotLike) -> None:
-        """Send the new steps, turns and changed fields."""
-        await self._save(snapshot, final=False)
-
-    async def on_run_complete(self, snapshot: SnapshotLike) -> None:
-        """Send what is new, after checking every step and turn sent before (once per run)."""
-        await self._save(snapshot, final=True)
-
-    async def load_run(self, run_id: str) -> RunSnapshot | None:
-        """The stored run, or None; later hooks for it continue with deltas."""
-        run_path(run_id)
-        stored = await self._read(run_id)
-        if stored is None:
-            self._ledger.forget(run_id)
-            return None
-        self._ledger.learn(stored.wire, stored.version)
-        return stored.snapshot()
-
-    async def close(self) -> None:
-        """Forget every run, and close the client these hooks own; idempotent."""
-        self._ledger.clear()
-        close, self._close = self._close, None
-        if close is not None:
-            await close()
-
-    async def _save(self, snapshot: SnapshotLike, *, final: bool) -> None:
-        view = view_of(snapshot)
-        write = self._ledger.plan(view, check_all=final)
-        if write is not None:
-            try:
-                try:
-                    ack = await self._send(write)
-                except (RunNotFound, TraceGap):
-                    if write.whole:
-                        raise
-                    write = self._ledger.whole(view)
-                    ack = await self._send(write)
             except RunStoreError as error:
                 if _refused(error):
                     self._ledger.forget(view.run_id)

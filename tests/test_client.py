@@ -333,12 +333,18 @@ async def test_the_hooks_have_the_persistence_shape(tmp_path: Any) -> None:
         assert isinstance(async_client.persistence(), AsyncPersistence)
 
 
+@pytest.mark.parametrize("mode", HTTP_MODES)
 @anyio_mark
-async def test_closing_the_hooks_can_close_their_client() -> None:
-    client = AsyncRunStoreClient(BASE_URL)
-    await client.persistence().close()
+async def test_closing_the_hooks_can_close_their_client(mode: str) -> None:
+    client: Any = AsyncRunStoreClient(BASE_URL) if mode == "async" else RunStoreClient(BASE_URL)
+
+    async def close_hooks(**options: bool) -> None:
+        hooks = client.persistence(**options)
+        await (hooks.close() if mode == "async" else Blocking(hooks).close())
+
+    await close_hooks()
     assert not client._http.is_closed
-    await client.persistence(close_client=True).close()
+    await close_hooks(close_client=True)
     assert client._http.is_closed
 
 
