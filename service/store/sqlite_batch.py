@@ -166,10 +166,10 @@ class RunWrites:
         # Pending items, flat: run id, position, JSON text, run id, ... (bound as they are).
         self.items: dict[str, list[object]] = {"steps": [], "turns": []}
 
-    def state(self, run_id: str) -> RunState | None:
-        """The run's state as the group has left it so far; None if there is no run."""
+    def stored(self, run_id: str) -> tuple[RunState | None, str | None]:
+        """The run's state and doc as the group has left them so far; Nones for no run."""
         run = self.runs.get(run_id)
-        return None if run is None else run.state
+        return (None, None) if run is None else (run.state, run.doc)
 
     def store(self, run_id: str, change: RunChange) -> WriteResult:
         """Apply a change the rules accepted to the run's row; its items are queued."""
@@ -285,7 +285,8 @@ class PutRun(_GroupedWrite):
 
     def apply(self, writes: RunWrites) -> WriteResult:
         run_id = self.record.run_id
-        change = rules.put(writes.state(run_id), self.record, self.if_match, self.if_none_match)
+        stored, _ = writes.stored(run_id)
+        change = rules.put(stored, self.record, self.if_match, self.if_none_match)
         return writes.store(run_id, change)
 
 
@@ -298,8 +299,7 @@ class PatchRun(_GroupedWrite):
     if_match: int | None = None
 
     def apply(self, writes: RunWrites) -> WriteResult:
-        run = writes.runs.get(self.run_id)
-        stored, doc = (None, None) if run is None else (run.state, run.doc)
+        stored, doc = writes.stored(self.run_id)
         change = rules.patch(self.run_id, stored, doc, self.patch, self.if_match)
         return writes.store(self.run_id, change)
 
