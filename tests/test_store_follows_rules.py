@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from store_writes import patch_bodies, snapshot_bodies
 
 from runstore.service.errors import StoreError
 from runstore.service.store import RunStore, SQLiteStore, StoredRun, rules
@@ -147,61 +148,16 @@ def store(
         opened.close()
 
 
-items = st.lists(st.integers(0, 3).map(lambda n: {"n": n}), max_size=3)
 # "current": the stored version, so that conditional writes pass too and may move a run back.
 if_matches = st.sampled_from([None, None, None, "current", "current", 1, 3])
 # Where a PATCH's items start: mostly at the stored end, or one before it (a rewrite, or under
 # If-Match a cut), sometimes at a fixed position that may leave a gap.
 starts = st.sampled_from(["end", "end", "end", "before end"]) | st.integers(0, 4)
-
-
-@st.composite
-def puts(draw: st.DrawFn) -> tuple[Any, ...]:
-    snapshot: dict[str, Any] = {
-        "status": draw(st.sampled_from(["running", "completed"])),
-        "startedAt": draw(st.sampled_from([1, 2])),
-        "input": "q",
-        "trace": draw(items),
-        "usage": {},
-        "stepIndex": 0,
-        "iterations": 0,
-        "revisions": 0,
-    }
-    if draw(st.booleans()):
-        snapshot["completedAt"] = 5
-    if draw(st.booleans()):
-        snapshot["history"] = draw(items)
-    if draw(st.booleans()):
-        snapshot["plan"] = {"p": draw(st.integers(0, 2))}
-    return ("PUT", snapshot, draw(if_matches), draw(st.booleans()))
-
-
-@st.composite
-def patches(draw: st.DrawFn) -> tuple[Any, ...]:
-    body: dict[str, Any] = {}
-    if draw(st.booleans()):
-        body["trace"] = draw(items)
-        body["traceFrom"] = draw(starts)
-    choice = draw(st.sampled_from(["none", "append", "clear"]))
-    if choice == "append":
-        body["history"] = draw(items)
-        body["historyFrom"] = draw(starts)
-    elif choice == "clear":
-        body["history"] = None
-    if draw(st.booleans()):
-        body["completedAt"] = draw(st.none() | st.just(9))
-    if draw(st.booleans()):
-        body["status"] = draw(st.sampled_from(["running", "failed"]))
-    if draw(st.booleans()):
-        body["plan"] = draw(st.none() | st.just({"p": 1}))
-    if draw(st.booleans()):
-        body["extra"] = draw(st.integers(0, 2))
-    return ("PATCH", body, draw(if_matches), False)
-
-
+puts = st.tuples(st.just("PUT"), snapshot_bodies(), if_matches, st.booleans())
+patches = st.tuples(st.just("PATCH"), patch_bodies(starts), if_matches, st.just(False))
 deletes = st.tuples(st.just("DELETE"), st.none(), if_matches, st.just(False))
 writes = st.lists(
-    st.tuples(st.sampled_from(["a", "b"]), puts() | patches() | patches() | deletes),
+    st.tuples(st.sampled_from(["a", "b"]), puts | patches | patches | deletes),
     min_size=1,
     max_size=20,
 )
