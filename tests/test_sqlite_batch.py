@@ -14,6 +14,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from store_writes import patch_bodies, snapshot_bodies
 
 from runstore.client.problems import RunStoreError
 from runstore.service.store.records import patch_record, snapshot_record
@@ -62,65 +63,27 @@ def _outcome(value: Any) -> Any:
     return (type(value).__name__, str(value)) if isinstance(value, RunStoreError) else value
 
 
-items = st.lists(st.integers(0, 3).map(lambda n: {"n": n}), max_size=3)
-
-
-@st.composite
-def put_writes(draw: st.DrawFn) -> RunWrite:
-    run_id = draw(st.sampled_from(RUN_IDS))
-    snapshot: dict[str, Any] = {
-        "runId": run_id,
-        "status": draw(st.sampled_from(["running", "completed"])),
-        "startedAt": 1,
-        "input": "q",
-        "trace": draw(items),
-        "usage": {},
-        "stepIndex": 0,
-        "iterations": 0,
-        "revisions": 0,
-    }
-    if draw(st.booleans()):
-        snapshot["completedAt"] = 5
-    if draw(st.booleans()):
-        snapshot["history"] = draw(items)
-    return PutRun(
-        snapshot_record(snapshot),
-        if_match=draw(st.none() | st.integers(1, 4)),
-        if_none_match=draw(st.booleans()),
-    )
-
-
-@st.composite
-def patch_writes(draw: st.DrawFn) -> RunWrite:
-    body: dict[str, Any] = {}
-    if draw(st.booleans()):
-        body["trace"] = draw(items)
-        body["traceFrom"] = draw(st.integers(0, 4))
-    choice = draw(st.sampled_from(["none", "append", "clear"]))
-    if choice == "append":
-        body["history"] = draw(items)
-        body["historyFrom"] = draw(st.integers(0, 3))
-    elif choice == "clear":
-        body["history"] = None
-    if draw(st.booleans()):
-        body["completedAt"] = draw(st.none() | st.just(9))
-    if draw(st.booleans()):
-        body["status"] = draw(st.sampled_from(["running", "failed"]))
-    if draw(st.booleans()):
-        body["plan"] = draw(st.none() | st.just({"p": 1}))
-    if draw(st.booleans()):
-        body["extra"] = draw(st.integers(0, 2))
-    return PatchRun(
-        draw(st.sampled_from(RUN_IDS)),
-        patch_record(body),
-        if_match=draw(st.none() | st.integers(1, 4)),
-    )
+put_writes = st.builds(
+    lambda run_id, body, if_match, if_none_match: PutRun(
+        snapshot_record({**body, "runId": run_id}), if_match, if_none_match
+    ),
+    st.sampled_from(RUN_IDS),
+    snapshot_bodies(),
+    st.none() | st.integers(1, 4),
+    st.booleans(),
+)
+patch_writes = st.builds(
+    lambda run_id, body, if_match: PatchRun(run_id, patch_record(body), if_match),
+    st.sampled_from(RUN_IDS),
+    patch_bodies(st.integers(0, 4)),
+    st.none() | st.integers(1, 4),
+)
 
 
 @settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(writes=st.lists(put_writes() | patch_writes(), min_size=1, max_size=12))
+@given(writes=st.lists(put_writes | patch_writes, min_size=1, max_size=12))
 def test_a_group_equals_its_writes_one_by_one(tmp_path: Path, writes: list[RunWrite]) -> None:
     for name in ("one.db", "group.db"):
         (tmp_path / name).unlink(missing_ok=True)

@@ -2,9 +2,10 @@
 
 Routes talk to a :class:`RunStore` only; a backend module (``sqlite``, ``postgres``) implements
 it. Every method is a coroutine; none of them blocks the event loop. The rules that make a write
-acceptable (versions, the stale-write rule, preconditions, append gaps) are the backend's to
-enforce inside one transaction, so that concurrent writers cannot slip between a check and a
-write.
+acceptable (versions, the stale-write rule, preconditions, append gaps) are decided in
+:mod:`.rules`; a backend reads the run's row, has the rules judge the write and writes their
+answer inside one transaction, so that concurrent writers cannot slip between a check and a
+write. Turning the rows a read returns into runs and pages is :mod:`.reads`.
 """
 
 from __future__ import annotations

@@ -35,10 +35,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from runstore.client.problems import StoreUnavailable
 
 from . import postgres_writes as writes
-from .base import Cursor, RunPage, RunQuery, RunStore, StoredRun, WriteResult, list_filters
+from .base import RunPage, RunQuery, RunStore, StoredRun, WriteResult
 from .postgres_schema import migrate
 from .postgres_writes import Connection
-from .records import PatchRecord, SnapshotRecord, render_snapshot, render_summary
+from .reads import GET_COLUMNS, list_sql, run_page, stored_run
+from .records import PatchRecord, SnapshotRecord
 
 __all__ = ["PostgresStore"]
 
@@ -70,8 +71,8 @@ _CONNECTION_OPTIONS: Final[dict[str, Any]] = {
 # A replica stopped in the middle of a transaction must not hold a run's lock for ever.
 _SESSION_SETUP: Final = "SET idle_in_transaction_session_timeout = '60s'"
 
-_GET: Final = """
-SELECT version, doc, plan, history_length,
+_GET: Final = f"""
+SELECT {GET_COLUMNS},
     (SELECT string_agg(item, ',' ORDER BY idx) FROM steps WHERE run_id = %(run_id)s),
     (SELECT string_agg(item, ',' ORDER BY idx) FROM turns WHERE run_id = %(run_id)s)
 FROM runs WHERE run_id = %(run_id)s
@@ -336,13 +337,7 @@ class PostgresStore(RunStore):
             cursor = await connection.execute(_GET, {"run_id": run_id})
             return await cursor.fetchone()
 
-        row = await self._read(op, self._deadline)
-        if row is None:
-            return None
-        version, doc, plan, history_length, trace, history = row
-        if history_length is not None and history is None:
-            history = ""
-        return StoredRun(int(version), render_snapshot(doc, plan, trace or "", history))
+        return stored_run(await self._read(op, self._deadline))
 
     async def get_version(self, run_id: str) -> int | None:
         async def op(connection: Connection) -> TupleRow | None:
@@ -353,26 +348,13 @@ class PostgresStore(RunStore):
         return None if row is None else int(row[0])
 
     async def list_runs(self, query: RunQuery) -> RunPage:
-        where, params = list_filters(query, "%s")
-        sql = (
-            "SELECT run_id, started_at, doc, trace_length, version, updated_at FROM runs "
-            f"{where} ORDER BY started_at DESC, run_id DESC LIMIT %s"
-        )
-        params.append(query.limit + 1)
+        sql, params = list_sql(query, "%s")
 
         async def op(connection: Connection) -> list[TupleRow]:
             cursor = await connection.execute(sql, params)
             return await cursor.fetchall()
 
-        rows = await self._read(op, self._deadline)
-        next_cursor = None
-        if len(rows) > query.limit:
-            rows = rows[: query.limit]
-            next_cursor = Cursor(int(rows[-1][1]), str(rows[-1][0]))
-        return RunPage(
-            [render_summary(doc, length, version, at) for _, _, doc, length, version, at in rows],
-            next_cursor,
-        )
+        return run_page(await self._read(op, self._deadline), query)
 
     async def check_ready(self) -> None:
         async def op(connection: Connection) -> None:

@@ -5,8 +5,9 @@ opens and ends the transaction) and returns its result with the transaction's id
 lost COMMIT's outcome. A statement whose answer decides what comes next (the locked row) is
 fetched at once; the final write is only queued, so it travels with COMMIT, and its errors
 surface when the pipeline ends: a failed statement makes PostgreSQL refuse the COMMIT, so nothing
-half-done is kept. Rows are locked with ``SELECT ... FOR UPDATE`` before any rule is judged, so
-replicas writing one run take turns and every rule is checked against what the database holds.
+half-done is kept. Rows are locked with ``SELECT ... FOR UPDATE`` before :mod:`.rules` judges
+the write, so replicas writing one run take turns and every rule is checked against what the
+database holds; this module only locks, reads and writes rows.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from runstore.client.problems import PreconditionFailed, RunNotFound, StaleWrite, TraceGap
-
+from . import rules
 from .base import WriteResult, retention_filter
-from .records import PatchRecord, SnapshotRecord, merge_doc
+from .records import PatchRecord, SnapshotRecord
+from .rules import RunChange, RunState
 
 __all__ = [
     "NOW_MS",
@@ -37,13 +38,10 @@ Connection = AsyncConnection[TupleRow]
 NOW_MS: Final = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
 XID: Final = "pg_current_xact_id()::text"
 
-_LOCK_FOR_PUT: Final = (
-    f"SELECT version, completed_at, trace_length, history_length, {XID} FROM runs "
-    "WHERE run_id = %s FOR UPDATE"
-)
+# A PUT replaces the doc whatever it holds, so only a PATCH reads it.
+_LOCK_FOR_PUT: Final = f"SELECT {rules.STATE_COLUMNS}, {XID} FROM runs WHERE run_id = %s FOR UPDATE"
 _LOCK_FOR_PATCH: Final = (
-    "SELECT version, completed_at, trace_length, history_length, status, started_at, doc, "
-    f"{XID} FROM runs WHERE run_id = %s FOR UPDATE"
+    f"SELECT {rules.STATE_COLUMNS}, {XID}, doc FROM runs WHERE run_id = %s FOR UPDATE"
 )
 
 # A new run and its items in one statement; nothing is written if another transaction created
@@ -52,7 +50,7 @@ _CREATE: Final = f"""
 WITH run AS (
     INSERT INTO runs (run_id, status, started_at, completed_at, version, updated_at,
                       trace_length, history_length, doc, plan)
-    VALUES (%(run_id)s, %(status)s, %(started_at)s, %(completed_at)s, 1, {NOW_MS},
+    VALUES (%(run_id)s, %(status)s, %(started_at)s, %(completed_at)s, %(version)s, {NOW_MS},
             %(trace_length)s, %(history_length)s, %(doc)s, %(plan)s)
     ON CONFLICT (run_id) DO NOTHING
     RETURNING run_id
@@ -82,7 +80,7 @@ WITH run AS (
         trace_length = %(trace_length)s,
         history_length = %(history_length)s,
         updated_at = {NOW_MS},
-        version = version + 1
+        version = %(version)s
     WHERE run_id = %(run_id)s
     RETURNING version
 ), steps_written AS (
@@ -105,14 +103,42 @@ WITH run AS (
 SELECT version FROM run
 """
 
-_DELETE: Final = f"DELETE FROM runs WHERE run_id = %s RETURNING version, {XID}"
+_DELETE: Final = f"DELETE FROM runs WHERE run_id = %s RETURNING {rules.STATE_COLUMNS}, {XID}"
+_STATE_WIDTH: Final = len(RunState._fields)
 
 
-def _check_version(stored: int, if_match: int | None) -> None:
-    if if_match is not None and if_match != stored:
-        raise PreconditionFailed(
-            f"The run is at version {stored}, not {if_match}; read it again before writing."
-        )
+def _locked(row: TupleRow | None) -> RunState | None:
+    """The state at the head of a row that selects STATE_COLUMNS first."""
+    return None if row is None else RunState._make(row[:_STATE_WIDTH])
+
+
+def _xid(row: TupleRow) -> str:
+    """The transaction id that follows STATE_COLUMNS in a row."""
+    return str(row[_STATE_WIDTH])
+
+
+def _values(run_id: str, change: RunChange) -> dict[str, Any]:
+    """The parameters of _CREATE and _UPDATE for a change the rules accepted."""
+    state = change.state
+    return {
+        "run_id": run_id,
+        "version": state.version,
+        "status": state.status,
+        "started_at": state.started_at,
+        "completed_at": state.completed_at,
+        "trace_length": state.trace_length,
+        "history_length": state.history_length,
+        "doc": change.doc,
+        "set_plan": change.set_plan,
+        "plan": change.plan,
+        "trace": change.trace,
+        "trace_from": change.trace_from,
+        "trace_end": state.trace_length,
+        "history": change.history,
+        "history_from": change.history_from,
+        # A cleared history (None) keeps no turn.
+        "history_end": state.history_length or 0,
+    }
 
 
 async def fetch_one(connection: Connection, sql: str, params: Any) -> TupleRow:
@@ -140,55 +166,24 @@ _CREATE_RACE_LIMIT: Final = 8
 async def put_run(
     connection: Connection, record: SnapshotRecord, if_match: int | None, if_none_match: bool
 ) -> tuple[WriteResult, str]:
-    """PUT: create the run, or replace it under its row lock (RunStore.put_run's rules)."""
+    """PUT: create the run, or replace it under its row lock."""
     run_id = record.run_id
-    trace_length = len(record.trace)
-    history_length = None if record.history is None else len(record.history)
-    values: dict[str, Any] = {
-        "run_id": run_id,
-        "status": record.status,
-        "started_at": record.started_at,
-        "completed_at": record.completed_at,
-        "trace_length": trace_length,
-        "history_length": history_length,
-        "doc": record.doc,
-        "set_plan": True,
-        "plan": record.plan,
-        "trace": record.trace,
-        "trace_from": 0,
-        "trace_end": trace_length,
-        "history": record.history or [],
-        "history_from": 0,
-        "history_end": history_length or 0,
-    }
     for _ in range(_CREATE_RACE_LIMIT):
         cursor = await connection.execute(_LOCK_FOR_PUT, (run_id,))
         row = await cursor.fetchone()
+        change = rules.put(_locked(row), record, if_match, if_none_match)
         if row is not None:
             break
-        if if_match is not None:
-            raise PreconditionFailed("The run does not exist, so no version can match If-Match.")
-        cursor = await connection.execute(_CREATE, values)
+        cursor = await connection.execute(_CREATE, _values(run_id, change))
         created = await cursor.fetchone()
         if created is not None:
-            return WriteResult(run_id, 1, trace_length, created=True), str(created[0])
+            return change.result(run_id), str(created[0])
         # Another transaction created the run after the lock found nothing: lock that one.
     else:
         raise psycopg.errors.SerializationFailure("the run was created and deleted repeatedly")
-    version, stored_completed_at, stored_trace_length, _, xid = row
-    if if_none_match:
-        raise PreconditionFailed("The run exists already (If-None-Match: *).")
-    _check_version(version, if_match)
-    if if_match is None:
-        if stored_completed_at is not None and record.completed_at is None:
-            raise StaleWrite("The run is finished; a write without completedAt would un-finish it.")
-        if trace_length < stored_trace_length:
-            raise StaleWrite(
-                f"The stored trace has {stored_trace_length} steps; this write has {trace_length}."
-            )
-    await connection.execute(_UPDATE, values)
-    # The row is locked: no other write can come between, so the new version is known.
-    return WriteResult(run_id, version + 1, trace_length), str(xid)
+    # The row is locked: no other write can come between, so the new version is the rules'.
+    await connection.execute(_UPDATE, _values(run_id, change))
+    return change.result(run_id), _xid(row)
 
 
 async def patch_run(
@@ -197,69 +192,18 @@ async def patch_run(
     """PATCH: judge the patch against the locked row, then write only what it sends."""
     cursor = await connection.execute(_LOCK_FOR_PATCH, (run_id,))
     row = await cursor.fetchone()
-    if row is None:
-        raise RunNotFound(f"No run is stored under {run_id!r}; PUT it first.")
-    version, completed_at, trace_length, history_length, status, started_at, doc, xid = row
-    _check_version(version, if_match)
-    new_trace_length = trace_length
-    if patch.trace is not None:
-        if patch.trace_from > trace_length:
-            raise TraceGap(
-                f"traceFrom is {patch.trace_from} but the stored trace has {trace_length} steps."
-            )
-        new_trace_length = patch.trace_from + len(patch.trace)
-    new_history_length = history_length
-    if patch.history is not None:
-        if patch.history_from > (history_length or 0):
-            raise TraceGap(
-                f"historyFrom is {patch.history_from} but the stored history has "
-                f"{history_length or 0} turns."
-            )
-        new_history_length = patch.history_from + len(patch.history)
-    elif patch.clear_history:
-        new_history_length = None
-    if if_match is None:
-        if patch.clears_completed_at and completed_at is not None:
-            raise StaleWrite("The run is finished; clearing completedAt would un-finish it.")
-        if new_trace_length < trace_length:
-            raise StaleWrite(
-                f"The stored trace has {trace_length} steps; this write would leave "
-                f"{new_trace_length}."
-            )
-    new_doc: str | None = None
-    if patch.fields:
-        new_doc, merged = merge_doc(doc, patch.fields)
-        status, started_at = merged["status"], merged["startedAt"]
-        completed_at = merged.get("completedAt")
-    values: dict[str, Any] = {
-        "run_id": run_id,
-        "status": status,
-        "started_at": started_at,
-        "completed_at": completed_at,
-        "trace_length": new_trace_length,
-        "history_length": new_history_length,
-        "doc": new_doc,
-        "set_plan": patch.set_plan,
-        "plan": patch.plan,
-        "trace": patch.trace or [],
-        "trace_from": patch.trace_from if patch.trace is not None else 0,
-        # Without a trace in the patch this is the stored length, so nothing is cut.
-        "trace_end": new_trace_length,
-        "history": patch.history or [],
-        "history_from": patch.history_from if patch.history is not None else 0,
-        # Unless the patch changes the history, its new length is the stored one: nothing cut.
-        "history_end": new_history_length or 0,
-    }
-    await connection.execute(_UPDATE, values)
-    return WriteResult(run_id, version + 1, new_trace_length), str(xid)
+    doc = None if row is None else row[-1]
+    change = rules.patch(run_id, _locked(row), doc, patch, if_match)
+    assert row is not None
+    await connection.execute(_UPDATE, _values(run_id, change))
+    return change.result(run_id), _xid(row)
 
 
 async def delete_run(connection: Connection, run_id: str, if_match: int | None) -> tuple[None, str]:
     """DELETE one run; a refused precondition rolls the delete back."""
     cursor = await connection.execute(_DELETE, (run_id,))
     row = await cursor.fetchone()
-    if row is None:
-        raise RunNotFound(f"No run is stored under {run_id!r}.")
-    # A refused precondition raises here, and leaving the transaction rolls the delete back.
-    _check_version(int(row[0]), if_match)
-    return None, str(row[1])
+    # A refusal raises here, and leaving the transaction rolls the delete back.
+    rules.delete(run_id, _locked(row), if_match)
+    assert row is not None
+    return None, _xid(row)

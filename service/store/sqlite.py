@@ -17,20 +17,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
-from runstore.client.problems import RunNotFound, StoreUnavailable
+from runstore.client.problems import StoreUnavailable
 
-from .base import (
-    Cursor,
-    RunPage,
-    RunQuery,
-    RunStore,
-    StoredRun,
-    WriteResult,
-    list_filters,
-    retention_filter,
-)
-from .records import PatchRecord, SnapshotRecord, render_snapshot, render_summary
-from .sqlite_batch import PatchRun, PutRun, check_version, now_ms
+from . import rules
+from .base import RunPage, RunQuery, RunStore, StoredRun, WriteResult, retention_filter
+from .reads import GET_COLUMNS, list_sql, run_page, stored_run
+from .records import PatchRecord, SnapshotRecord
+from .rules import RunState
+from .sqlite_batch import PatchRun, PutRun, now_ms
 from .sqlite_schema import connect, migrate, verify
 from .sqlite_writer import WriterThread, storage_error
 
@@ -40,8 +34,8 @@ T = TypeVar("T")
 
 READER_THREADS: Final = 2
 
-_GET: Final = """
-SELECT version, doc, plan, history_length,
+_GET: Final = f"""
+SELECT {GET_COLUMNS},
     (SELECT group_concat(item, ',') FROM (SELECT item FROM steps WHERE run_id = ?1 ORDER BY idx)),
     (SELECT group_concat(item, ',') FROM (SELECT item FROM turns WHERE run_id = ?1 ORDER BY idx))
 FROM runs WHERE run_id = ?1
@@ -49,10 +43,10 @@ FROM runs WHERE run_id = ?1
 
 
 def _delete(run_id: str, if_match: int | None, connection: sqlite3.Connection) -> None:
-    row = connection.execute("SELECT version FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    if row is None:
-        raise RunNotFound(f"No run is stored under {run_id!r}.")
-    check_version(row[0], if_match)
+    row = connection.execute(
+        f"SELECT {rules.STATE_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    rules.delete(run_id, None if row is None else RunState._make(row), if_match)
     connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
 
@@ -173,13 +167,7 @@ class SQLiteEngine:
             raise storage_error(exc) from exc
 
     def get_run(self, run_id: str) -> StoredRun | None:
-        row = self._read(lambda c: c.execute(_GET, (run_id,)).fetchone())
-        if row is None:
-            return None
-        version, doc, plan, history_length, trace, history = row
-        if history_length is not None and history is None:
-            history = ""
-        return StoredRun(version, render_snapshot(doc, plan, trace or "", history))
+        return stored_run(self._read(lambda c: c.execute(_GET, (run_id,)).fetchone()))
 
     def get_version(self, run_id: str) -> int | None:
         row = self._read(
@@ -188,21 +176,8 @@ class SQLiteEngine:
         return None if row is None else int(row[0])
 
     def list_runs(self, query: RunQuery) -> RunPage:
-        where, params = list_filters(query, "?")
-        sql = (
-            "SELECT run_id, started_at, doc, trace_length, version, updated_at FROM runs "
-            f"{where} ORDER BY started_at DESC, run_id DESC LIMIT ?"
-        )
-        params.append(query.limit + 1)
-        rows = self._read(lambda c: c.execute(sql, params).fetchall())
-        next_cursor = None
-        if len(rows) > query.limit:
-            rows = rows[: query.limit]
-            next_cursor = Cursor(rows[-1][1], rows[-1][0])
-        return RunPage(
-            [render_summary(doc, length, version, at) for _, _, doc, length, version, at in rows],
-            next_cursor,
-        )
+        sql, params = list_sql(query, "?")
+        return run_page(self._read(lambda c: c.execute(sql, params).fetchall()), query)
 
     def check_readable(self) -> None:
         self._read(lambda c: c.execute("SELECT count(*) FROM probe").fetchone())

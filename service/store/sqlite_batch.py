@@ -7,9 +7,10 @@ the stored state of the runs it touches (read with one SELECT), then written wit
 statements whatever its size: one INSERT for new runs, one UPDATE for changed ones, and
 multi-row INSERTs for steps and history turns.
 
-Each write checks everything before it changes the state, so a refused write (a RunStoreError)
-leaves nothing behind and its neighbours go on; writes to the same run in one group see each
-other, exactly as if they had run one after another.
+Each write is judged by :mod:`.rules` against the run's state as the group has left it, before
+it changes anything, so a refused write (a RunStoreError) leaves nothing behind and its neighbours
+go on; writes to the same run in one group see each other, exactly as if they had run one after
+another. This module only reads, holds and writes rows.
 """
 
 from __future__ import annotations
@@ -21,37 +22,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from runstore.client.problems import (
-    PreconditionFailed,
-    RunNotFound,
-    RunStoreError,
-    StaleWrite,
-    TraceGap,
-)
+from runstore.client.problems import RunStoreError
 
+from . import rules
 from .base import WriteResult
-from .records import PatchRecord, SnapshotRecord, merge_doc
+from .records import PatchRecord, SnapshotRecord
+from .rules import RunChange, RunState
 
-__all__ = ["PatchRun", "PutRun", "apply_writes", "check_version", "now_ms"]
+__all__ = ["PatchRun", "PutRun", "apply_writes", "now_ms"]
 
 # Rows in one INSERT: well under SQLite's limit of bound parameters.
 ROWS_PER_INSERT: Final = 64
-_RUN_COLUMNS: Final = (
+# A run's state as the rules see it, its content, and when it was written: _Run.values().
+_RUN_COLUMNS: Final = ("run_id", *RunState._fields, "doc", "plan", "updated_at")
+# What an update that leaves the indexed columns (status, started_at, completed_at) alone
+# writes: most PATCHes. Setting an indexed column, even to its own value, rewrites its index
+# entries, and each index page so touched is one more page in the WAL at commit.
+_CONTENT_COLUMNS: Final = (
     "run_id",
-    "status",
-    "started_at",
-    "completed_at",
     "version",
-    "updated_at",
     "trace_length",
     "history_length",
     "doc",
     "plan",
+    "updated_at",
 )
-# What an update that leaves the indexed columns (status, started_at, completed_at) alone
-# writes: most PATCHes. Setting an indexed column, even to its own value, rewrites its index
-# entries, and each index page so touched is one more page in the WAL at commit.
-_CONTENT_COLUMNS: Final = (_RUN_COLUMNS[0], *_RUN_COLUMNS[4:])
 _ITEM_COLUMNS: Final = ("run_id", "idx", "item")
 
 
@@ -64,12 +59,7 @@ class _Run:
     """A run's row as the group goes."""
 
     run_id: str
-    status: str
-    started_at: int
-    completed_at: int | None
-    version: int
-    trace_length: int
-    history_length: int | None
+    state: RunState
     doc: str
     plan: str | None
     # (status, started_at, completed_at) as the file has them; None while the row is not in it.
@@ -81,29 +71,31 @@ class _Run:
         """Whether the row exists in the file."""
         return self.indexed is not None
 
+    def index_key(self) -> tuple[str, int, int | None]:
+        """The values of the indexed columns (status, started_at, completed_at) now."""
+        state = self.state
+        return (state.status, state.started_at, state.completed_at)
+
     def moved(self) -> bool:
         """Whether an indexed column differs from the file's."""
-        return self.indexed != (self.status, self.started_at, self.completed_at)
+        return self.indexed != self.index_key()
 
     def content_values(self, updated_at: int) -> tuple[object, ...]:
         """The values of _CONTENT_COLUMNS."""
-        values = self.values(updated_at)
-        return (values[0], *values[4:])
+        state = self.state
+        return (
+            self.run_id,
+            state.version,
+            state.trace_length,
+            state.history_length,
+            self.doc,
+            self.plan,
+            updated_at,
+        )
 
     def values(self, updated_at: int) -> tuple[object, ...]:
         """The values of _RUN_COLUMNS."""
-        return (
-            self.run_id,
-            self.status,
-            self.started_at,
-            self.completed_at,
-            self.version,
-            updated_at,
-            self.trace_length,
-            self.history_length,
-            self.doc,
-            self.plan,
-        )
+        return (self.run_id, *self.state, self.doc, self.plan, updated_at)
 
 
 def _rows_sql(columns: tuple[str, ...], rows: int) -> str:
@@ -158,48 +150,80 @@ class RunWrites:
         self.now = now_ms()
         ids = list(run_ids)
         rows = connection.execute(
-            "SELECT run_id, status, started_at, completed_at, version, trace_length, "
-            f"history_length, doc, plan FROM runs WHERE run_id IN ({', '.join('?' * len(ids))})",
+            f"SELECT run_id, {rules.STATE_COLUMNS}, doc, plan FROM runs "
+            f"WHERE run_id IN ({', '.join('?' * len(ids))})",
             ids,
         ).fetchall()
         self.runs: dict[str, _Run] = {
             run_id: _Run(
                 run_id,
-                status,
-                started,
-                completed,
-                version,
-                steps,
-                turns,
+                RunState(version, status, started, completed, steps, turns),
                 doc,
                 plan,
                 indexed=(status, started, completed),
             )
-            for run_id, status, started, completed, version, steps, turns, doc, plan in rows
+            for run_id, version, status, started, completed, steps, turns, doc, plan in rows
         }
         # Pending items, flat: run id, position, JSON text, run id, ... (bound as they are).
         self.items: dict[str, list[object]] = {"steps": [], "turns": []}
 
-    def write_items(
-        self, table: str, run_id: str, start: int, items: list[str], old_length: int
+    def stored(self, run_id: str) -> tuple[RunState | None, str | None]:
+        """The run's state and doc as the group has left them so far; Nones for no run."""
+        run = self.runs.get(run_id)
+        return (None, None) if run is None else (run.state, run.doc)
+
+    def store(self, run_id: str, change: RunChange) -> WriteResult:
+        """Apply a change the rules accepted to the run's row; its items are queued."""
+        run = self.runs.get(run_id)
+        if run is None:
+            old_trace_length = old_history_length = 0
+            run = self.runs[run_id] = _Run(run_id, change.state, "", None, indexed=None)
+        else:
+            old_trace_length = run.state.trace_length
+            old_history_length = run.state.history_length or 0
+            run.state = change.state
+        if change.doc is not None:
+            run.doc = change.doc
+        if change.set_plan:
+            run.plan = change.plan
+        run.changed = True
+        state = change.state
+        self._write_items(
+            "steps", run_id, change.trace_from, change.trace, state.trace_length, old_trace_length
+        )
+        self._write_items(
+            "turns",
+            run_id,
+            change.history_from,
+            change.history,
+            state.history_length or 0,
+            old_history_length,
+        )
+        return change.result(run_id)
+
+    def _write_items(
+        self,
+        table: str,
+        run_id: str,
+        start: int,
+        items: list[str],
+        new_length: int,
+        old_length: int,
     ) -> None:
-        """Items ``start...`` replace what is there; a shorter list drops the stored tail."""
-        count = len(items)
-        end = start + count
-        flat: list[object] = [run_id] * (3 * count)
-        flat[1::3] = range(start, end)
-        flat[2::3] = items
-        self.items[table] += flat
-        if end < old_length:
-            # Rare (an If-Match write that shortens, a shorter history): keep the order.
+        """Items ``start...`` replace what is there; stored items from ``new_length`` on go."""
+        if items:
+            count = len(items)
+            flat: list[object] = [run_id] * (3 * count)
+            flat[1::3] = range(start, start + count)
+            flat[2::3] = items
+            self.items[table] += flat
+        if new_length < old_length:
+            # Rare (an If-Match write that shortens, a shorter or cleared history): write what
+            # is pending first, to keep the order.
             self.flush()
             self.connection.execute(
-                f"DELETE FROM {table} WHERE run_id = ? AND idx >= ?", (run_id, end)
+                f"DELETE FROM {table} WHERE run_id = ? AND idx >= ?", (run_id, new_length)
             )
-
-    def clear_items(self, table: str, run_id: str) -> None:
-        self.flush()
-        self.connection.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
 
     def flush(self) -> None:
         """Write every changed run, then the pending items (which refer to the runs)."""
@@ -222,7 +246,7 @@ class RunWrites:
             self.connection.execute(_update_runs_sql(_CONTENT_COLUMNS, rows), params)
         for run in changed:
             run.changed = False
-            run.indexed = (run.status, run.started_at, run.completed_at)
+            run.indexed = run.index_key()
         for table, pending in self.items.items():
             for rows, params in _item_chunks(pending):
                 self.connection.execute(_upsert_items_sql(table, rows), params)
@@ -248,14 +272,6 @@ class _GroupedWrite:
         return outcome
 
 
-def check_version(stored: int, if_match: int | None) -> None:
-    """PreconditionFailed unless ``If-Match`` is absent or names the stored version."""
-    if if_match is not None and if_match != stored:
-        raise PreconditionFailed(
-            f"The run is at version {stored}, not {if_match}; read it again before writing."
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class PutRun(_GroupedWrite):
     """Create or replace a whole run."""
@@ -269,56 +285,10 @@ class PutRun(_GroupedWrite):
         return self.record.run_id
 
     def apply(self, writes: RunWrites) -> WriteResult:
-        record = self.record
-        run = writes.runs.get(record.run_id)
-        trace_length = len(record.trace)
-        history_length = None if record.history is None else len(record.history)
-        if run is None:
-            if self.if_match is not None:
-                raise PreconditionFailed(
-                    "The run does not exist, so no version can match If-Match."
-                )
-            run = writes.runs[record.run_id] = _Run(
-                record.run_id,
-                record.status,
-                record.started_at,
-                record.completed_at,
-                1,
-                trace_length,
-                history_length,
-                record.doc,
-                record.plan,
-                indexed=None,
-                changed=True,
-            )
-            writes.write_items("steps", run.run_id, 0, record.trace, 0)
-            writes.write_items("turns", run.run_id, 0, record.history or [], 0)
-            return WriteResult(run.run_id, 1, trace_length, created=True)
-        if self.if_none_match:
-            raise PreconditionFailed("The run exists already (If-None-Match: *).")
-        check_version(run.version, self.if_match)
-        if self.if_match is None:
-            if run.completed_at is not None and record.completed_at is None:
-                raise StaleWrite(
-                    "The run is finished; a write without completedAt would un-finish it."
-                )
-            if trace_length < run.trace_length:
-                raise StaleWrite(
-                    f"The stored trace has {run.trace_length} steps; this write has {trace_length}."
-                )
-        old_trace_length, old_history_length = run.trace_length, run.history_length or 0
-        run.status, run.started_at, run.completed_at = (
-            record.status,
-            record.started_at,
-            record.completed_at,
-        )
-        run.doc, run.plan = record.doc, record.plan
-        run.trace_length, run.history_length = trace_length, history_length
-        run.version += 1
-        run.changed = True
-        writes.write_items("steps", run.run_id, 0, record.trace, old_trace_length)
-        writes.write_items("turns", run.run_id, 0, record.history or [], old_history_length)
-        return WriteResult(run.run_id, run.version, trace_length)
+        run_id = self.record.run_id
+        stored, _ = writes.stored(run_id)
+        change = rules.put(stored, self.record, self.if_match, self.if_none_match)
+        return writes.store(run_id, change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,57 +300,9 @@ class PatchRun(_GroupedWrite):
     if_match: int | None = None
 
     def apply(self, writes: RunWrites) -> WriteResult:
-        patch, if_match = self.patch, self.if_match
-        run = writes.runs.get(self.run_id)
-        if run is None:
-            raise RunNotFound(f"No run is stored under {self.run_id!r}; PUT it first.")
-        check_version(run.version, if_match)
-        trace_length = run.trace_length
-        if patch.trace is not None:
-            if patch.trace_from > run.trace_length:
-                raise TraceGap(
-                    f"traceFrom is {patch.trace_from} but the stored trace has "
-                    f"{run.trace_length} steps."
-                )
-            trace_length = patch.trace_from + len(patch.trace)
-        stored_history = run.history_length or 0
-        history_length = run.history_length
-        if patch.history is not None:
-            if patch.history_from > stored_history:
-                raise TraceGap(
-                    f"historyFrom is {patch.history_from} but the stored history has "
-                    f"{stored_history} turns."
-                )
-            history_length = patch.history_from + len(patch.history)
-        elif patch.clear_history:
-            history_length = None
-        if if_match is None:
-            if patch.clears_completed_at and run.completed_at is not None:
-                raise StaleWrite("The run is finished; clearing completedAt would un-finish it.")
-            if trace_length < run.trace_length:
-                raise StaleWrite(
-                    f"The stored trace has {run.trace_length} steps; this write would leave "
-                    f"{trace_length}."
-                )
-        if patch.fields:
-            run.doc, merged = merge_doc(run.doc, patch.fields)
-            run.status, run.started_at = merged["status"], merged["startedAt"]
-            run.completed_at = merged.get("completedAt")
-        if patch.set_plan:
-            run.plan = patch.plan
-        old_trace_length = run.trace_length
-        run.trace_length, run.history_length = trace_length, history_length
-        run.version += 1
-        run.changed = True
-        if patch.trace is not None:
-            writes.write_items("steps", run.run_id, patch.trace_from, patch.trace, old_trace_length)
-        if patch.history is not None:
-            writes.write_items(
-                "turns", run.run_id, patch.history_from, patch.history, stored_history
-            )
-        elif patch.clear_history:
-            writes.clear_items("turns", run.run_id)
-        return WriteResult(run.run_id, run.version, trace_length)
+        stored, doc = writes.stored(self.run_id)
+        change = rules.patch(self.run_id, stored, doc, self.patch, self.if_match)
+        return writes.store(self.run_id, change)
 
 
 RunWrite = PutRun | PatchRun

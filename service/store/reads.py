@@ -1,0 +1,55 @@
+"""Reading runs back, the same on every backend: the rows a read selects, and what they become.
+
+A backend runs the SQL (its own dialect where the two differ, as in joining a run's items) on its
+own connections; turning the rows into a :class:`StoredRun` or a :class:`RunPage` is done here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .base import Cursor, RunPage, RunQuery, StoredRun, list_filters
+from .records import render_snapshot, render_summary
+
+__all__ = ["GET_COLUMNS", "list_sql", "run_page", "stored_run"]
+
+# What a backend's get query selects before the run's steps and turns, each joined by commas.
+GET_COLUMNS = "version, doc, plan, history_length"
+
+
+def stored_run(row: Sequence[Any] | None) -> StoredRun | None:
+    """The run from the row of a get query (GET_COLUMNS, steps, turns), or None for no row."""
+    if row is None:
+        return None
+    version, doc, plan, history_length, trace, history = row
+    # An empty history is stored as a length of 0 and no turns, which joins to NULL.
+    if history_length is not None and history is None:
+        history = ""
+    return StoredRun(int(version), render_snapshot(doc, plan, trace or "", history))
+
+
+def list_sql(query: RunQuery, mark: str) -> tuple[str, list[Any]]:
+    """The SELECT of one page of ``query`` and its parameters; ``mark``: ``?`` or ``%s``.
+
+    It asks for one row past the page, which tells whether there is a next page.
+    """
+    where, params = list_filters(query, mark)
+    sql = (
+        "SELECT run_id, started_at, doc, trace_length, version, updated_at FROM runs "
+        f"{where} ORDER BY started_at DESC, run_id DESC LIMIT {mark}"
+    )
+    params.append(query.limit + 1)
+    return sql, params
+
+
+def run_page(rows: Sequence[Sequence[Any]], query: RunQuery) -> RunPage:
+    """The page from the rows of :func:`list_sql`."""
+    next_cursor = None
+    if len(rows) > query.limit:
+        rows = rows[: query.limit]
+        next_cursor = Cursor(int(rows[-1][1]), str(rows[-1][0]))
+    return RunPage(
+        [render_summary(doc, length, version, at) for _, _, doc, length, version, at in rows],
+        next_cursor,
+    )
