@@ -17,8 +17,8 @@ hook:
 - on completion every step and turn is checked (once per run), so a rewrite of an earlier step
   reaches the store by the end of the run at the latest.
 
-The limit, documented in the README: between those points, a change made in place to a step
-before the last known one is not noticed.
+The limit, documented in docs/client.md (The persistence hooks): between those points, a change
+made in place to a step before the last known one is not noticed.
 """
 
 from __future__ import annotations

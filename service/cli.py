@@ -80,7 +80,7 @@ def _open_store(settings: Settings) -> RunStore | str:
     except CorruptDatabase as exc:
         return (
             f"runstore: the database {settings.db} is damaged (quick_check: {exc}); it will not "
-            "be served. Restore the latest backup (runstore backup, see README: Reliability) "
+            "be served. Restore the latest backup (runstore backup; docs/operations.md) "
             f"or salvage what is left with: sqlite3 {settings.db} .recover"
         )
     except (sqlite3.Error, OSError) as exc:
