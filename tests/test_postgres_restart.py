@@ -143,9 +143,7 @@ def test_every_acknowledged_write_survives_an_immediate_stop_and_replicas_recove
 
     def writer(run_id: str) -> None:
         try:
-            append_steps(
-                [replica.url for replica in replicas], run_id, acked[run_id], retried, stop
-            )
+            append_steps([replica.url for replica in replicas], run_id, acked[run_id], stop)
         except BaseException as exc:
             errors.append(exc)
 
