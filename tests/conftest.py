@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import ServerProcess, in_process_app
+from support import BACKENDS, ServerProcess, StoreLocation, in_process_app, store_location
 
 from runstore.service import Settings
 
@@ -115,3 +115,9 @@ def server(db_path: Path) -> Iterator[ServerProcess]:
     """A real uvicorn server (``runstore serve``) on a free port."""
     with ServerProcess(db_path) as process:
         yield process
+
+
+@pytest.fixture(params=BACKENDS)
+def served_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreLocation:
+    """Each backend in turn, for tests that run real servers: where they store."""
+    return store_location(request, tmp_path)

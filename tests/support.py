@@ -11,21 +11,27 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runstore.service import Settings, create_app
 
 __all__ = [
+    "BACKENDS",
     "PROBLEM_MEDIA_TYPE",
     "ServerProcess",
+    "StoreLocation",
     "assert_problem",
     "damage_database",
+    "empty_postgres_database",
     "in_process_app",
     "make_snapshot",
+    "store_location",
 ]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -101,6 +107,18 @@ async def in_process_app(settings: Settings) -> AsyncIterator[ASGIApp]:
         yield with_state
 
 
+def empty_postgres_database(url: str) -> str:
+    """``url``'s database with no runs in it (the schema, if any, kept); returns ``url``."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(
+            "DO $$ BEGIN IF to_regclass('runs') IS NOT NULL THEN "
+            "TRUNCATE runs, steps, turns, probe; END IF; END $$"
+        )
+    return url
+
+
 class ServerProcess:
     """``runstore serve`` in a subprocess on a free port (or a given one, to restart)."""
 
@@ -112,8 +130,11 @@ class ServerProcess:
         port: int = 0,
         args: tuple[str, ...] = (),
         prefix: tuple[str, ...] = (),
+        database_url: str | None = None,
     ) -> None:
         self.db = str(db) if db is not None else None
+        # Set: the server stores in this PostgreSQL database, not in ``db``.
+        self.database_url = database_url
         self.extra_env = dict(env or {})
         self.port = port
         self.args = args
@@ -131,6 +152,8 @@ class ServerProcess:
         ]
         if self.db is not None:
             command += ["--db", self.db]
+        if self.database_url is not None:
+            command += ["--database-url", self.database_url]
         command += list(self.args)
         self.output = []
         self.process = subprocess.Popen(
@@ -199,3 +222,32 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where a server keeps its runs: a SQLite file, or the PostgreSQL ``database_url``."""
+
+    backend: str
+    db: Path
+    database_url: str | None = None
+
+    def server(self, **kwargs: Any) -> ServerProcess:
+        """A server (not started) on this store; ``kwargs`` as ServerProcess takes them."""
+        if self.database_url is None:
+            return ServerProcess(self.db, **kwargs)
+        return ServerProcess(database_url=self.database_url, **kwargs)
+
+
+# Parameters for a fixture that runs its tests once on each backend.
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def store_location(request: pytest.FixtureRequest, directory: Path) -> StoreLocation:
+    """The store for a fixture parametrized with BACKENDS: a SQLite file in ``directory``, or
+    the session's PostgreSQL database (fixture ``postgres_url``) emptied of runs."""
+    backend: str = request.param
+    if backend == "postgres":
+        url = empty_postgres_database(request.getfixturevalue("postgres_url"))
+        return StoreLocation(backend, directory / "runs.db", url)
+    return StoreLocation(backend, directory / "runs.db")

@@ -102,8 +102,16 @@ async def test_a_write_with_a_matching_if_match_is_accepted(
     response = await client.request(method, "/runs/run-1", json=body, headers={"If-Match": header})
 
     assert response.status_code == (204 if method == "DELETE" else 200)
-    if method != "DELETE":
-        assert response.headers["etag"] == '"4"'
+    stored = await client.get("/runs/run-1")
+    if method == "DELETE":
+        assert stored.status_code == 404
+        return
+    assert response.headers["etag"] == '"4"'
+    assert stored.headers["etag"] == '"4"'
+    # The write itself was stored: four steps, the fourth the one sent.
+    trace = stored.json()["trace"]
+    assert len(trace) == 4
+    assert trace[3] == (body["trace"][3] if method == "PUT" else body["trace"][0])
 
 
 @pytest.mark.parametrize(("method", "body"), WRITES)

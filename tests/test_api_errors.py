@@ -245,9 +245,13 @@ class TestBodyLimit:
     async def test_a_body_at_the_limit_is_accepted(
         self, client: httpx.AsyncClient, stored: Any
     ) -> None:
-        response = await client.put("/runs/run-1", **raw(self.padded(self.LIMIT)))
+        body = self.padded(self.LIMIT)
+        response = await client.put("/runs/run-1", **raw(body))
 
         assert response.status_code == 200
+        stored_now = await client.get("/runs/run-1")
+        assert stored_now.headers["etag"] == response.headers["etag"]
+        assert stored_now.json() == json.loads(body)
 
     @pytest.mark.parametrize("method", ["PUT", "PATCH"])
     async def test_a_body_over_the_limit_is_413(

@@ -5,8 +5,8 @@ the same 3 runs: all try to create them (``If-None-Match: *``), then append with
 read-modify-write loops (PUT and PATCH with ``traceFrom``, retried on 412), replay snapshots
 they read earlier without If-Match (the stale-write rule decides), and replace fields.
 
-Afterwards: nothing acknowledged is lost, nothing is mixed between runs, no trace ever shrank,
-and each run's version counts exactly its accepted writes.
+The race runs once on each backend. Afterwards: nothing acknowledged is lost, nothing is mixed
+between runs, no trace ever shrank, and each run's version counts exactly its accepted writes.
 
 Workers live in this module and import nothing heavy, because each is a fresh spawned
 interpreter.
@@ -228,13 +228,19 @@ def run_all(url: str) -> list[Result]:
 Outcome = tuple[list[Result], dict[str, dict[str, Any]], dict[str, str]]
 
 
-@pytest.fixture(scope="module")
-def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
-    """Run the whole race once against a fresh server; the results, final runs and ETags."""
-    from support import ServerProcess
+# support.BACKENDS, spelt out: importing support would load the server into every worker.
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def outcome(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Outcome]:
+    """Run the whole race once against a fresh server on each backend; the results, final
+    runs and ETags."""
+    from support import store_location
 
-    db = tmp_path_factory.mktemp("concurrency") / "runs.db"
-    with ServerProcess(db) as server:
+    store = store_location(request, tmp_path_factory.mktemp("concurrency"))
+    with store.server() as server:
         yield race(server.url)
 
 

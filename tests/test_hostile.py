@@ -1,11 +1,13 @@
 """Hostile and broken requests, table-driven, sent as raw bytes to a real server.
 
 Each row is one bad request with the status docs/api.md gives it; after each, every stored run
-is read back and must be exactly as before. Raw sockets, not httpx, so that nothing normalises
-the request on the way (paths with ``..`` and ``%2F``, false ``Content-Length``, chunked and
-slow bodies, huge headers). Requests that are not valid HTTP/1.1 at all are refused by the HTTP
-server before the application sees them: a plain-text 400 and a closed connection (marked
-``PLAIN`` below); everything else is problem+json. Nothing is a 500, nothing stops the server.
+is read back and must be exactly as before (a row that changed them fails alone: the seeds are
+restored before the next row). The table runs on SQLite and on PostgreSQL. Raw sockets, not
+httpx, so that nothing normalises the request on the way (paths with ``..`` and ``%2F``, false
+``Content-Length``, chunked and slow bodies, huge headers). Requests that are not valid HTTP/1.1
+at all are refused by the HTTP server before the application sees them: a plain-text 400 and a
+closed connection (marked ``PLAIN`` below); everything else is problem+json. Nothing is a 500,
+nothing stops the server.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import ServerProcess, assert_problem, make_snapshot
+from support import BACKENDS, ServerProcess, assert_problem, make_snapshot, store_location
 
 pytestmark = pytest.mark.server
 
@@ -515,13 +516,26 @@ def stored_state(http: httpx.Client) -> dict[str, tuple[str, Any]]:
     return state
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    db: Path = tmp_path_factory.mktemp("hostile") / "runs.db"
+SEEDS = (VICTIM, FINISHED)
+
+
+def seed(http: httpx.Client) -> None:
+    """Store exactly the seeded runs, each at version 1, whatever was stored before."""
+    for run_id in stored_state(http):
+        assert http.delete(f"/runs/{run_id}").status_code == 204
+    for snapshot in SEEDS:
+        assert http.put(f"/runs/{snapshot['runId']}", json=snapshot).status_code == 201
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One server for the whole table (on each backend), seeded with VICTIM and FINISHED."""
+    store = store_location(request, tmp_path_factory.mktemp("hostile"))
     env = {"RUNSTORE_MAX_BODY_BYTES": str(MAX_BODY), "RUNSTORE_BODY_TIMEOUT": str(BODY_TIMEOUT)}
-    with ServerProcess(db, env=env) as process, process.client() as http:
-        for snapshot in (VICTIM, FINISHED):
-            assert http.put(f"/runs/{snapshot['runId']}", json=snapshot).status_code == 201
+    with store.server(env=env) as process, process.client() as http:
+        seed(http)
         yield process
     output = "".join(process.output)
     assert "Traceback" not in output
@@ -542,9 +556,45 @@ def seeded_state(http: httpx.Client) -> dict[str, tuple[str, Any]]:
     return state
 
 
+@dataclass
+class Row:
+    """One row's view of the shared server: its check, and the clean-up if the row failed."""
+
+    server: ServerProcess
+    http: httpx.Client
+    seeded_state: dict[str, tuple[str, Any]]
+    passed: bool = False
+
+    def assert_unchanged(self) -> None:
+        """The server is up and stores exactly the seeds."""
+        assert self.server.process is not None
+        assert self.server.process.poll() is None, "the request stopped the server"
+        assert stored_state(self.http) == self.seeded_state
+        self.passed = True
+
+    def restore(self) -> None:
+        """Undo what a failed row may have done, so that it fails alone."""
+        assert self.server.process is not None
+        if self.server.process.poll() is not None:
+            self.server.restart()
+        if stored_state(self.http) != self.seeded_state:
+            seed(self.http)
+            assert stored_state(self.http) == self.seeded_state, "the seeds could not be restored"
+
+
+@pytest.fixture
+def row(
+    server: ServerProcess, http: httpx.Client, seeded_state: dict[str, tuple[str, Any]]
+) -> Iterator[Row]:
+    checked = Row(server, http, seeded_state)
+    yield checked
+    if not checked.passed:
+        checked.restore()
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_a_bad_request_is_refused_and_changes_nothing(
-    server: ServerProcess, http: httpx.Client, seeded_state: dict[str, tuple[str, Any]], case: Case
+    server: ServerProcess, row: Row, case: Case
 ) -> None:
     request = case.request
     answer = exchange(server.port, request.head(), request.body_parts(), request.pause)
@@ -555,8 +605,7 @@ def test_a_bad_request_is_refused_and_changes_nothing(
         assert answer.status == case.status
     else:
         assert_problem(answer.as_response(), case.status, case.slug)
-    assert http.get("/healthz").status_code == 200
-    assert stored_state(http) == seeded_state
+    row.assert_unchanged()
 
 
 @pytest.mark.parametrize(
@@ -570,8 +619,7 @@ def test_a_bad_request_is_refused_and_changes_nothing(
 )
 def test_oversized_headers_are_read_and_ignored(
     server: ServerProcess,
-    http: httpx.Client,
-    seeded_state: dict[str, tuple[str, Any]],
+    row: Row,
     name: str,
     headers: dict[str, str],
     status: int,
@@ -582,7 +630,7 @@ def test_oversized_headers_are_read_and_ignored(
     assert answer.status == status
     if status == 200:
         assert json.loads(answer.body) == VICTIM
-    assert stored_state(http) == seeded_state
+    row.assert_unchanged()
 
 
 def test_the_server_is_still_whole_after_the_table(

@@ -1,7 +1,9 @@
 """SIGTERM: stop accepting, finish what is in flight, commit, checkpoint, exit 0, in bounded time.
 
 Each test runs a real ``runstore serve`` under load and stops it with SIGTERM, as a container
-runtime or systemd does.
+runtime or systemd does; on SQLite and on PostgreSQL, except the WAL checkpoint tests. A
+request is known to be in flight when the server has asked for its body (``Expect:
+100-continue``: uvicorn answers ``100 Continue`` when the app first reads the body).
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import ServerProcess, make_snapshot
-
-from runstore.service.store.sqlite import SQLiteEngine
+from support import ServerProcess, StoreLocation, make_snapshot
 
 pytestmark = pytest.mark.server
 
@@ -53,31 +53,44 @@ def append_steps(url: str, run_id: str, acked: list[int], stop: threading.Event)
             acked.append(index)
 
 
-def raw_request_head(port: int, path: str, length: int) -> socket.socket:
-    """Open a connection and send a PUT's head, leaving its body to come."""
+def request_in_flight(port: int, path: str, length: int) -> socket.socket:
+    """Send a PUT's head and return once the app is reading its body, which is left to come."""
     connection = socket.create_connection(("127.0.0.1", port), timeout=30)
     connection.sendall(
         f"PUT {path} HTTP/1.1\r\nHost: runstore\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {length}\r\n\r\n".encode()
+        f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
     )
+    interim = read_head(connection)
+    assert interim.startswith(b"HTTP/1.1 100 "), interim
     return connection
 
 
-def read_status(connection: socket.socket) -> int:
+def read_head(connection: socket.socket) -> bytes:
+    """The next answer's status line and headers (empty if the connection closed first)."""
     received = b""
-    while b"\r\n" not in received:
-        chunk = connection.recv(4096)
+    while b"\r\n\r\n" not in received:
+        chunk = connection.recv(1)
         if not chunk:
             break
         received += chunk
-    return int(received.split(b" ", 2)[1]) if received else 0
+    return received
 
 
-def stored_trace_length(db: Path, run_id: str) -> int:
-    with SQLiteEngine(db) as engine:
-        stored = engine.get_run(run_id)
-        assert stored is not None, run_id
-        return len(json.loads(stored.body)["trace"])
+def read_status(connection: socket.socket) -> int:
+    head = read_head(connection)
+    return int(head.split(b" ", 2)[1]) if head else 0
+
+
+def stored_trace_lengths(store: StoreLocation, run_ids: list[str]) -> dict[str, int | None]:
+    """Each run's stored trace length (None: not stored), read by a fresh server on the store."""
+    lengths: dict[str, int | None] = {}
+    with store.server() as server, server.client() as http:
+        for run_id in run_ids:
+            response = http.get(f"/runs/{run_id}")
+            assert response.status_code in (200, 404), response.text
+            ok = response.status_code == 200
+            lengths[run_id] = len(response.json()["trace"]) if ok else None
+    return lengths
 
 
 def wal_size(db: Path) -> int:
@@ -97,11 +110,14 @@ def wait_until_refused(port: int, bound: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_sigterm_under_load_exits_0_with_every_acknowledged_write_stored(tmp_path: Path) -> None:
-    db = tmp_path / "runs.db"
+def test_sigterm_under_load_exits_0_with_every_acknowledged_write_stored(
+    served_store: StoreLocation,
+) -> None:
+    db = served_store.db
+    sqlite = served_store.backend == "sqlite"
     stop = threading.Event()
     acked: dict[str, list[int]] = {f"run-{n}": [] for n in range(WRITERS)}
-    with ServerProcess(db) as server:
+    with served_store.server() as server:
         writers = [
             threading.Thread(target=append_steps, args=(server.url, run_id, lengths, stop))
             for run_id, lengths in acked.items()
@@ -112,11 +128,11 @@ def test_sigterm_under_load_exits_0_with_every_acknowledged_write_stored(tmp_pat
         while min(len(lengths) for lengths in acked.values()) < 20:
             assert time.monotonic() < deadline, "the writers made no progress"
             time.sleep(0.02)
-        assert wal_size(db) > 0, "the writes should still be in the WAL before the stop"
+        if sqlite:
+            assert wal_size(db) > 0, "the writes should still be in the WAL before the stop"
         # A request in flight at the signal: its head is in, its body still to come.
         body = json.dumps(make_snapshot("in-flight")).encode()
-        with raw_request_head(server.port, "/runs/in-flight", len(body)) as in_flight:
-            time.sleep(0.5)  # the server reads the head and starts the request
+        with request_in_flight(server.port, "/runs/in-flight", len(body)) as in_flight:
             assert server.process is not None
             server.process.send_signal(signal.SIGTERM)
             wait_until_refused(server.port)
@@ -127,23 +143,25 @@ def test_sigterm_under_load_exits_0_with_every_acknowledged_write_stored(tmp_pat
         for writer in writers:
             writer.join(30)
     assert code == 0, "".join(server.output)
-    assert wal_size(db) == 0, "the stop must checkpoint the WAL into the database"
-    assert stored_trace_length(db, "in-flight") == 0
+    if sqlite:
+        assert wal_size(db) == 0, "the stop must checkpoint the WAL into the database"
+    stored = stored_trace_lengths(served_store, ["in-flight", *acked])
+    assert stored.pop("in-flight") == 0
     for run_id, lengths in acked.items():
         assert len(lengths) >= 20, run_id
-        assert stored_trace_length(db, run_id) >= max(lengths)
+        length = stored[run_id]
+        assert length is not None, run_id
+        assert length >= max(lengths), run_id
 
 
 @pytest.mark.slow
 def test_sigterm_with_a_request_that_never_finishes_still_stops_in_bounded_time(
-    tmp_path: Path,
+    served_store: StoreLocation,
 ) -> None:
-    db = tmp_path / "runs.db"
-    with ServerProcess(db) as server, server.client() as http:
+    with served_store.server() as server, server.client() as http:
         assert http.put("/runs/run-1", json=make_snapshot("run-1", 3)).status_code == 201
-        with raw_request_head(server.port, "/runs/stuck", 1000) as stuck:
+        with request_in_flight(server.port, "/runs/stuck", 1000) as stuck:
             stuck.sendall(b'{"runId": "st')
-            time.sleep(0.2)
             assert server.process is not None
             server.process.send_signal(signal.SIGTERM)
             try:
@@ -151,10 +169,9 @@ def test_sigterm_with_a_request_that_never_finishes_still_stops_in_bounded_time(
             except subprocess.TimeoutExpired:
                 pytest.fail(f"no exit {STOP_BOUND_SECONDS} s after SIGTERM")
     assert code == 0, "".join(server.output)
-    assert wal_size(db) == 0
-    assert stored_trace_length(db, "run-1") == 3
-    with SQLiteEngine(db) as engine:
-        assert engine.get_run("stuck") is None
+    if served_store.backend == "sqlite":
+        assert wal_size(served_store.db) == 0
+    assert stored_trace_lengths(served_store, ["run-1", "stuck"]) == {"run-1": 3, "stuck": None}
 
 
 @pytest.mark.parametrize("autocheckpoint", [1000, 0])
