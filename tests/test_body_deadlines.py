@@ -96,9 +96,7 @@ def test_another_cancellation_passes_through(run: Any) -> None:
 
 def test_a_cancellation_at_the_deadline_is_not_swallowed(run: Any) -> None:
     async def main() -> None:
-        reader = asyncio.create_task(
-            body.read_body(Sender().request(), limit=1000, seconds=0.1)
-        )
+        reader = asyncio.create_task(body.read_body(Sender().request(), limit=1000, seconds=0.1))
         await asyncio.sleep(0)  # the read has started
         # Cancelled by its owner in the same loop turn as the deadline's timer fires.
         when = deadlines()._waits[reader]
