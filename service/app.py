@@ -4,15 +4,18 @@ the store.
 Every request, the run routes' included, passes one stack, outermost first, as FastAPI's
 ``build_middleware_stack`` puts it together (nothing is served around it):
 
-1. FastAPI's own layers: OpenTelemetry spans and metrics when a provider is configured (FastAPI
-   asks on every request), ``ServerErrorMiddleware`` (an unexpected exception is answered 500
-   by the ``Exception`` handler of :mod:`.api.problems`, then raised on to the server to log),
-   exception telemetry, and the app-wide body limit (none; the routes limit bodies).
+1. FastAPI's own layers: OpenTelemetry spans, metrics and logs when ``RUNSTORE_TELEMETRY`` is
+   on (off by default: FastAPI then asks on every request whether a provider is configured,
+   a large part of a PATCH's cost in the app), ``ServerErrorMiddleware`` (an unexpected
+   exception is answered 500 by the ``Exception`` handler of :mod:`.api.problems`, then raised
+   on to the server to log), exception telemetry, and the app-wide body limit (none; the routes
+   limit bodies).
 2. The app's middleware (``app.add_middleware``; the last added is the outermost):
-   :class:`~.api.auth.BearerAuth` when tokens are configured, for every path. Request ids and
-   metrics belong here, and see every request by construction.
+   :class:`~.api.auth.BearerAuth` when tokens are configured, for every path; middleware added
+   to the app later runs before it. Request ids and metrics belong here, and see every request
+   by construction.
 3. ``ExceptionMiddleware``: the problem+json handlers (:mod:`.api.problems`), chosen by the
-   class of what was raised.
+   class of what was raised; inside it, FastAPI's exit stack for uploaded files.
 4. The router. Its first route is :class:`~.api.run_route.RunRoute`: PUT, PATCH, GET, HEAD and
    DELETE ``/runs/{runId}``, matched by a prefix and a method and called with the Request alone.
    Then FastAPI's routes (:mod:`.api.routes`), which document the run routes as well and answer
@@ -79,6 +82,11 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
         description=DESCRIPTION,
         lifespan=lifespan,
         redirect_slashes=False,
+        telemetry={
+            "tracing": settings.telemetry,
+            "metrics": settings.telemetry,
+            "logs": settings.telemetry,
+        },
     )
     app.router.routes.insert(0, RunRoute(RUN_ENDPOINTS))
     app.include_router(router)
