@@ -1,25 +1,45 @@
 """The application factory: ``create_app(settings)`` builds the app; its lifespan opens
-the store."""
+the store.
+
+Every request, the run routes' included, passes one stack, outermost first, as FastAPI's
+``build_middleware_stack`` puts it together (nothing is served around it):
+
+1. FastAPI's own layers: OpenTelemetry spans, metrics and logs when ``RUNSTORE_TELEMETRY`` is
+   on (off by default: FastAPI then asks on every request whether a provider is configured,
+   a large part of a PATCH's cost in the app), ``ServerErrorMiddleware`` (an unexpected
+   exception is answered 500 by the ``Exception`` handler of :mod:`.api.problems`, then raised
+   on to the server to log), exception telemetry, and the app-wide body limit (none; the routes
+   limit bodies).
+2. The app's middleware (``app.add_middleware``; the last added is the outermost):
+   :class:`~.api.auth.BearerAuth` when tokens are configured, for every path; middleware added
+   to the app later runs before it. Request ids and metrics belong here, and see every request
+   by construction.
+3. ``ExceptionMiddleware``: the problem+json handlers (:mod:`.api.problems`), chosen by the
+   class of what was raised; inside it, FastAPI's exit stack for uploaded files.
+4. The router. Its first route is :class:`~.api.run_route.RunRoute`: PUT, PATCH, GET, HEAD and
+   DELETE ``/runs/{runId}``, matched by a prefix and a method and called with the Request alone.
+   Then FastAPI's routes (:mod:`.api.routes`), which document the run routes as well and answer
+   what RunRoute does not match (404, 405). A ``root_path`` changes nothing in this: routes
+   match the path below it.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.types import ASGIApp
 
 from runstore.client.models import REQUIRED_FIELDS, RESERVED_FIELDS, RunPatch, RunSnapshot
 
 from .api.auth import BearerAuth
-from .api.direct import DirectRunRoutes
 from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
-from .api.routes import router
-from .config import Settings, TokenTable, is_loopback
+from .api.routes import RUN_ENDPOINTS, router
+from .api.run_route import RunRoute
+from .config import Settings, is_loopback
 from .store import RunStore, open_store
 
 __all__ = ["create_app"]
@@ -44,56 +64,6 @@ def _warn_if_open(settings: Settings) -> None:
         )
 
 
-class StickyCheck:
-    """A yes/no check that stays yes once it says yes, and until then is asked again at most
-    once every ``interval`` seconds.
-
-    For FastAPI's "is OpenTelemetry configured" check: OpenTelemetry sets each global provider
-    only once, so a yes is final; a provider set while the server runs is noticed within
-    ``interval``.
-    """
-
-    def __init__(self, check: Callable[[], bool], interval: float = 1.0) -> None:
-        self._check = check
-        self._interval = interval
-        self._yes = False
-        self._next = 0.0
-
-    def __call__(self) -> bool:
-        if self._yes:
-            return True
-        now = time.monotonic()
-        if now < self._next:
-            return False
-        self._next = now + self._interval
-        self._yes = bool(self._check())
-        return self._yes
-
-
-class RunStoreApp(FastAPI):
-    """The FastAPI app with authentication and the direct run routes in front of its
-    middleware stack.
-
-    The run routes (:mod:`.api.direct`) are what agents call at every step; in front of the
-    stack they skip FastAPI's error, telemetry and body-limit middleware as well as its router.
-    Authentication is checked first, for every request.
-    """
-
-    def __init__(self, *, tokens: TokenTable | None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.tokens = tokens
-        # FastAPI's native telemetry (0.165 here) asks for every request whether OpenTelemetry
-        # has been configured, which took a few percent of a PATCH. Asked less often (see
-        # StickyCheck), it answers the same.
-        telemetry = getattr(self, "_native_telemetry", None)
-        if callable(getattr(telemetry, "enabled", None)):
-            telemetry.enabled = StickyCheck(telemetry.enabled)  # type: ignore[union-attr]
-
-    def build_middleware_stack(self) -> ASGIApp:
-        app: ASGIApp = DirectRunRoutes(super().build_middleware_stack())
-        return app if self.tokens is None else BearerAuth(app, tokens=self.tokens)
-
-
 def create_app(settings: Settings | None = None, *, store: RunStore | None = None) -> FastAPI:
     """A new runstore application; its lifespan opens the store (the one the settings name, or
     ``store``) and closes it."""
@@ -106,16 +76,24 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
         async with opened:
             yield {"store": opened, "settings": settings}
 
-    app = RunStoreApp(
-        tokens=settings.token_table,
+    app = FastAPI(
         title="runstore",
         version=VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
         redirect_slashes=False,
+        telemetry={
+            "tracing": settings.telemetry,
+            "metrics": settings.telemetry,
+            "logs": settings.telemetry,
+        },
     )
+    app.router.routes.insert(0, RunRoute(RUN_ENDPOINTS))
     app.include_router(router)
     install_problem_handlers(app)
+    tokens = settings.token_table
+    if tokens is not None:
+        app.add_middleware(BearerAuth, tokens=tokens)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
 

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         "checkpoint, the one at a clean stop included, to a replicator such as Litestream.",
     )
     access_log: bool = Field(True, description="Log one line per request.")
+    telemetry: bool = Field(
+        False,
+        description="FastAPI's OpenTelemetry spans, metrics and logs, for a configured "
+        "OpenTelemetry provider; when on, FastAPI asks on every request whether one is.",
+    )
     log_level: str = Field("info", description="Log level of the server.")
 
     @field_validator("tokens", mode="after")

@@ -1,4 +1,5 @@
-"""The body-read deadline: one timer per event loop instead of ``asyncio.timeout`` per read.
+"""The body-read deadline (api.deadlines): one timer per event loop instead of
+``asyncio.timeout`` per read.
 
 A read past its deadline is answered 408 and the task goes on; any other cancellation passes
 through; reads with different timeouts on one loop each expire on time.
@@ -15,6 +16,7 @@ from starlette.requests import Request
 
 from runstore.client.problems import RequestTimeout
 from runstore.service.api import body
+from runstore.service.api.deadlines import deadlines_of
 from runstore.service.api.problems import problem_response
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -42,10 +44,8 @@ def clock() -> float:
     return asyncio.get_running_loop().time()
 
 
-def deadlines() -> body._Deadlines:
-    found = body._deadlines.get(asyncio.get_running_loop())
-    assert found is not None
-    return found
+def deadlines() -> Any:
+    return deadlines_of(asyncio.get_running_loop())
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -57,8 +57,8 @@ def test_a_body_that_arrives_in_time_is_read(run: Any) -> None:
     async def main() -> None:
         sender = Sender()
         asyncio.get_running_loop().call_later(0.05, sender.go.set)
-        assert await body.read_json_body(sender.request(), limit=1000, seconds=5) == {"a": 1}
-        assert not deadlines()._reads
+        assert await body.read_body(sender.request(), limit=1000, seconds=5) == b'{"a":1}'
+        assert not deadlines()._waits
         assert not deadlines()._expired
 
     run(main())
@@ -70,15 +70,14 @@ def test_a_late_body_is_answered_408_and_the_task_goes_on(run: Any) -> None:
         assert task is not None
         began = clock()
         with pytest.raises(RequestTimeout) as raised:
-            await body.read_json_body(Sender().request(), limit=1000, seconds=0.2)
+            await body.read_body(Sender().request(), limit=1000, seconds=0.2)
         assert raised.value.slug == "request-timeout"
-        # The rest of the body would be read as the next request.
         assert problem_response(raised.value).headers["connection"] == "close"
         assert began + 0.2 <= clock() < began + 2
         # Not left cancelling: the task can still await, to send its answer.
         assert task.cancelling() == 0
         await asyncio.sleep(0.01)
-        assert not deadlines()._reads
+        assert not deadlines()._waits
         assert not deadlines()._expired
 
     run(main())
@@ -86,28 +85,26 @@ def test_a_late_body_is_answered_408_and_the_task_goes_on(run: Any) -> None:
 
 def test_another_cancellation_passes_through(run: Any) -> None:
     async def main() -> None:
-        reader = asyncio.create_task(body.read_json_body(Sender().request(), limit=1000, seconds=5))
+        reader = asyncio.create_task(body.read_body(Sender().request(), limit=1000, seconds=5))
         await asyncio.sleep(0.05)
         reader.cancel()
         with pytest.raises(asyncio.CancelledError):
             await reader
-        assert not deadlines()._reads
+        assert not deadlines()._waits
 
     run(main())
 
 
 def test_a_cancellation_at_the_deadline_is_not_swallowed(run: Any) -> None:
     async def main() -> None:
-        reader = asyncio.create_task(
-            body.read_json_body(Sender().request(), limit=1000, seconds=0.1)
-        )
+        reader = asyncio.create_task(body.read_body(Sender().request(), limit=1000, seconds=0.1))
         await asyncio.sleep(0)  # the read has started
         # Cancelled by its owner in the same loop turn as the deadline's timer fires.
-        when = deadlines()._reads[reader]
+        when = deadlines()._waits[reader]
         asyncio.get_running_loop().call_at(when, reader.cancel)
         with pytest.raises(asyncio.CancelledError):
             await reader
-        assert not deadlines()._reads
+        assert not deadlines()._waits
         assert not deadlines()._expired
 
     run(main())
@@ -117,7 +114,7 @@ def test_each_read_expires_on_its_own_deadline(run: Any) -> None:
     async def read(seconds: float) -> tuple[float, float]:
         began = clock()
         with pytest.raises(RequestTimeout):
-            await body.read_json_body(Sender().request(), limit=1000, seconds=seconds)
+            await body.read_body(Sender().request(), limit=1000, seconds=seconds)
         return began, clock()
 
     def lasted(span: tuple[float, float], low: float, high: float) -> bool:
@@ -134,7 +131,7 @@ def test_each_read_expires_on_its_own_deadline(run: Any) -> None:
         for other in others:
             assert lasted(await other, 0.4, 0.9)
         assert lasted(await long, 1.0, 1.6)
-        assert not deadlines()._reads
+        assert not deadlines()._waits
 
     run(main())
 
@@ -144,7 +141,7 @@ def test_reads_that_end_in_time_are_never_cancelled_later(run: Any) -> None:
         for _ in range(20):
             sender = Sender()
             sender.go.set()
-            await body.read_json_body(sender.request(), limit=1000, seconds=0.1)
+            await body.read_body(sender.request(), limit=1000, seconds=0.1)
         task = asyncio.current_task()
         assert task is not None
         await asyncio.sleep(0.3)  # past every deadline; the timer finds nothing to cancel

@@ -6,16 +6,14 @@ Routes never touch SQL; they turn bodies into records (``store.records``), call 
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request
-from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from runstore.client.models import MAX_INT, RUN_ID_PATTERN, STATUS_PATTERN, is_run_id
+from runstore.client.models import MAX_INT, RUN_ID_PATTERN, STATUS_PATTERN, WriteAck, is_run_id
 from runstore.client.problems import (
     BadRequest,
     InvalidRun,
@@ -26,19 +24,13 @@ from runstore.client.problems import (
 
 from ..config import Settings
 from ..store.base import RunQuery, RunStore, WriteResult, decode_cursor, encode_cursor
-from ..store.records import DuplicateKey, SnapshotRecord, patch_record, snapshot_record
-from .body import (
-    header,
-    parse_etags,
-    parse_if_match,
-    parse_json,
-    parse_json_unchecked,
-    read_body,
-    read_json_body,
-)
-from .schemas import Deleted, Health, Problem, RunList, WriteAck
+from ..store.records import SnapshotRecord, patch_record, snapshot_record, written_json
+from .body import read_body
+from .headers import header, parse_etags, parse_if_match
+from .json_body import parse_json, parse_json_as
+from .schemas import Deleted, Health, Problem, RunList
 
-__all__ = ["router"]
+__all__ = ["RUN_ENDPOINTS", "router"]
 
 JSON: Final = "application/json"
 
@@ -51,8 +43,8 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 _AUTH = (401, 403)
-# The run id is read from the path by the routes themselves (a declared parameter costs
-# FastAPI's dependency machinery on every request); this documents it.
+# The run id is read from the path by the routes themselves, so that their endpoints take the
+# Request alone (api.run_route calls them so); this documents it.
 _RUN_ID_PARAM: Final = {
     "name": "runId",
     "in": "path",
@@ -83,19 +75,7 @@ _CREATE_ONLY_PARAM: Final = {
 }
 
 
-class RequestRoute(APIRoute):
-    """A route that FastAPI documents from its declaration but calls directly when its endpoint
-    takes only the Request: such an endpoint has no parameters to resolve, so the dependency
-    machinery is skipped on the hot paths (PATCH, PUT, GET of a run)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        if list(inspect.signature(self.endpoint).parameters) == ["request"]:
-            handler: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
-            return handler
-        return super().get_route_handler()
-
-
-router = APIRouter(route_class=RequestRoute)
+router = APIRouter()
 
 
 def _store(request: Request) -> RunStore:
@@ -114,7 +94,7 @@ def _run_id(request: Request) -> str:
         raise InvalidRun(
             "The run id in the URL must be 1-200 characters of A-Z a-z 0-9 _ . ~ : @ - "
             "starting with a letter or digit.",
-            [
+            errors=[
                 {
                     "path": "path.runId",
                     "message": f"must be 1-200 characters matching {RUN_ID_PATTERN}",
@@ -175,7 +155,6 @@ class _Ack(Response):
 _JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
 
 
-# Routes are matched in order: the hot ones first.
 @router.patch(
     "/runs/{runId}",
     summary="Append steps and update fields of a run",
@@ -194,9 +173,8 @@ async def patch_run(request: Request) -> Response:
     and any fields to replace."""
     run_id = _run_id(request)
     settings = _settings(request)
-    body = await read_json_body(
-        request, limit=settings.max_body_bytes, seconds=settings.body_timeout
-    )
+    raw = await read_body(request, limit=settings.max_body_bytes, seconds=settings.body_timeout)
+    body = parse_json(raw)
     _check_body_run_id(body, run_id)
     patch = patch_record(body)
     store = _store(request)
@@ -242,19 +220,14 @@ async def put_run(request: Request) -> Response:
 
 
 def _snapshot_of(raw: bytes, run_id: str) -> SnapshotRecord:
-    """The snapshot record of a PUT body, its duplicate-key check done by the record, which
-    encodes every part anyway (body.parse_json_unchecked)."""
-    body, colons = parse_json_unchecked(raw)
-    try:
+    """The snapshot record of a PUT body; its duplicate-key check counts what the record
+    wrote, which encodes every part anyway (json_body.parse_json_as)."""
+
+    def record_of(body: Any) -> SnapshotRecord:
         _check_body_run_id(body, run_id)
-        return snapshot_record(body, colons=colons)
-    except (RunIdMismatch, InvalidRun, DuplicateKey):
-        if colons is None:
-            raise
-    # Parsed again strictly: a duplicate key is answered as such, before any other error.
-    body = parse_json(raw)
-    _check_body_run_id(body, run_id)
-    return snapshot_record(body)
+        return snapshot_record(body)
+
+    return parse_json_as(raw, record_of, written_json)
 
 
 def _etag_matches(value: str, version: int) -> bool:
@@ -330,6 +303,17 @@ async def delete_run(request: Request) -> Response:
     return Response(status_code=204)
 
 
+# What api.run_route.RunRoute serves, first in the app's router: the endpoints declared above
+# for /runs/{runId}, each taking the Request alone (tests check the two agree).
+RUN_ENDPOINTS: Final[Mapping[str, Callable[[Request], Awaitable[Response]]]] = {
+    "PATCH": patch_run,
+    "PUT": put_run,
+    "GET": get_run,
+    "HEAD": head_run,
+    "DELETE": delete_run,
+}
+
+
 Millis = Annotated[int | None, Query(ge=0, le=MAX_INT)]
 
 
@@ -361,7 +345,9 @@ async def list_runs(
         except ValueError:
             raise InvalidRun(
                 "The cursor is not one this store issued; pass nextCursor unchanged.",
-                [{"path": "query.cursor", "message": "not a valid cursor", "type": "cursor"}],
+                errors=[
+                    {"path": "query.cursor", "message": "not a valid cursor", "type": "cursor"}
+                ],
             ) from None
     page = await _store(request).list_runs(
         RunQuery(
@@ -394,7 +380,7 @@ async def delete_runs(
     if completedBefore is None and startedBefore is None:
         raise InvalidRun(
             "Say which runs to delete: completedBefore and/or startedBefore (ms).",
-            [{"path": "query.completedBefore", "message": "is required", "type": "missing"}],
+            errors=[{"path": "query.completedBefore", "message": "is required", "type": "missing"}],
         )
     deleted = await _store(request).delete_runs(
         completed_before=completedBefore, started_before=startedBefore
