@@ -2,7 +2,7 @@
 
 :class:`AsyncRunStoreClient` is written in ``_async_client.py``; :class:`RunStoreClient` in
 ``_client.py`` is generated from it by ``scripts/generate_sync.py`` (``make sync-clients``), and
-``tests/test_sync_generated.py`` fails when it is not current. Why generate the blocking code, as
+``tests/client/test_sync_generated.py`` fails when it is not current. Why generate the blocking code, as
 httpcore does, rather than keep a sans-IO core under two hand-written shells: the clients are
 little more than their methods' signatures, docstrings and the retry loop around one ``httpx``
 call, which two shells would each repeat. Generated, a method or a fix cannot reach one client

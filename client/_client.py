@@ -1,11 +1,11 @@
 # Generated from client/_async_client.py by scripts/generate_sync.py: edit that file, run
-# `make sync-clients`; tests/test_sync_generated.py checks that this file is current.
+# `make sync-clients`; tests/client/test_sync_generated.py checks that this file is current.
 
 """The HTTP clients of a runstore server: thin users of one ``httpx`` client each.
 
 :class:`AsyncRunStoreClient` is written in ``_async_client.py``; :class:`RunStoreClient` in
 ``_client.py`` is generated from it by ``scripts/generate_sync.py`` (``make sync-clients``), and
-``tests/test_sync_generated.py`` fails when it is not current. Why generate the blocking code, as
+``tests/client/test_sync_generated.py`` fails when it is not current. Why generate the blocking code, as
 httpcore does, rather than keep a sans-IO core under two hand-written shells: the clients are
 little more than their methods' signatures, docstrings and the retry loop around one ``httpx``
 call, which two shells would each repeat. Generated, a method or a fix cannot reach one client

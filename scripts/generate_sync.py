@@ -8,7 +8,7 @@ The async modules are the one source of the clients' behaviour (why: the docstri
 The ``unasync`` package drops ``async`` and ``await`` and renames tokens; the names it needs beyond
 its own (``__aenter__``, ``AsyncIterator``, ...) are listed in ``RENAMES``. The output is then put
 through ``ruff`` (import order, formatting) so the generated files pass ``make lint`` as they are.
-``tests/test_sync_generated.py`` runs ``--check``.
+``tests/client/test_sync_generated.py`` runs ``--check``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ _LEFT_OVER = re.compile(r"^(Sync[A-Z]|anyio$|asyncio$|trio$|Awaitable$|Coroutine
 def header(source: str) -> str:
     return (
         f"# Generated from client/{source} by scripts/generate_sync.py: edit that file, run\n"
-        "# `make sync-clients`; tests/test_sync_generated.py checks that this file is current.\n\n"
+        "# `make sync-clients`; tests/client/test_sync_generated.py checks that this file is current.\n\n"
     )
 
 

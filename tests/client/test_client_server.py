@@ -18,13 +18,13 @@ from typing import Any
 import httpx
 import pytest
 from support import ServerProcess
-from test_client_support import agent_snapshot, finish, take_step, wire
+from client_rig import agent_snapshot, finish, take_step, wire
 
 from runstore.client import AsyncRunStoreClient, RetryPolicy, RunStoreClient
 
 pytestmark = pytest.mark.server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Long enough to wait out a server restart on a busy machine.
 PATIENT = RetryPolicy(max_attempts=100, first_delay=0.02, max_delay=0.25, total=60.0)
 

@@ -8,14 +8,14 @@ A refused request changes nothing. Binding to a non-loopback address without tok
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import ServerProcess, assert_problem, in_process_app, make_snapshot
+from pydantic import SecretStr
+from support import ServerProcess, assert_problem, make_snapshot
 
 from runstore.service import Settings, create_app
 
@@ -30,16 +30,19 @@ class Caller:
     name: str
     authorization: str | None
     rank: int  # 0 none or invalid, 1 read, 2 write, 3 admin
+    # The challenge's error code when refused for its credentials (RFC 6750, section 3.1).
+    error: str | None = None
 
 
 CALLERS = [
     Caller("no-header", None, 0),
-    Caller("unknown-token", "Bearer not-a-token", 0),
-    Caller("token-prefix", "Bearer reader-tok", 0),
-    Caller("token-in-other-case", "Bearer READER-TOKEN", 0),
-    Caller("basic-scheme", "Basic cmVhZGVyLXRva2VuOg==", 0),
-    Caller("bearer-without-token", "Bearer ", 0),
-    Caller("token-without-scheme", "reader-token", 0),
+    Caller("unknown-token", "Bearer not-a-token", 0, "invalid_token"),
+    Caller("token-prefix", "Bearer reader-tok", 0, "invalid_token"),
+    Caller("token-longer", "Bearer reader-token-but-longer", 0, "invalid_token"),
+    Caller("token-in-other-case", "Bearer READER-TOKEN", 0, "invalid_token"),
+    Caller("basic-scheme", "Basic cmVhZGVyLXRva2VuOg==", 0, "invalid_request"),
+    Caller("bearer-without-token", "Bearer ", 0, "invalid_request"),
+    Caller("token-without-scheme", "reader-token", 0, "invalid_request"),
     Caller("read", "Bearer reader-token", 1),
     Caller("write", "Bearer writer-token", 2),
     Caller("bare-is-write", "Bearer bare-token", 2),
@@ -86,22 +89,19 @@ ENDPOINTS = [
 
 
 @pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of an in-process app whose RUNSTORE_TOKENS is TOKENS, with one run stored."""
-    settings = Settings(db=str(tmp_path / "runs.db"), tokens=TOKENS, database_url=None)
-    async with (
-        in_process_app(settings) as app,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://runstore"
-        ) as http,
-    ):
-        seeded = await http.put(
-            f"/runs/{RUN}",
-            json=make_snapshot(RUN, 1),
-            headers={"Authorization": "Bearer admin-token"},
-        )
-        assert seeded.status_code == 201, seeded.text
-        yield http
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"tokens": SecretStr(TOKENS)})
+
+
+@pytest.fixture
+async def secured(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """A client of the app in process, on each backend, whose RUNSTORE_TOKENS is TOKENS, with
+    one run stored."""
+    seeded = await client.put(
+        f"/runs/{RUN}", json=make_snapshot(RUN, 1), headers={"Authorization": "Bearer admin-token"}
+    )
+    assert seeded.status_code == 201, seeded.text
+    return client
 
 
 async def _stored_state(http: httpx.AsyncClient) -> list[Any]:
@@ -144,6 +144,11 @@ async def test_every_endpoint_under_every_scope(
         assert "scope" in body["detail"]
     challenge = response.headers["www-authenticate"]
     assert challenge.startswith("Bearer")
+    error = caller.error if caller.rank == 0 else "insufficient_scope"
+    if error is None:
+        assert "error=" not in challenge
+    else:
+        assert f'error="{error}"' in challenge
     assert await _stored_state(secured) == before
 
 

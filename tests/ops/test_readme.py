@@ -22,7 +22,7 @@ from support import ServerProcess
 
 pytestmark = pytest.mark.server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = ("README.md", "docs/client.md")
 # The address the pages use; the tests substitute their own server's.
 DOCUMENTED_URL = "http://127.0.0.1:8000"

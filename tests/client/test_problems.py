@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from test_client_support import agent_snapshot, client_rig, take_step
+from client_rig import agent_snapshot, client_rig, take_step
 
 from runstore.client import EmbeddedStore, WriteAck
 from runstore.client._wire import Write

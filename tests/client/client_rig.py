@@ -1,4 +1,4 @@
-"""What the client tests share (this module holds no tests).
+"""What the client tests share (a helper module: it holds no tests).
 
 - :func:`client_rig`: the app in process on a SQLite file, and the hooks under test in one of
   three modes (the sync client, the async client, embedded mode on the same file), all driven

@@ -1,5 +1,5 @@
 """The persistence hooks, one behavioural suite for the sync client, the async client and
-embedded mode (the app in process; see test_client_support.client_rig)."""
+embedded mode (the app in process; see client_rig.client_rig)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from test_client_support import (
+from client_rig import (
     HTTP_MODES,
     MODES,
     Rig,

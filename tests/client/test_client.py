@@ -13,7 +13,7 @@ import anyio.to_thread
 import httpx
 import pytest
 from pydantic import SecretStr
-from test_client_support import (
+from client_rig import (
     BASE_URL,
     HTTP_MODES,
     Blocking,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_client_support import agent_snapshot, finish, take_step, wire
+from client_rig import agent_snapshot, finish, take_step, wire
 
 from runstore.client import (
     EmbeddedStore,

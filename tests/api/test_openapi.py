@@ -13,7 +13,7 @@ import pytest
 
 from runstore.client.models import OPTIONAL_FIELDS, REQUIRED_FIELDS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "openapi.json"
 PROBLEM = "application/problem+json"
 
