@@ -12,7 +12,6 @@ from typing import Any
 import anyio.to_thread
 import httpx
 import pytest
-from pydantic import SecretStr
 from client_rig import (
     BASE_URL,
     HTTP_MODES,
@@ -24,6 +23,7 @@ from client_rig import (
     take_step,
     wire,
 )
+from pydantic import SecretStr
 
 from runstore.client import (
     AsyncPersistence,

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from support import ServerProcess
 from client_rig import agent_snapshot, finish, take_step, wire
+from support import ServerProcess
 
 from runstore.client import AsyncRunStoreClient, RetryPolicy, RunStoreClient
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from client_rig import agent_snapshot, finish, take_step, wire
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from client_rig import agent_snapshot, finish, take_step, wire
 
 from runstore.client import (
     EmbeddedStore,

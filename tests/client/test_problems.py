@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from client_rig import agent_snapshot, client_rig, take_step
+from fastapi import FastAPI
 
 from runstore.client import EmbeddedStore, WriteAck
 from runstore.client._wire import Write
