@@ -1,17 +1,17 @@
-# Generated from client/_async_client.py by scripts/generate_sync.py: edit that file, then run
-# `make sync-clients`; tests/client/test_sync_generated.py checks this file is current.
+# Generated from client/_async_client.py by scripts/generate_sync.py: edit that file and run
+# `make sync-clients`; tests/client/test_sync_generated.py keeps this file current.
 
 """The HTTP clients of a runstore server: thin users of one ``httpx`` client each.
 
 :class:`AsyncRunStoreClient` is written in ``_async_client.py``; :class:`RunStoreClient` in
-``_client.py`` is generated from it by ``scripts/generate_sync.py`` (``make sync-clients``),
-and ``tests/client/test_sync_generated.py`` fails when it is not current. Why generate the
-blocking code, as httpcore does, rather than keep a sans-IO core under two hand-written
-shells: the clients are little more than their methods' signatures, docstrings and the retry
-loop around one ``httpx`` call, which two shells would each repeat. Generated, a method or a
-fix cannot reach one client and miss the other. What a client reads and decides without I/O (headers, answers, failed
-attempts) is in :mod:`._http` and :mod:`._retry`; the names the two differ in (how they wait,
-what the hooks are handed) are in :mod:`._concurrency`.
+``_client.py`` is generated from it by ``scripts/generate_sync.py`` (``make sync-clients``), and
+``tests/client/test_sync_generated.py`` fails when it is not current. Why generate the blocking
+code, as httpcore does, rather than keep a sans-IO core under two hand-written shells: the
+clients are little more than their methods' signatures, docstrings and the retry loop around one
+``httpx`` call, which two shells would each repeat. Generated, a method or a fix cannot reach
+one client and miss the other. What a client reads and decides without I/O (headers, answers,
+failed attempts) is in :mod:`._http` and :mod:`._retry`; the names the two differ in (how they
+wait, what the hooks are handed) are in :mod:`._concurrency`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-# Generated from client/_async_persistence.py by scripts/generate_sync.py: edit that file, then run
-# `make sync-clients`; tests/client/test_sync_generated.py checks this file is current.
+# Generated from client/_async_persistence.py by scripts/generate_sync.py: edit that file and run
+# `make sync-clients`; tests/client/test_sync_generated.py keeps this file current.
 
 """The persistence hooks agent frameworks call, sending only what is new.
 

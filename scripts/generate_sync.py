@@ -56,8 +56,8 @@ _LEFT_OVER = re.compile(r"^(Sync[A-Z]|anyio$|asyncio$|trio$|Awaitable$|Coroutine
 
 def header(source: str) -> str:
     return (
-        f"# Generated from client/{source} by scripts/generate_sync.py: edit that file, then run\n"
-        "# `make sync-clients`; tests/client/test_sync_generated.py checks this file is current.\n\n"
+        f"# Generated from client/{source} by scripts/generate_sync.py: edit that file and run\n"
+        "# `make sync-clients`; tests/client/test_sync_generated.py keeps this file current.\n\n"
     )
 
 
