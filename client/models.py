@@ -220,12 +220,14 @@ class ClaimRequest(BaseModel):
 
 
 class ClaimedRun(BaseModel):
-    """What ``POST /claims`` answers: the run as stored and the new lease on it."""
+    """What ``POST /claims`` answers: the run as stored and the new lease on it (the run's
+    version comes as the answer's ETag)."""
 
     model_config = ConfigDict(frozen=True)
 
     run: RunSnapshot
     lease: Lease
+    version: int = Field(default=0, exclude=True)
 
 
 class RunSummary(BaseModel):

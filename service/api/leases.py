@@ -124,4 +124,5 @@ async def claim_run(request: Request) -> Response:
     return Response(
         b'{"run":%s,"lease":%s}' % (claimed.run.body, claimed.lease.to_json().encode()),
         media_type=JSON,
+        headers={"ETag": f'"{claimed.run.version}"'},
     )
