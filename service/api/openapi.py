@@ -115,8 +115,13 @@ def for_generators(schema: dict[str, Any]) -> None:
     for name, description in PATCH_FIELD_DESCRIPTIONS.items():
         if name in patch_properties:
             patch_properties[name]["description"] = description
-    used = {tag for item in schema.get("paths", {}).values() for op in item.values()
-            if isinstance(op, dict) for tag in op.get("tags", ())}
+    used = {
+        tag
+        for item in schema.get("paths", {}).values()
+        for op in item.values()
+        if isinstance(op, dict)
+        for tag in op.get("tags", ())
+    }
     known = {tag["name"] for tag in TAGS}
     schema["tags"] = [tag for tag in TAGS if tag["name"] in used] + [
         {"name": name} for name in sorted(used - known)

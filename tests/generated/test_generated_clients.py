@@ -53,7 +53,8 @@ def node_modules() -> Path:
         return installed
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
-        reason = f"{' and '.join(missing)} not installed: the generated TypeScript client is untested"
+        tools = " and ".join(missing)
+        reason = f"{tools} not installed: the generated TypeScript client is untested"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{reason} (.ci/run installs them)")
         pytest.skip(reason)
