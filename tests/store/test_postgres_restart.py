@@ -9,7 +9,7 @@ A write whose connection dies at COMMIT is the case this guards: after crash rec
 transaction id whose assignment never reached the WAL is handed out again, so asking
 ``pg_xact_status`` about the lost write's id answered for another transaction, and about one
 crash in seven acknowledged a write that was lost (issue 19). Each restart is one more chance
-to catch that; with the outcome judged by its id alone, this test failed in 6 runs of 7.
+to catch that; with the outcome judged by its id alone, this test failed in 6 runs of 8.
 
 The cluster is a private, throwaway one (initdb into a temporary directory, a free port): the
 machine's own cluster serves other test sessions, which a restart would break.
