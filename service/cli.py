@@ -130,6 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .connections import guarded_protocol
 
     settings = _settings(args)
     # uvicorn re-raises SIGTERM once its graceful shutdown is done, which would end the process
@@ -146,6 +147,13 @@ def _serve(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(
+            max_head_bytes=settings.max_head_bytes,
+            head_timeout=settings.head_timeout,
+            max_connections=settings.max_connections,
+        ),
+        timeout_keep_alive=settings.keep_alive_timeout,
+        backlog=settings.backlog,
         access_log=settings.access_log,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
