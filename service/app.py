@@ -36,6 +36,7 @@ from fastapi.openapi.utils import get_openapi
 from runstore.client.models import REQUIRED_FIELDS, RESERVED_FIELDS, RunPatch, RunSnapshot
 
 from .api.auth import BearerAuth
+from .api.limits import BodyBudget
 from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from .api.routes import RUN_ENDPOINTS, router
 from .api.run_route import RunRoute
@@ -74,7 +75,11 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
         _warn_if_open(settings)
         opened = store if store is not None else open_store(settings)
         async with opened:
-            yield {"store": opened, "settings": settings}
+            yield {
+                "store": opened,
+                "settings": settings,
+                "body_budget": BodyBudget(settings.max_body_memory),
+            }
 
     app = FastAPI(
         title="runstore",

@@ -1,6 +1,6 @@
 """Bearer tokens with scopes, checked before any route runs (unknown paths included).
 
-``/healthz`` is open; bulk ``DELETE /runs`` needs ``admin``; PUT, PATCH and DELETE of a run need
+WebSocket connections are refused (the API has none). ``/healthz`` is open; bulk ``DELETE /runs`` needs ``admin``; PUT, PATCH and DELETE of a run need
 ``write``; everything else needs ``read``. Tokens are compared as SHA-256 digests with
 :func:`hmac.compare_digest`, against every configured token, so timing says nothing about them.
 """
@@ -59,6 +59,10 @@ class BearerAuth:
         return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # No route speaks WebSocket; refused before the handshake, as none is checked here.
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
