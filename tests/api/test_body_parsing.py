@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from runstore.client.models import OPTIONAL_FIELDS, REQUIRED_FIELDS, RESERVED_FIELDS
 from runstore.client.problems import MalformedJson, NestingTooDeep
 from runstore.service.api import json_body, routes
+from runstore.service.config import Settings
 from runstore.service.store.records import snapshot_record
 
 json_values = st.recursive(
@@ -217,7 +218,7 @@ def _with_duplicate(obj: dict[str, Any], key: str, extra: Any) -> str:
 
 
 def snapshot_of(raw: bytes) -> Any:
-    return routes._snapshot_of(raw, "run-1")
+    return routes._snapshot_of(raw, "run-1", Settings(tokens=None))
 
 
 @given(snapshot_fields())
@@ -226,6 +227,7 @@ def test_a_put_body_gives_the_record_of_what_the_json_module_reads(
     fields: list[tuple[str, Any]],
 ) -> None:
     raw = _object([(name, json.dumps(value)) for name, value in fields]).encode()
+    assume(not json_body.MAYBE_TOO_SMALL.search(raw))
     # Checked by counting, not parsed a second time.
     with mock.patch.object(json_body, "parse_strict", side_effect=AssertionError("parsed again")):
         assert snapshot_of(raw) == snapshot_record(strict(raw))
