@@ -328,7 +328,13 @@ class PostgresStore(RunStore):
     ) -> int:
         if completed_before is None and started_before is None:
             raise ValueError("delete_runs needs completed_before and/or started_before")
-        return await self._write(lambda c: writes.delete_runs(c, completed_before, started_before))
+        deleted, more = 0, True
+        while more:
+            batch, more = await self._write(
+                lambda c: writes.delete_runs_batch(c, completed_before, started_before)
+            )
+            deleted += batch
+        return deleted
 
     # Reads.
 

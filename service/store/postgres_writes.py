@@ -19,7 +19,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from . import rules
-from .base import WriteResult, retention_filter
+from .base import (
+    RETENTION_BATCH_ROWS,
+    WriteResult,
+    retention_batch,
+    retention_candidates_sql,
+    retention_filter,
+)
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunChange, RunState
 
@@ -27,7 +33,7 @@ __all__ = [
     "NOW_MS",
     "Connection",
     "delete_run",
-    "delete_runs",
+    "delete_runs_batch",
     "fetch_one",
     "patch_run",
     "put_run",
@@ -149,15 +155,23 @@ async def fetch_one(connection: Connection, sql: str, params: Any) -> TupleRow:
     return row
 
 
-async def delete_runs(
+async def delete_runs_batch(
     connection: Connection, completed_before: int | None, started_before: int | None
-) -> tuple[int, str]:
-    """Bulk retention: delete every run matching all the given bounds; returns how many."""
+) -> tuple[tuple[int, bool], str]:
+    """One batch of bulk retention (see RunStore.delete_runs): how many runs it deleted, and
+    whether it found any to delete (when none, the job is done). A run written meanwhile is
+    deleted only if it still matches under its lock."""
     where, params = retention_filter(completed_before, started_before, "%s")
-    sql = f"WITH gone AS (DELETE FROM runs {where} RETURNING 1) SELECT count(*), {XID} FROM gone"
-
-    row = await fetch_one(connection, sql, params)
-    return int(row[0]), str(row[1])
+    cursor = await connection.execute(
+        retention_candidates_sql(where, "%s"), (*params, RETENTION_BATCH_ROWS)
+    )
+    picked = retention_batch(await cursor.fetchall(), RETENTION_BATCH_ROWS)
+    sql = (
+        f"WITH gone AS (DELETE FROM runs {where} AND run_id = ANY(%s) RETURNING 1) "
+        f"SELECT count(*), {XID} FROM gone"
+    )
+    row = await fetch_one(connection, sql, (*params, picked))
+    return (int(row[0]), bool(picked)), str(row[1])
 
 
 _CREATE_RACE_LIMIT: Final = 8

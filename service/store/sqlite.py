@@ -20,7 +20,17 @@ from typing import Any, Final, Self, TypeVar
 from runstore.client.problems import StoreUnavailable
 
 from . import rules
-from .base import RunPage, RunQuery, RunStore, StoredRun, WriteResult, retention_filter
+from .base import (
+    RETENTION_BATCH_ROWS,
+    RunPage,
+    RunQuery,
+    RunStore,
+    StoredRun,
+    WriteResult,
+    retention_batch,
+    retention_candidates_sql,
+    retention_filter,
+)
 from .reads import GET_COLUMNS, list_sql, run_page, stored_run
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunState
@@ -50,12 +60,17 @@ def _delete(run_id: str, if_match: int | None, connection: sqlite3.Connection) -
     connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
 
-def _delete_many(
+def _delete_batch(
     completed_before: int | None, started_before: int | None, connection: sqlite3.Connection
 ) -> int:
+    """One retention batch (see RunStore.delete_runs); returns how many runs it deleted."""
     where, params = retention_filter(completed_before, started_before, "?")
-    cursor = connection.execute(f"DELETE FROM runs {where}", params)
-    return cursor.rowcount
+    candidates = connection.execute(
+        retention_candidates_sql(where, "?"), (*params, RETENTION_BATCH_ROWS)
+    ).fetchall()
+    picked = retention_batch(candidates, RETENTION_BATCH_ROWS)
+    connection.executemany("DELETE FROM runs WHERE run_id = ?", [(run_id,) for run_id in picked])
+    return len(picked)
 
 
 def _probe(connection: sqlite3.Connection) -> None:
@@ -140,7 +155,9 @@ class SQLiteEngine:
     def delete_runs(
         self, *, completed_before: int | None = None, started_before: int | None = None
     ) -> int:
-        deleted: int = self._writer.write(partial(_delete_many, completed_before, started_before))
+        deleted = 0
+        while batch := self._writer.write(partial(_delete_batch, completed_before, started_before)):
+            deleted += batch
         return deleted
 
     @property
@@ -257,9 +274,12 @@ class SQLiteStore(RunStore):
     async def delete_runs(
         self, *, completed_before: int | None = None, started_before: int | None = None
     ) -> int:
-        deleted: int = await self.engine.writer.write_async(
-            partial(_delete_many, completed_before, started_before)
-        )
+        # Each batch is queued after the writes waiting now: they go between the batches.
+        deleted = 0
+        while batch := await self.engine.writer.write_async(
+            partial(_delete_batch, completed_before, started_before)
+        ):
+            deleted += batch
         return deleted
 
     async def get_run(self, run_id: str) -> StoredRun | None:
