@@ -47,11 +47,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _source_problem(source: str) -> str | None:
     """One line saying why ``source`` cannot be imported from, or None if its table reads."""
-    from .store.importer import legacy_snapshots
+    from .store.importer import SourceUnreadable, legacy_snapshots
 
     try:
         next(iter(legacy_snapshots(source)), None)
-    except sqlite3.Error as exc:
+    except SourceUnreadable as exc:
         return (
             f"runstore import: cannot read {source}: {exc}. It must be a SQLite file with the "
             "agent_runs table that makeSqlitePersistence writes."
@@ -166,7 +166,7 @@ def _import(args: argparse.Namespace) -> int:
     from runstore.client.problems import StoreUnavailable
 
     from .store import open_store
-    from .store.importer import import_legacy
+    from .store.importer import SourceUnreadable, import_legacy
     from .store.sqlite_schema import CorruptDatabase
 
     settings = _settings(args)
@@ -184,6 +184,9 @@ def _import(args: argparse.Namespace) -> int:
         report = asyncio.run(run())
     except StoreUnavailable as exc:
         print(f"runstore import: {exc.detail}", file=sys.stderr)
+        return 1
+    except SourceUnreadable as exc:
+        print(f"runstore import: cannot read {args.source} midway: {exc}", file=sys.stderr)
         return 1
     except (sqlite3.Error, CorruptDatabase) as exc:
         print(f"runstore import: cannot open the store {settings.db}: {exc}", file=sys.stderr)
