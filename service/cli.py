@@ -73,10 +73,16 @@ def _open_store(settings: Settings) -> RunStore | str:
         problem = _postgres_problem(settings.database_url.get_secret_value())
         return problem if problem is not None else open_store(settings)
     from .store.sqlite import SQLiteEngine
-    from .store.sqlite_schema import CorruptDatabase
+    from .store.sqlite_schema import CorruptDatabase, ForeignDatabase
 
     try:
         engine = SQLiteEngine(settings.db, wal_autocheckpoint=settings.wal_autocheckpoint)
+    except ForeignDatabase as exc:
+        return (
+            f"runstore: {settings.db}: {exc}; it will not be served or changed. Serve a new "
+            f"file, and copy legacy agent_runs into it with: runstore import {settings.db} "
+            "--db runs.db"
+        )
     except CorruptDatabase as exc:
         return (
             f"runstore: the database {settings.db} is damaged (quick_check: {exc}); it will not "

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Scope", "Settings", "TokenTable", "is_loopback"]
@@ -127,14 +127,14 @@ class Settings(BaseSettings):
         description="Bytes of request bodies held at once (being read, parsed or written); "
         "a body that would pass it is answered 503 with Retry-After.",
     )
+    auth_disabled: bool = Field(
+        False,
+        description="Serve without auth even though RUNSTORE_TOKENS is set (to an empty value).",
+    )
     tokens: SecretStr | None = Field(
         None,
         description="Comma-separated token:scope pairs; unset means no auth. Set but empty is "
         "an error unless RUNSTORE_AUTH_DISABLED is true.",
-    )
-    auth_disabled: bool = Field(
-        False,
-        description="Serve without auth even though RUNSTORE_TOKENS is set (to an empty value).",
     )
     wal_autocheckpoint: int = Field(
         1000,
@@ -150,14 +150,15 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level of the server.")
 
-    @model_validator(mode="after")
-    def _tokens_parse(self) -> Settings:
-        if self.auth_disabled:
-            self.tokens = None
-        elif self.tokens is not None:
+    @field_validator("tokens", mode="after")
+    @classmethod
+    def _tokens_parse(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if info.data.get("auth_disabled"):
+            return None
+        if value is not None:
             # Refused here, at start-up, with the reason: never a silently open server.
-            TokenTable.parse(self.tokens.get_secret_value())
-        return self
+            TokenTable.parse(value.get_secret_value())
+        return value
 
     @field_validator("database_url", mode="after")
     @classmethod

@@ -130,3 +130,41 @@ def test_import_writes_to_runstore_db_without_db_flag(tmp_path: Path) -> None:
     assert "imported 1" in result.stdout
     assert store.exists()
     assert not (tmp_path / "runs.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("tokens", "reason"),
+    [
+        ("", "set but empty"),
+        ("   ", "set but empty"),
+        ("r0: read", "entry 1 has scope ' read'"),
+        ("w0:write,r0:reader", "entry 2 has scope 'reader'"),
+        ("a b:read", "entry 1: a token is visible ASCII"),
+        ("w0,,r0:read", "entry 2 is empty"),
+    ],
+)
+def test_a_malformed_token_list_stops_the_server_with_the_reason(
+    tmp_path: Path, tokens: str, reason: str
+) -> None:
+    result = run(
+        RUNSTORE, "serve", "--db", str(tmp_path / "runs.db"), env={"RUNSTORE_TOKENS": tokens}
+    )
+    assert result.returncode == 2
+    assert "invalid setting tokens" in result.stderr
+    assert reason in result.stderr
+    assert "r0" not in result.stderr.replace(reason, "")  # no token is echoed
+    assert not (tmp_path / "runs.db").exists()
+
+
+def test_serve_refuses_a_sqlite_file_that_is_not_a_store_and_leaves_it(tmp_path: Path) -> None:
+    legacy = tmp_path / "agent_runs.db"
+    with sqlite3.connect(legacy) as connection:
+        connection.execute("CREATE TABLE agent_runs (run_id TEXT PRIMARY KEY)")
+        connection.execute("INSERT INTO agent_runs VALUES ('run-1')")
+    connection.close()
+    before = legacy.read_bytes()
+    result = run(RUNSTORE, "serve", "--db", str(legacy))
+    assert result.returncode == 1
+    assert "is not a runstore store: it has tables (agent_runs)" in result.stderr
+    assert "runstore import" in result.stderr
+    assert legacy.read_bytes() == before
