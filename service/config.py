@@ -48,7 +48,9 @@ class TokenTable:
             entry = raw.strip()
             where = f"RUNSTORE_TOKENS entry {number}"
             if not entry:
-                raise ValueError(f"{where} is empty: no token between two commas, or after one at an end")
+                raise ValueError(
+                    f"{where} is empty: no token between two commas, or after one at an end"
+                )
             token, colon, scope_name = entry.partition(":")
             if not colon:
                 scope_name = "write"
@@ -60,9 +62,7 @@ class TokenTable:
             if not token:
                 raise ValueError(f"{where} has no token before the colon")
             if not all("!" <= char <= "~" for char in token):
-                raise ValueError(
-                    f"{where}: a token is visible ASCII characters, without spaces"
-                )
+                raise ValueError(f"{where}: a token is visible ASCII characters, without spaces")
             entries.append((hashlib.sha256(token.encode()).digest(), Scope[scope_name.upper()]))
         return cls(tuple(entries))
 
@@ -107,8 +107,8 @@ class Settings(BaseSettings):
         ge=1,
         description="Open connections served at once; one more is answered 503 and closed.",
     )
-    keep_alive_timeout: float = Field(
-        5.0, gt=0, description="Seconds an idle keep-alive connection stays open."
+    keep_alive_timeout: int = Field(
+        5, ge=1, description="Seconds an idle keep-alive connection stays open."
     )
     backlog: int = Field(
         2048, ge=1, description="Connections the kernel queues before the server accepts them."

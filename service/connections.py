@@ -185,8 +185,7 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         self._refuse(
             RequestTimeout(
-                f"The request line and headers did not arrive within {self.head_timeout:g} "
-                "seconds."
+                f"The request line and headers did not arrive within {self.head_timeout:g} seconds."
             )
         )
 

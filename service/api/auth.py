@@ -1,8 +1,9 @@
 """Bearer tokens with scopes, checked before any route runs (unknown paths included).
 
-WebSocket connections are refused (the API has none). ``/healthz`` is open; bulk ``DELETE /runs`` needs ``admin``; PUT, PATCH and DELETE of a run need
-``write``; everything else needs ``read``. Tokens are compared as SHA-256 digests with
-:func:`hmac.compare_digest`, against every configured token, so timing says nothing about them.
+``/healthz`` is open; bulk ``DELETE /runs`` needs ``admin``; PUT, PATCH and DELETE of a run need
+``write``; everything else needs ``read``; WebSocket connections are refused (the API has none).
+Tokens are compared as SHA-256 digests with :func:`hmac.compare_digest`, against every
+configured token, so timing says nothing about them.
 """
 
 from __future__ import annotations

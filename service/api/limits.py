@@ -26,7 +26,9 @@ def check_items(body: Any, limit: int) -> None:
     """TooManyItems if ``body`` sends more ``trace`` and ``history`` items than ``limit``."""
     if not isinstance(body, dict):
         return
-    sent = sum(len(items) for name in ("trace", "history") if isinstance(items := body.get(name), list))
+    sent = sum(
+        len(items) for name in ("trace", "history") if isinstance(items := body.get(name), list)
+    )
     if sent > limit:
         raise TooManyItems(
             f"The body sends {sent} trace and history items; one write may send at most "

@@ -240,10 +240,14 @@ def _snapshot_of(raw: bytes, run_id: str, settings: Settings) -> SnapshotRecord:
 
     def record_of(body: Any) -> SnapshotRecord:
         _check_body_run_id(body, run_id)
-        check_items(body, settings.max_items_per_write)
         return snapshot_record(body)
 
-    return parse_json_as(raw, record_of, written_json, settings.max_json_depth)
+    def items_within_limit(body: Any) -> None:
+        check_items(body, settings.max_items_per_write)
+
+    return parse_json_as(
+        raw, record_of, written_json, settings.max_json_depth, check=items_within_limit
+    )
 
 
 def _etag_matches(value: str, version: int) -> bool:

@@ -14,9 +14,9 @@ import base64
 import binascii
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from collections.abc import Iterable
 from typing import Any, Final, NamedTuple, Self
 
 from runstore.client.models import is_run_id

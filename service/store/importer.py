@@ -37,6 +37,7 @@ _JSON_COLUMNS = ("history", "plan", "trace", "usage")
 class SourceUnreadable(Exception):
     """The legacy database could not be read (not SQLite, damaged, no agent_runs table)."""
 
+
 _COLUMNS = (
     "run_id, status, started_at, completed_at, input, history, plan, trace, usage, "
     "step_index, iterations, revisions, result_text, error"

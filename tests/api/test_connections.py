@@ -3,6 +3,7 @@ uvicorn: head size (431), head deadline (408), connection cap (503), Host (400).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -37,10 +38,8 @@ def connect(server: ServerProcess) -> socket.socket:
 def answer(sock: socket.socket, data: bytes = b"") -> bytes:
     """Everything the server sends until it closes the connection, after sending ``data``
     (a send the server cut short by answering is not an error)."""
-    try:
+    with contextlib.suppress(OSError):
         sock.sendall(data)
-    except OSError:
-        pass
     received = b""
     try:
         while chunk := sock.recv(65536):

@@ -105,7 +105,9 @@ async def test_nesting_depth_is_counted_from_the_body_and_crossing_it_is_400(
 @pytest.mark.parametrize("depth", [979, 980, 5000])
 async def test_deep_nesting_is_never_a_500(client: httpx.AsyncClient, depth: int) -> None:
     body = b'{"runId": "run-1", "trace": ' + b"[" * depth + b"]" * depth + b"}"
-    response = await client.put("/runs/run-1", content=body, headers={"content-type": "application/json"})
+    response = await client.put(
+        "/runs/run-1", content=body, headers={"content-type": "application/json"}
+    )
     assert_problem(response, 400, "nesting-too-deep")
 
 
@@ -114,7 +116,9 @@ async def test_a_number_a_double_cannot_hold_is_refused_whatever_its_size(
     client: httpx.AsyncClient, stored: tuple[int, bytes], number: bytes
 ) -> None:
     body = json.dumps(make_snapshot("run-1", steps=2)).encode()[:-1] + b', "x": ' + number + b"}"
-    response = await client.put("/runs/run-1", content=body, headers={"content-type": "application/json"})
+    response = await client.put(
+        "/runs/run-1", content=body, headers={"content-type": "application/json"}
+    )
     problem = assert_problem(response, 400, "malformed-json")
     assert "double" in problem["detail"]
     assert await stored_state(client) == stored
