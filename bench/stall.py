@@ -4,8 +4,9 @@
     .venv/bin/python bench/stall.py head retention        # some of them
     .venv/bin/python bench/stall.py --python /path/to/other/venv/bin/python   # another build
 
-Each scenario starts ``runstore serve`` (SQLite, a temporary file; ``--python`` picks the
-interpreter, so a checkout of an earlier commit can be measured the same way), runs an
+Each scenario starts ``runstore serve`` (SQLite in a temporary file, or ``--database-url``;
+``--python`` picks the interpreter, so a checkout of an earlier commit can be measured the same
+way: see docs/performance.md), runs an
 "ordinary writer" that PATCHes one step at a time to a run of its own from another thread,
 and meanwhile does one hostile thing:
 
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,8 +44,10 @@ _LISTENING = re.compile(r"Uvicorn running on (http://\S+)")
 
 
 @contextmanager
-def server(python: str, db: Path, env: dict[str, str]) -> Iterator[str]:
+def server(python: str, db: Path, env: dict[str, str], database_url: str | None) -> Iterator[str]:
     command = [python, "-m", "runstore.service", "serve", "--port", "0", "--db", str(db)]
+    if database_url is not None:
+        command += ["--database-url", database_url]
     process = subprocess.Popen(
         command,
         env={"RUNSTORE_ACCESS_LOG": "false", "PATH": "/usr/bin:/bin", **env},
@@ -72,8 +76,9 @@ class OrdinaryWriter:
 
     def __init__(self, url: str) -> None:
         self.http = httpx.Client(base_url=url, timeout=120)
+        self.path = f"/runs/ordinary-{uuid.uuid4().hex[:8]}"
         snapshot = {
-            "runId": "ordinary",
+            "runId": self.path.removeprefix("/runs/"),
             "status": "running",
             "startedAt": 1,
             "input": "x",
@@ -83,7 +88,7 @@ class OrdinaryWriter:
             "iterations": 0,
             "revisions": 0,
         }
-        self.http.put("/runs/ordinary", json=snapshot).raise_for_status()
+        self.http.put(self.path, json=snapshot).raise_for_status()
         self.steps = 0
         self.latencies: list[float] = []
         self.stop = threading.Event()
@@ -93,7 +98,7 @@ class OrdinaryWriter:
         while not self.stop.is_set():
             started = time.perf_counter()
             body = {"trace": [{"step": self.steps}], "traceFrom": self.steps}
-            response = self.http.patch("/runs/ordinary", json=body)
+            response = self.http.patch(self.path, json=body)
             self.latencies.append(time.perf_counter() - started)
             if response.status_code == 200:
                 self.steps += 1
@@ -249,6 +254,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenarios", nargs="*", help=f"some of: {', '.join(SCENARIOS)}")
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument(
+        "--database-url", help="postgresql://... to serve from PostgreSQL instead of SQLite"
+    )
     parser.add_argument("--head-mib", type=int, default=100)
     parser.add_argument("--silent", type=int, default=300)
     parser.add_argument("--half", type=int, default=300)

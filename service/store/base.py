@@ -120,7 +120,7 @@ def retention_filter(
 # Rows (a run, its steps and its turns) one retention batch deletes, at most: a batch is one
 # short transaction, and other clients' writes go between batches (issue 14: one DELETE of
 # 18,001 runs held every writer for 4 s).
-RETENTION_BATCH_ROWS: Final = 5_000
+RETENTION_BATCH_ROWS: Final = 2_000
 
 
 def retention_candidates_sql(where: str, mark: str) -> str:
