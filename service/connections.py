@@ -49,6 +49,8 @@ _REASONS: Final = {
     431: b"Request Header Fields Too Large",
     503: b"Service Unavailable",
 }
+# How long a refused connection's further input is read and dropped before it is closed.
+_DRAIN_SECONDS: Final = 2.0
 # A head ends with an empty line; httptools (llhttp) also takes a bare LF as a line end.
 _HEAD_ENDS: Final = (b"\r\n\r\n", b"\n\n")
 
@@ -89,6 +91,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._messages_completed = 0
         self._refusal: RunStoreError | None = None
+        self._draining = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -98,7 +101,8 @@ class GuardedProtocol(HttpToolsProtocol):
                 ServerBusy(
                     f"The server has {self.max_connections} connections open, its limit; "
                     "try again shortly."
-                )
+                ),
+                drain=False,
             )
             return
         self._arm_head_timer()
@@ -108,6 +112,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._draining:
+            return
         self._unset_keepalive_if_required()
         if self._in_head:
             if self._head_timer is None:
@@ -189,10 +195,20 @@ class GuardedProtocol(HttpToolsProtocol):
             )
         )
 
-    def _refuse(self, error: RunStoreError) -> None:
+    def _refuse(self, error: RunStoreError, *, drain: bool = True) -> None:
+        """Answer ``error`` and close. With ``drain``, what the client is still sending is
+        read and dropped, unparsed, for up to ``_DRAIN_SECONDS`` after the answer (a "lingering
+        close", as nginx does): closing a socket with unread input sends a reset, which may
+        destroy the answer before the client reads it."""
         self._disarm_head_timer()
-        if not self.transport.is_closing():
-            self.transport.write(problem_bytes(error))
+        if self.transport.is_closing():
+            return
+        self.transport.write(problem_bytes(error))
+        if drain and self.transport.can_write_eof():
+            self._draining = True
+            self.transport.write_eof()
+            self.loop.call_later(_DRAIN_SECONDS, self.transport.close)
+        else:
             self.transport.close()
 
 
