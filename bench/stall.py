@@ -274,7 +274,7 @@ def main() -> None:
     for scenario in args.scenarios or SCENARIOS:
         with (
             tempfile.TemporaryDirectory() as directory,
-            server(args.python, Path(directory) / "runs.db", env) as url,
+            server(args.python, Path(directory) / "runs.db", env, args.database_url) as url,
         ):
             if scenario == "retention":
                 retention(url, args)  # the store to delete from, before the writer starts

@@ -58,7 +58,7 @@ _HEAD_ENDS: Final = (b"\r\n\r\n", b"\n\n")
 def problem_bytes(error: RunStoreError) -> bytes:
     """A whole HTTP/1.1 answer to ``error`` that closes the connection."""
     details = type(error).problem_details(error.detail)
-    body = json.dumps(details).encode()
+    body = json.dumps(details, separators=(",", ":")).encode()
     status: int = details["status"]
     lines = [
         b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
