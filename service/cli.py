@@ -47,6 +47,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         # A bad flag or RUNSTORE_* variable is a usage error: one line each, no traceback.
         for error in exc.errors(include_url=False):
             name = ".".join(str(part) for part in error["loc"])
+            if not name:  # a rule between settings, which its message names
+                reason = error["msg"].removeprefix("Value error, ")
+                print(f"runstore: invalid settings: {reason}", file=sys.stderr)
+                continue
             print(
                 f"runstore: invalid setting {name} (RUNSTORE_{name.upper()} or "
                 f"--{name.replace('_', '-')}): {error['msg']}",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Scope", "Settings", "TokenTable", "is_loopback"]
@@ -159,6 +159,16 @@ class Settings(BaseSettings):
             # Refused here, at start-up, with the reason: never a silently open server.
             TokenTable.parse(value.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> Settings:
+        # Otherwise a body of the largest allowed size would be 503 forever, retried in vain.
+        if self.max_body_memory < self.max_body_bytes:
+            raise ValueError(
+                f"RUNSTORE_MAX_BODY_MEMORY ({self.max_body_memory}) must be at least "
+                f"RUNSTORE_MAX_BODY_BYTES ({self.max_body_bytes})"
+            )
+        return self
 
     @field_validator("database_url", mode="after")
     @classmethod

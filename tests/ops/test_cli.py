@@ -72,6 +72,11 @@ def test_usage_errors_exit_2_with_usage(arguments: tuple[str, ...]) -> None:
         (("serve",), {"RUNSTORE_PORT": "not-a-port"}, "port"),
         (("serve",), {"RUNSTORE_MAX_BODY_BYTES": "12"}, "max_body_bytes"),
         (("serve",), {"RUNSTORE_DATABASE_URL": "mysql://x"}, "database_url"),
+        (("serve",), {"RUNSTORE_MAX_HEAD_BYTES": "10"}, "max_head_bytes"),
+        (("serve",), {"RUNSTORE_MAX_JSON_DEPTH": "5000"}, "max_json_depth"),
+        (("serve",), {"RUNSTORE_MAX_ITEMS_PER_WRITE": "0"}, "max_items_per_write"),
+        (("serve",), {"RUNSTORE_HEAD_TIMEOUT": "0"}, "head_timeout"),
+        (("serve",), {"RUNSTORE_MAX_CONNECTIONS": "0"}, "max_connections"),
     ],
 )
 def test_a_bad_setting_is_one_line_and_exit_2(
@@ -205,3 +210,18 @@ def test_a_client_only_install_says_in_one_line_what_to_install(
     assert "pydantic_settings" in result.stderr
     assert 'pip install "runstore[server]"' in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_body_memory_budget_smaller_than_one_body_is_refused(tmp_path: Path) -> None:
+    result = run(
+        RUNSTORE,
+        "serve",
+        "--db",
+        str(tmp_path / "runs.db"),
+        env={"RUNSTORE_MAX_BODY_MEMORY": "2048"},
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "runstore: invalid settings: RUNSTORE_MAX_BODY_MEMORY (2048) must be at least "
+        "RUNSTORE_MAX_BODY_BYTES (16777216)\n"
+    )
