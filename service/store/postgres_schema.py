@@ -60,8 +60,17 @@ _V1: Final = (
     "CREATE TABLE probe (id integer PRIMARY KEY CHECK (id = 1), at bigint NOT NULL)",
 )
 
+# Every write transaction inserts a row here with a token of its own, so the outcome of a COMMIT
+# whose connection was lost is read from the data: a transaction id cannot tell it after crash
+# recovery, which may hand a lost transaction's id to another (issue 19). Rows older than a few
+# minutes are deleted: an outcome is asked for within seconds.
+_V2: Final = (
+    "CREATE TABLE commit_marks (token uuid PRIMARY KEY, at bigint NOT NULL)",
+    "CREATE INDEX commit_marks_by_age ON commit_marks (at)",
+)
+
 # MIGRATIONS[n] takes a database from schema version n to n + 1.
-MIGRATIONS: Final = (_V1,)
+MIGRATIONS: Final = (_V1, _V2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _VERSION_TABLE: Final = """
