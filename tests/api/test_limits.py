@@ -30,6 +30,7 @@ def settings(db_path: Path) -> Settings:
         database_url=None,
         max_items_per_write=MAX_ITEMS,
         max_json_depth=MAX_DEPTH,
+        max_body_bytes=BUDGET,
         max_body_memory=BUDGET,
     )
 
