@@ -153,6 +153,15 @@ class EventBroker:
     def following_all(self) -> bool:
         return bool(self._all)
 
+    def watched_runs(self) -> list[str]:
+        return list(self._runs)
+
+    def saw(self, run_id: str, version: int) -> None:
+        """A stream of ``run_id`` read it at ``version``: its watchers have that much."""
+        group = self._runs.get(run_id)
+        if group is not None and version > group.version:
+            group.version = version
+
     # What the streams call.
 
     @contextmanager

@@ -122,12 +122,14 @@ async def run_events(
     resume = _resume_point(request, after)
     store, settings = _store(request), _settings(request)
     # Watch first, then read: a write committed after the read is then surely queued.
-    watching = _broker(request).watch_run(run_id)
+    broker = _broker(request)
+    watching = broker.watch_run(run_id)
     watcher = watching.__enter__()
     try:
         stored = await store.get_run(run_id)
         if stored is None:
             raise RunNotFound(f"No run is stored under {run_id!r}.")
+        broker.saw(run_id, stored.version)
     except BaseException:
         watching.__exit__(None, None, None)
         raise

@@ -41,6 +41,9 @@ class ChangeListener(Protocol):
     def following_all(self) -> bool:
         """Whether anyone watches every run (and so every run's summary is wanted)."""
 
+    def watched_runs(self) -> list[str]:
+        """The runs someone watches."""
+
 
 def patch_delta(record: PatchRecord, version: int) -> bytes:
     """The body of a ``patch`` event: what the PATCH sent, as the store validated it, and the
