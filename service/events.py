@@ -17,6 +17,7 @@ when it is asked to stop, so that open streams do not hold up its shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -62,12 +63,12 @@ class Watcher:
         self.closed = True
         self._wakeup.set()
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a change, a resync or the end; False if none came."""
+    async def wait(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a change, a resync or the end; False if none came."""
         if not (self.pending or self.resync or self.closed):
             self._wakeup.clear()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(seconds):
                     await self._wakeup.wait()
             except TimeoutError:
                 return False
@@ -134,10 +135,8 @@ class EventBroker:
         loop = self._loop
         if loop is None or (not self._runs and not self._all):
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is left to tell
             loop.call_soon_threadsafe(self.publish, changes)
-        except RuntimeError:  # the loop closed
-            pass
 
     def watching(self, run_id: str) -> bool:
         """Whether anyone here follows ``run_id`` (or every run)."""

@@ -50,7 +50,7 @@ def sse_frame(event: str, data: bytes, event_id: str | int | None = None) -> byt
 class EventStream(StreamingResponse):
     """A ``text/event-stream`` answer that calls ``on_close`` when it ends, however it ends."""
 
-    def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+    def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[], object]) -> None:
         super().__init__(
             events,
             media_type=EVENT_STREAM,

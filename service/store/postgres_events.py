@@ -16,6 +16,7 @@ with a backoff, and then catches every followed run up, since notices sent meanw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -81,10 +82,8 @@ class ChangeFollower:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
 
     async def _run(self) -> None:
         attempt = 0
@@ -104,8 +103,9 @@ class ChangeFollower:
                 self._listening.set()
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 attempt += 1
-                log.warning("listening for other replicas' writes failed (%s); again in %ss",
-                            exc, delay)
+                log.warning(
+                    "listening for other replicas' writes failed (%s); again in %ss", exc, delay
+                )
                 await asyncio.sleep(delay)
 
     async def _catch_up_all(self) -> None:
@@ -169,9 +169,7 @@ class ChangeFollower:
         if changes:
             self._listener.publish(changes)
 
-    async def _changes_after(
-        self, run_id: str, known: int, events: list[TupleRow]
-    ) -> list[Change]:
+    async def _changes_after(self, run_id: str, known: int, events: list[TupleRow]) -> list[Change]:
         """Patches from ``known`` on, or the whole run when they do not follow on from it."""
         changes: list[Change] = []
         expected = known + 1
