@@ -154,6 +154,7 @@ def delivery(port: int, watchers: int, events: int, interval: float) -> dict[str
         "p50_ms": percentile(latencies, 0.5),
         "p99_ms": percentile(latencies, 0.99),
         "patch_p50_ms": percentile([ms for _, _, ms in sent], 0.5),
+        "patch_p99_ms": percentile([ms for _, _, ms in sent], 0.99),
         "watchers_without_last_event": missing_last,
     }
 

@@ -42,6 +42,7 @@ DEFAULT_QUEUE_LIMIT: Final = 1000
 WAKE_COST: Final = 100e-6
 STREAMS_SHARE: Final = 0.1
 MAX_WAKE_INTERVAL: Final = 0.5
+WAKE_CHUNK: Final = 32
 
 
 class Watcher:
@@ -189,9 +190,16 @@ class EventBroker:
     def _wake_all(self) -> None:
         self._wake_scheduled = False
         self._last_wake = asyncio.get_running_loop().time()
-        due, self._due = self._due, set()
-        for watcher in due:
+        due, self._due = list(self._due), set()
+        self._wake_some(due, 0)
+
+    def _wake_some(self, due: list[Watcher], start: int) -> None:
+        # A few streams per turn of the loop: the loop reads sockets between turns, so
+        # requests go on being served while 1,000 streams send.
+        for watcher in due[start : start + WAKE_CHUNK]:
             watcher.wake()
+        if start + WAKE_CHUNK < len(due):
+            asyncio.get_running_loop().call_soon(self._wake_some, due, start + WAKE_CHUNK)
 
     def publish_threadsafe(self, changes: list[Change]) -> None:
         """:meth:`publish` from another thread (the SQLite writer): one wake-up of the loop per
