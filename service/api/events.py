@@ -36,7 +36,7 @@ __all__ = ["EVENT_STREAM", "EventStream", "events_router", "sse_frame"]
 EVENT_STREAM: Final = "text/event-stream"
 KEEP_ALIVE: Final = b": keep-alive\n\n"
 
-events_router = APIRouter()
+events_router = APIRouter(tags=["events"])
 
 
 def sse_frame(event: str, data: bytes, event_id: str | int | None = None) -> bytes:
