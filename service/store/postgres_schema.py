@@ -60,10 +60,19 @@ _V1: Final = (
     "CREATE TABLE probe (id integer PRIMARY KEY CHECK (id = 1), at bigint NOT NULL)",
 )
 
-# Version 2: what each recent write changed, for the event streams of the other replicas
+# Every write transaction inserts a row here with a token of its own, so the outcome of a COMMIT
+# whose connection was lost is read from the data: a transaction id cannot tell it after crash
+# recovery, which may hand a lost transaction's id to another (issue 19). Rows older than a few
+# minutes are deleted: an outcome is asked for within seconds.
+_V2: Final = (
+    "CREATE TABLE commit_marks (token uuid PRIMARY KEY, at bigint NOT NULL)",
+    "CREATE INDEX commit_marks_by_age ON commit_marks (at)",
+)
+
+# Version 3: what each recent write changed, for the event streams of the other replicas
 # (postgres_events): a PATCH's delta (``data``), or a PUT's mark (kind 'run', no data: the run
 # itself is read). Each write keeps its run's last EVENTS_KEPT rows (postgres_writes).
-_V2: Final = (
+_V3: Final = (
     """
     CREATE TABLE run_events (
         run_id text COLLATE "C" NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
@@ -77,7 +86,7 @@ _V2: Final = (
 )
 
 # MIGRATIONS[n] takes a database from schema version n to n + 1.
-MIGRATIONS: Final = (_V1, _V2)
+MIGRATIONS: Final = (_V1, _V2, _V3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _VERSION_TABLE: Final = """
