@@ -45,6 +45,7 @@ __all__ = [
     "NOW_MS",
     "Connection",
     "DeleteRun",
+    "Outcome",
     "PatchRun",
     "PutRun",
     "Write",
