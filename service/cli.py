@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from .config import Settings
 
 if TYPE_CHECKING:
+    from .events import EventBroker
     from .store import RunStore
     from .store.importer import ImportReport
 
@@ -141,8 +142,17 @@ def _serve(args: argparse.Namespace) -> int:
         print(store, file=sys.stderr)
         return 1
     app = create_app(settings, store=store)
+    broker: EventBroker = app.state.events
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn waits for open connections before the lifespan ends, and an event
+            # stream stays open until told: end the streams first (on the loop's thread).
+            broker.close_threadsafe()
+            super().handle_exit(sig, frame)
+
     _tune_gc()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -151,6 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
         lifespan="on",
     )
+    Server(config).run()
     return 0
 
 

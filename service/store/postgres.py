@@ -36,6 +36,8 @@ from runstore.client.problems import StoreUnavailable
 
 from . import postgres_writes as writes
 from .base import RunPage, RunQuery, RunStore, StoredRun, WriteResult
+from .changes import ChangeListener
+from .postgres_events import ChangeFollower
 from .postgres_schema import migrate
 from .postgres_writes import Connection
 from .reads import GET_COLUMNS, list_sql, run_page, stored_run
@@ -133,6 +135,7 @@ class PostgresStore(RunStore):
         self._startup_timeout = startup_timeout
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._pool_check: asyncio.Task[None] | None = None
+        self._follower: ChangeFollower | None = None
 
     @property
     def target(self) -> str:
@@ -202,6 +205,9 @@ class PostgresStore(RunStore):
             log.info("created the runstore schema in %s", self.target)
 
     async def close(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            await follower.close()
         pool, check = self._pool, self._pool_check
         self._pool = self._pool_check = None
         if check is not None:
@@ -361,6 +367,19 @@ class PostgresStore(RunStore):
             await writes.fetch_one(connection, _PROBE, ())
 
         await self._read(op, READY_DEADLINE)
+
+    async def start_events(self, listener: ChangeListener) -> None:
+        # Every replica's writes, this one's included, arrive as notices (postgres_events).
+        if self._follower is not None:
+            return
+        self._follower = ChangeFollower(
+            self._url,
+            _CONNECTION_OPTIONS,
+            listener,
+            lambda op: self._read(op, self._deadline),
+            self.get_run,
+        )
+        await self._follower.start()
 
 
 async def _check_pool(pool: AsyncConnectionPool[Connection]) -> None:

@@ -8,6 +8,13 @@ surface when the pipeline ends: a failed statement makes PostgreSQL refuse the C
 half-done is kept. Rows are locked with ``SELECT ... FOR UPDATE`` before :mod:`.rules` judges
 the write, so replicas writing one run take turns and every rule is checked against what the
 database holds; this module only locks, reads and writes rows.
+
+Every write also tells the other replicas (and its own) what it changed, in the same statement:
+it adds a row to ``run_events`` (a PATCH's delta; a PUT's mark) and calls
+``pg_notify('runstore_events', '<runId>:<version>')`` (``'<runId>:deleted'`` for a delete),
+which PostgreSQL delivers to every listener when, and only if, the transaction commits. The
+payload is never the data: it stays far within NOTIFY's 8000-byte limit (:mod:`.postgres_events`
+reads the rest).
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ from psycopg.rows import TupleRow
 
 from . import rules
 from .base import WriteResult, retention_filter
+from .changes import patch_delta
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunChange, RunState
 
 __all__ = [
+    "CHANNEL",
+    "EVENTS_KEPT",
     "NOW_MS",
     "Connection",
     "delete_run",
@@ -37,6 +47,19 @@ Connection = AsyncConnection[TupleRow]
 
 NOW_MS: Final = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
 XID: Final = "pg_current_xact_id()::text"
+# The NOTIFY channel of committed writes.
+CHANNEL: Final = "runstore_events"
+# How many of a run's latest writes keep their event row: a replica further behind than this
+# sends its watchers the whole run.
+EVENTS_KEPT: Final = 100
+_EVENT: Final = f"""
+event_written AS (
+    INSERT INTO run_events (run_id, version, kind, finished, data)
+    SELECT run_id, %(version)s, %(event_kind)s, %(finished)s, %(event_data)s FROM run
+), events_cut AS (
+    DELETE FROM run_events WHERE run_id = %(run_id)s AND version <= %(version)s - {EVENTS_KEPT}
+)"""
+_TOLD: Final = f"pg_notify('{CHANNEL}', %(notice)s)"
 
 # A PUT replaces the doc whatever it holds, so only a PATCH reads it.
 _LOCK_FOR_PUT: Final = f"SELECT {rules.STATE_COLUMNS}, {XID} FROM runs WHERE run_id = %s FOR UPDATE"
@@ -62,8 +85,8 @@ WITH run AS (
     INSERT INTO turns (run_id, idx, item)
     SELECT run.run_id, item.ord - 1, item.text
     FROM run, unnest(%(history)s::text[]) WITH ORDINALITY AS item (text, ord)
-)
-SELECT {XID} FROM run
+), {_EVENT}
+SELECT {XID}, {_TOLD} FROM run
 """
 
 # An update of a locked run. Items from *_from on are upserted (unchanged ones are not
@@ -82,7 +105,7 @@ WITH run AS (
         updated_at = {NOW_MS},
         version = %(version)s
     WHERE run_id = %(run_id)s
-    RETURNING version
+    RETURNING run_id, version
 ), steps_written AS (
     INSERT INTO steps (run_id, idx, item)
     SELECT %(run_id)s, %(trace_from)s + item.ord - 1, item.text
@@ -99,8 +122,8 @@ WITH run AS (
     WHERE turns.item <> excluded.item
 ), turns_cut AS (
     DELETE FROM turns WHERE run_id = %(run_id)s AND idx >= %(history_end)s
-)
-SELECT version FROM run
+), {_EVENT}
+SELECT version, {_TOLD} FROM run
 """
 
 _DELETE: Final = f"DELETE FROM runs WHERE run_id = %s RETURNING {rules.STATE_COLUMNS}, {XID}"
@@ -117,10 +140,15 @@ def _xid(row: TupleRow) -> str:
     return str(row[_STATE_WIDTH])
 
 
-def _values(run_id: str, change: RunChange) -> dict[str, Any]:
-    """The parameters of _CREATE and _UPDATE for a change the rules accepted."""
+def _values(run_id: str, change: RunChange, patch: PatchRecord | None = None) -> dict[str, Any]:
+    """The parameters of _CREATE and _UPDATE for a change the rules accepted (by ``patch``,
+    or by a PUT)."""
     state = change.state
     return {
+        "event_kind": "run" if patch is None else "patch",
+        "event_data": None if patch is None else patch_delta(patch, state.version).decode(),
+        "finished": state.completed_at is not None,
+        "notice": f"{run_id}:{state.version}",
         "run_id": run_id,
         "version": state.version,
         "status": state.status,
@@ -154,7 +182,11 @@ async def delete_runs(
 ) -> tuple[int, str]:
     """Bulk retention: delete every run matching all the given bounds; returns how many."""
     where, params = retention_filter(completed_before, started_before, "%s")
-    sql = f"WITH gone AS (DELETE FROM runs {where} RETURNING 1) SELECT count(*), {XID} FROM gone"
+    sql = (
+        f"WITH gone AS (DELETE FROM runs {where} RETURNING run_id), "
+        f"told AS (SELECT pg_notify('{CHANNEL}', run_id || ':deleted') FROM gone) "
+        f"SELECT count(*), {XID} FROM told"
+    )
 
     row = await fetch_one(connection, sql, params)
     return int(row[0]), str(row[1])
@@ -195,7 +227,7 @@ async def patch_run(
     doc = None if row is None else row[-1]
     change = rules.patch(run_id, _locked(row), doc, patch, if_match)
     assert row is not None
-    await connection.execute(_UPDATE, _values(run_id, change))
+    await connection.execute(_UPDATE, _values(run_id, change, patch))
     return change.result(run_id), _xid(row)
 
 
@@ -206,4 +238,5 @@ async def delete_run(connection: Connection, run_id: str, if_match: int | None) 
     # A refusal raises here, and leaving the transaction rolls the delete back.
     rules.delete(run_id, _locked(row), if_match)
     assert row is not None
+    await connection.execute(f"SELECT pg_notify('{CHANNEL}', %s)", (f"{run_id}:deleted",))
     return None, _xid(row)

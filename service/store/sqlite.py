@@ -21,6 +21,7 @@ from runstore.client.problems import StoreUnavailable
 
 from . import rules
 from .base import RunPage, RunQuery, RunStore, StoredRun, WriteResult, retention_filter
+from .changes import Change, ChangeListener, Committed
 from .reads import GET_COLUMNS, list_sql, run_page, stored_run
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunState
@@ -42,20 +43,21 @@ FROM runs WHERE run_id = ?1
 """
 
 
-def _delete(run_id: str, if_match: int | None, connection: sqlite3.Connection) -> None:
+def _delete(run_id: str, if_match: int | None, connection: sqlite3.Connection) -> Committed:
     row = connection.execute(
         f"SELECT {rules.STATE_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
     ).fetchone()
     rules.delete(run_id, None if row is None else RunState._make(row), if_match)
     connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+    return Committed(None, [Change.of_delete(run_id)])
 
 
 def _delete_many(
     completed_before: int | None, started_before: int | None, connection: sqlite3.Connection
-) -> int:
+) -> Committed:
     where, params = retention_filter(completed_before, started_before, "?")
-    cursor = connection.execute(f"DELETE FROM runs {where}", params)
-    return cursor.rowcount
+    gone = connection.execute(f"DELETE FROM runs {where} RETURNING run_id", params).fetchall()
+    return Committed(len(gone), [Change.of_delete(run_id) for (run_id,) in gone])
 
 
 def _probe(connection: sqlite3.Connection) -> None:
@@ -74,6 +76,7 @@ class SQLiteEngine:
     """
 
     def __init__(self, path: str | Path, *, wal_autocheckpoint: int = 1000) -> None:
+        """Changes of committed writes go to :attr:`writer`'s ``on_commit``, if set."""
         self.path = str(path)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -274,3 +277,7 @@ class SQLiteStore(RunStore):
     async def check_ready(self) -> None:
         await self._read(self.engine.check_readable)
         await self.engine.writer.write_async(_probe)
+
+    async def start_events(self, listener: ChangeListener) -> None:
+        # The writer thread hands each commit's changes to the loop (one wake-up per group).
+        self.engine.writer.on_commit = listener.publish_threadsafe
