@@ -131,7 +131,8 @@ def check_rebuilds(events: list[RunEvent], stored: dict[int, dict[str, Any]]) ->
     run: dict[str, Any] | None = None
     version = 0
     for event in events:
-        assert event.version is not None and event.version > version, (event, version)
+        assert event.version is not None, event
+        assert event.version > version, (event, version)
         if event.kind == "patch":
             assert event.version == version + 1, f"patch {event.version} after {version}"
         else:
@@ -152,7 +153,8 @@ def uvicorn_in_thread(settings: Settings) -> Iterator[tuple[str, FastAPI]]:
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        assert thread.is_alive(), "uvicorn stopped"
+        assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:

@@ -65,7 +65,8 @@ def test_resuming_in_the_middle_misses_and_repeats_nothing(server: ServerProcess
         first.join()
     resumed = first.events[:11] + second.events
     # A resumed stream starts with the run as it is now (it moved on since version 11).
-    assert second.events[0].kind == "run" and second.events[0].version == 31
+    assert second.events[0].kind == "run"
+    assert second.events[0].version == 31
     check_rebuilds(resumed, stored)
     check_rebuilds(first.events, stored)
     assert [event.version for event in first.events] == list(range(1, 42))
@@ -136,9 +137,7 @@ def test_a_watcher_that_reads_nothing_neither_slows_writers_nor_misses_the_end(
         stalled.sendall(b"GET /runs/slow/events HTTP/1.1\r\nHost: runstore\r\n\r\n")
         big = "x" * 200_000
         for index in range(60):
-            answer = http.patch(
-                "/runs/slow", json={"trace": [{"big": big}], "traceFrom": index}
-            )
+            answer = http.patch("/runs/slow", json={"trace": [{"big": big}], "traceFrom": index})
             assert answer.status_code == 200  # answered while the watcher reads nothing
         http.patch("/runs/slow", json={"completedAt": 9, "status": "completed"})
         final = http.get("/runs/slow").json()
@@ -191,7 +190,9 @@ def test_the_firehose_sends_summaries_by_status_and_deletes(server: ServerProces
         http.patch("/runs/fire-a", json={"trace": [1], "traceFrom": 0})
         create(http, "fire-b")
         http.patch("/runs/fire-b", json={"status": "failed", "error": "boom"})
-        summaries = {run["runId"]: run for run in http.get("/runs", params={"limit": 1000}).json()["runs"]}
+        summaries = {
+            run["runId"]: run for run in http.get("/runs", params={"limit": 1000}).json()["runs"]
+        }
         http.delete("/runs/fire-a")
         time.sleep(0.5)  # let the last events reach both streams
         everything_events = [(e.kind, e.data.get("runId"), e.version) for e in everything.events]
