@@ -11,7 +11,7 @@ page as markup still could not run (the scripts insert every value as text anywa
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
@@ -39,7 +39,7 @@ SECURITY_HEADERS: Final = {
 ui_router = APIRouter()
 _files = StaticFiles(packages=[("runstore.service", "ui")], html=True)
 
-_PAGE_RESPONSES: Final = {
+_PAGE_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {
         "description": "A page of the viewer, or one of its scripts or style sheets",
         "content": {
@@ -49,7 +49,6 @@ _PAGE_RESPONSES: Final = {
         },
     },
     304: {"description": "Not modified (If-None-Match)"},
-    **_problems(404),
 }
 
 
@@ -79,8 +78,20 @@ async def ui_index(request: Request) -> Response:
     "/ui/{path}",
     summary="A file of the run viewer",
     response_class=Response,
-    responses=_PAGE_RESPONSES,
+    responses={**_PAGE_RESPONSES, **_problems(404)},
+    # Read from the request (no 422 of FastAPI's own for a path any string matches).
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "path",
+                "in": "path",
+                "required": True,
+                "description": "A file of the viewer, such as run.html or viewer.css.",
+                "schema": {"type": "string"},
+            }
+        ]
+    },
 )
-async def ui_file(path: str, request: Request) -> Response:
+async def ui_file(request: Request) -> Response:
     """``run.html`` (one run) and the viewer's scripts and style sheets."""
-    return await _serve(path, request)
+    return await _serve(request.path_params["path"], request)

@@ -59,9 +59,7 @@ def start_browser() -> WebDriver:
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 
-def wait_for(
-    browser: WebDriver, condition: Callable[[WebDriver], T], timeout: float = 10.0
-) -> T:
+def wait_for(browser: WebDriver, condition: Callable[[WebDriver], T], timeout: float = 10.0) -> T:
     """The first truthy value of ``condition``, polled every 50 ms, within ``timeout``."""
     return WebDriverWait(browser, timeout, poll_frequency=0.05).until(condition)
 

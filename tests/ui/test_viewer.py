@@ -251,9 +251,7 @@ def test_values_from_a_run_are_shown_as_text(browser: WebDriver, server: ServerP
         browser.switch_to.alert.text  # noqa: B018
 
 
-def test_the_token_is_asked_once_and_sent_as_a_header(
-    browser: WebDriver, tmp_path: Path
-) -> None:
+def test_the_token_is_asked_once_and_sent_as_a_header(browser: WebDriver, tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "runs.db", env={"RUNSTORE_TOKENS": TOKENS}) as server:
         put(server, make_snapshot("guarded", 2), token="writer-token")
         browser.get(f"{server.url}/ui/")
@@ -299,7 +297,9 @@ def test_a_large_run_opens_with_its_first_rows_and_scrolls_to_the_rest(
     steps = 5000
     put(server, make_snapshot("long", trace=[step(i, ms=i % 700) for i in range(steps)]))
     open_run(browser, server, "long")
-    opened = wait_for(browser, lambda b: b.execute_script("return document.documentElement.dataset.openedMs"))
+    opened = wait_for(
+        browser, lambda b: b.execute_script("return document.documentElement.dataset.openedMs")
+    )
     # Rows are made as they scroll into view, not all at once.
     shown = len(browser.find_elements(By.CSS_SELECTOR, "#trace > li"))
     assert 0 < shown < steps
@@ -307,7 +307,9 @@ def test_a_large_run_opens_with_its_first_rows_and_scrolls_to_the_rest(
         browser.execute_script("document.getElementById('trace-more').scrollIntoView()")
         if len(browser.find_elements(By.CSS_SELECTOR, "#trace > li")) == steps:
             break
-        wait_for(browser, lambda b, n=shown: len(b.find_elements(By.CSS_SELECTOR, "#trace > li")) > n)
+        wait_for(
+            browser, lambda b, n=shown: len(b.find_elements(By.CSS_SELECTOR, "#trace > li")) > n
+        )
         shown = len(browser.find_elements(By.CSS_SELECTOR, "#trace > li"))
     last = browser.find_elements(By.CSS_SELECTOR, "#trace > li")[-1]
     assert last.get_attribute("data-index") == str(steps - 1)
@@ -317,7 +319,7 @@ def test_a_large_run_opens_with_its_first_rows_and_scrolls_to_the_rest(
 
 SSE_STREAM = (
     ": keep-alive\r\n\r\n"
-    "event: run\nid: 3\ndata: {\"a\":\n"
+    'event: run\nid: 3\ndata: {"a":\n'
     "data: 1}\n\n"
     "event: patch\rid: 4\rdata:no space\r\r"
     "data: plain message\r\n\r\n"
