@@ -9,6 +9,7 @@ import {
   asText,
   describeError,
   el,
+  followWhileShown,
   formatDuration,
   formatTokens,
   isFinished,
@@ -240,11 +241,13 @@ function applyPatch(patch) {
 
 // --- loading and following -----------------------------------------------------------------
 
-async function follow() {
+async function follow(signal) {
   for (let failures = 0; !isFinished(run); failures++) {
+    if (signal.aborted) return;
     try {
       for await (const event of streamEvents(`${path}/events`, {
         params: [["after", String(version)]],
+        signal,
       })) {
         if (event.event === "open") {
           setLive("live", "Live");
@@ -260,6 +263,7 @@ async function follow() {
         }
       }
     } catch (error) {
+      if (signal.aborted) return;
       if (error instanceof ProblemError && [403, 404, 405].includes(error.status)) {
         setLive("off", "Not followed live");
         if (error.status !== 404) showNotice(describeError(error));
@@ -294,7 +298,7 @@ async function open() {
     document.documentElement.dataset.openedMs = performance.now().toFixed(0);
   });
   if (isFinished(run)) setLive("finished", "Finished");
-  else follow();
+  else followWhileShown(follow);
 }
 
 $("copy-curl").addEventListener("click", async () => {

@@ -6,6 +6,7 @@ import {
   describeError,
   clearNotice,
   el,
+  followWhileShown,
   firstLine,
   formatDuration,
   formatTokens,
@@ -162,11 +163,11 @@ async function load({ reset }) {
   }
 }
 
-async function follow() {
+async function follow(signal) {
   let opened = false;
-  for (let failures = 0; ; failures++) {
+  for (let failures = 0; !signal.aborted; failures++) {
     try {
-      for await (const event of streamEvents("events")) {
+      for await (const event of streamEvents("events", { signal })) {
         if (event.event === "open") {
           // Loaded once the stream is open, so that no write falls between the two (and
           // again after a reconnection: what changed meanwhile is not replayed).
@@ -179,6 +180,7 @@ async function follow() {
         }
       }
     } catch (error) {
+      if (signal.aborted) return;
       if (error instanceof ProblemError && [403, 404, 405].includes(error.status)) {
         setLive("off", "No live updates");
         if (!opened) load({ reset: true });
@@ -223,4 +225,4 @@ setInterval(() => {
 
 setupChrome();
 showFilters();
-follow();
+followWhileShown(follow);

@@ -207,6 +207,24 @@ export async function* streamEvents(path, { params = [], signal } = {}) {
   }
 }
 
+/**
+ * Run `follow(signal)` while the page is shown. Leaving the page aborts it, which closes its
+ * stream: a page kept in the back/forward cache would otherwise hold one of the browser's few
+ * connections to the server (six per host over HTTP/1.1) until evicted. A page restored from
+ * that cache follows again.
+ */
+export function followWhileShown(follow) {
+  let controller = new AbortController();
+  window.addEventListener("pagehide", () => controller.abort());
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted) {
+      controller = new AbortController();
+      follow(controller.signal);
+    }
+  });
+  follow(controller.signal);
+}
+
 export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }

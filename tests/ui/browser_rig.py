@@ -56,7 +56,11 @@ def start_browser() -> WebDriver:
     # Console messages, to find Content-Security-Policy refusals and script errors.
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # A driver path given: Selenium Manager (which would download drivers) is not used.
-    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    # A page that does not load by then is stuck (one waiting for a free connection to the
+    # server waits ~60 s); not a measure of speed: pages load in well under a second.
+    chrome.set_page_load_timeout(30)
+    return chrome
 
 
 def wait_for(browser: WebDriver, condition: Callable[[WebDriver], T], timeout: float = 10.0) -> T:

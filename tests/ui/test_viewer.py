@@ -359,3 +359,13 @@ def test_the_event_stream_parser_takes_chunks_split_anywhere(
     )
     assert parsed
     assert all(events == SSE_EVENTS for events in parsed)
+
+
+def test_leaving_a_page_closes_its_stream(browser: WebDriver, server: ServerProcess) -> None:
+    # A browser opens six connections to a host over HTTP/1.1: pages left with their streams
+    # still open (kept in the back/forward cache) would soon leave none for the next page.
+    put(server, make_snapshot("followed", 1))
+    for _ in range(5):
+        open_list(browser, server)
+        open_run(browser, server, "followed")
+        wait_for(browser, lambda b: b.find_element(By.ID, "live").text == "Live")
