@@ -20,12 +20,13 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 from runstore.client.problems import StoreUnavailable
 
+from .store.base import StoredRun
 from .store.changes import Change
 
 __all__ = ["EventBroker", "Watcher"]
@@ -33,30 +34,45 @@ __all__ = ["EventBroker", "Watcher"]
 log = logging.getLogger("runstore.events")
 
 DEFAULT_QUEUE_LIMIT: Final = 1000
+# Streams are woken together, at most once per interval, and the interval grows with their
+# number: waking a stream and sending what it has queued costs the event loop some tens of
+# microseconds, so 1,000 streams woken at every write would leave the writers little of it.
+# This keeps the streams' share of the loop near STREAMS_SHARE of it whatever the write rate; a
+# stream then sends several changes at once (bench/events.py measures both sides).
+WAKE_COST: Final = 100e-6
+STREAMS_SHARE: Final = 0.1
+MAX_WAKE_INTERVAL: Final = 0.5
+WAKE_CHUNK: Final = 32
 
 
 class Watcher:
     """One event stream's queue of changes."""
 
-    __slots__ = ("_wakeup", "closed", "limit", "pending", "resync", "statuses")
+    __slots__ = ("_wakeup", "closed", "limit", "pending", "resync", "resync_after", "statuses")
 
     def __init__(self, limit: int, statuses: frozenset[str] = frozenset()) -> None:
         self.limit = limit
         # For a watcher of all runs: the statuses it follows (empty: every status).
         self.statuses = statuses
         self.pending: deque[Change] = deque()
-        # Set when changes were dropped because the queue was full.
+        # Set when changes were dropped because the queue was full; a read of the run that
+        # started after publication number ``resync_after`` holds them all.
         self.resync = False
+        self.resync_after = 0
         self.closed = False
         self._wakeup = asyncio.Event()
 
-    def offer(self, change: Change) -> None:
-        """Queue ``change``; a full queue is emptied and the watcher marked for a resync."""
+    def offer(self, change: Change, publication: int) -> None:
+        """Queue ``change`` of publication number ``publication`` (the broker wakes the stream
+        later, :meth:`wake`); a full queue is emptied and the watcher marked for a resync."""
         if len(self.pending) >= self.limit:
             self.pending.clear()
             self.resync = True
+            self.resync_after = publication
         else:
             self.pending.append(change)
+
+    def wake(self) -> None:
         self._wakeup.set()
 
     def close(self) -> None:
@@ -101,6 +117,15 @@ class EventBroker:
         self._all: set[Watcher] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
+        # Watchers with something queued, woken by the next _wake_all.
+        self._due: set[Watcher] = set()
+        self._wake_scheduled = False
+        self._last_wake = 0.0
+        # Publications so far, and the reads of runs for resyncs in flight, with the number
+        # of publications made when each started: one read serves every stream of the run
+        # that overflowed before it started.
+        self._publications = 0
+        self._resync_reads: dict[str, tuple[int, asyncio.Future[StoredRun | None]]] = {}
 
     # What the store calls.
 
@@ -111,6 +136,8 @@ class EventBroker:
 
     def publish(self, changes: Iterable[Change]) -> None:
         """Queue each change for its watchers (on the event loop; never waits)."""
+        self._publications += 1
+        publication = self._publications
         for change in changes:
             group = self._runs.get(change.run_id)
             if group is not None:
@@ -119,7 +146,8 @@ class EventBroker:
                 elif change.version > group.version:
                     group.version = change.version
                 for watcher in group.watchers:
-                    watcher.offer(change)
+                    watcher.offer(change, publication)
+                self._due.update(group.watchers)
             if self._all and (change.kind == "deleted" or change.summary is not None):
                 for watcher in self._all:
                     if (
@@ -127,7 +155,51 @@ class EventBroker:
                         or change.kind == "deleted"
                         or change.status in watcher.statuses
                     ):
-                        watcher.offer(change)
+                        watcher.offer(change, publication)
+                        self._due.add(watcher)
+        if self._due and not self._wake_scheduled:
+            self._schedule_wake()
+
+    async def resync_read(
+        self, run_id: str, after: int, read: Callable[[str], Awaitable[StoredRun | None]]
+    ) -> StoredRun | None:
+        """The run read by ``read`` at a moment after publication ``after``, shared by the
+        streams that resync together (1,000 watchers of a run overflow at once)."""
+        entry = self._resync_reads.get(run_id)
+        if entry is None or entry[0] < after:
+            future = asyncio.ensure_future(read(run_id))
+            entry = self._resync_reads[run_id] = (self._publications, future)
+
+            def forget(_: object, run_id: str = run_id, entry: Any = entry) -> None:
+                if self._resync_reads.get(run_id) is entry:
+                    del self._resync_reads[run_id]
+
+            future.add_done_callback(forget)
+        return await asyncio.shield(entry[1])
+
+    def _schedule_wake(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = min(MAX_WAKE_INTERVAL, self.watcher_count * WAKE_COST / STREAMS_SHARE)
+        delay = self._last_wake + interval - loop.time()
+        self._wake_scheduled = True
+        if delay <= 0:
+            loop.call_soon(self._wake_all)
+        else:
+            loop.call_later(delay, self._wake_all)
+
+    def _wake_all(self) -> None:
+        self._wake_scheduled = False
+        self._last_wake = asyncio.get_running_loop().time()
+        due, self._due = list(self._due), set()
+        self._wake_some(due, 0)
+
+    def _wake_some(self, due: list[Watcher], start: int) -> None:
+        # A few streams per turn of the loop: the loop reads sockets between turns, so
+        # requests go on being served while 1,000 streams send.
+        for watcher in due[start : start + WAKE_CHUNK]:
+            watcher.wake()
+        if start + WAKE_CHUNK < len(due):
+            asyncio.get_running_loop().call_soon(self._wake_some, due, start + WAKE_CHUNK)
 
     def publish_threadsafe(self, changes: list[Change]) -> None:
         """:meth:`publish` from another thread (the SQLite writer): one wake-up of the loop per
@@ -175,6 +247,7 @@ class EventBroker:
             yield watcher
         finally:
             watcher.close()
+            self._due.discard(watcher)
             group.watchers.discard(watcher)
             if not group.watchers and self._runs.get(run_id) is group:
                 del self._runs[run_id]
@@ -188,6 +261,7 @@ class EventBroker:
             yield watcher
         finally:
             watcher.close()
+            self._due.discard(watcher)
             self._all.discard(watcher)
 
     def _new_watcher(self, statuses: frozenset[str] = frozenset()) -> Watcher:

@@ -36,7 +36,7 @@ __all__ = ["EVENT_STREAM", "EventStream", "events_router", "sse_frame"]
 EVENT_STREAM: Final = "text/event-stream"
 KEEP_ALIVE: Final = b": keep-alive\n\n"
 
-events_router = APIRouter()
+events_router = APIRouter(tags=["events"])
 
 
 def sse_frame(event: str, data: bytes, event_id: str | int | None = None) -> bytes:
@@ -133,12 +133,13 @@ async def run_events(
     except BaseException:
         watching.__exit__(None, None, None)
         raise
-    events = _run_events(store, settings, watcher, run_id, stored, resume)
+    events = _run_events(store, broker, settings, watcher, run_id, stored, resume)
     return EventStream(events, lambda: watching.__exit__(None, None, None))
 
 
 async def _run_events(
     store: RunStore,
+    broker: EventBroker,
     settings: Settings,
     watcher: Watcher,
     run_id: str,
@@ -154,10 +155,11 @@ async def _run_events(
         if not await watcher.wait(settings.events_keepalive):
             yield KEEP_ALIVE
             continue
+        after = watcher.resync_after
         changes, resync = watcher.take()
         if resync:
             # The queue overflowed: what it held is gone; the run as it is now replaces it.
-            fresh = await store.get_run(run_id)
+            fresh = await broker.resync_read(run_id, after, store.get_run)
             if fresh is None:
                 yield sse_frame("deleted", b'{"runId":"%s"}' % run_id.encode())
                 return
@@ -166,16 +168,22 @@ async def _run_events(
                 yield sse_frame("run", fresh.body, version)
             if is_finished(fresh.body):
                 return
+        # What the wake-up brought goes out as one chunk: one send, however many changes.
+        frames: list[bytes] = []
         for change in changes:
             if change.kind == "deleted":
-                yield sse_frame("deleted", change.data)
+                frames.append(sse_frame("deleted", change.data))
+                yield b"".join(frames)
                 return
             if change.version <= version:
                 continue  # already in what was sent
             version = change.version
-            yield sse_frame(change.kind, change.data, version)
+            frames.append(change.frame)
             if change.finished:
+                yield b"".join(frames)
                 return
+        if frames:
+            yield b"".join(frames)
         if watcher.closed:
             return
 
@@ -213,10 +221,13 @@ async def _all_events(settings: Settings, watcher: Watcher) -> AsyncIterator[byt
         changes, skipped = watcher.take()
         if skipped:
             yield b": this client fell behind: some summaries were skipped\n\n"
+        frames: list[bytes] = []
         for change in changes:
             if change.kind == "deleted":
-                yield sse_frame("deleted", change.data, next(_EVENT_IDS))
+                frames.append(sse_frame("deleted", change.data, next(_EVENT_IDS)))
             elif change.summary is not None:
-                yield sse_frame("summary", change.summary.encode(), next(_EVENT_IDS))
+                frames.append(sse_frame("summary", change.summary.encode(), next(_EVENT_IDS)))
+        if frames:
+            yield b"".join(frames)
         if watcher.closed:
             return

@@ -69,7 +69,17 @@ class Change:
     """One committed write of one run, with its event's data and the run's summary made on
     first use. ``version`` is the run's new version (0 for a delete)."""
 
-    __slots__ = ("_data", "_make", "_summary", "finished", "kind", "run_id", "status", "version")
+    __slots__ = (
+        "_data",
+        "_frame",
+        "_make",
+        "_summary",
+        "finished",
+        "kind",
+        "run_id",
+        "status",
+        "version",
+    )
 
     def __init__(
         self,
@@ -89,6 +99,7 @@ class Change:
         self._make: Callable[[], tuple[bytes, str | None]] | None = make
         self._data: bytes = b""
         self._summary: str | None = None
+        self._frame: bytes | None = None
 
     def _built(self) -> None:
         if self._make is not None:
@@ -100,6 +111,18 @@ class Change:
         """The event's ``data``: the delta, the whole run, or ``{"runId"}``."""
         self._built()
         return self._data
+
+    @property
+    def frame(self) -> bytes:
+        """The server-sent event of a run's stream (``event``, ``id``: the version, ``data``),
+        made once for all the run's watchers. The data is one line of JSON."""
+        if self._frame is None:
+            self._frame = b"event: %s\nid: %d\ndata: %s\n\n" % (
+                self.kind.encode(),
+                self.version,
+                self.data,
+            )
+        return self._frame
 
     @property
     def summary(self) -> str | None:

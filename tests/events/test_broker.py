@@ -26,7 +26,8 @@ def _change(run_id: str, version: int, status: str = "running") -> Change:
 async def test_a_full_queue_is_replaced_by_a_resync() -> None:
     broker = EventBroker(queue_limit=3)
     with broker.watch_run("a") as watcher:
-        broker.publish([_change("a", version) for version in range(2, 6)])
+        for version in range(2, 6):
+            broker.publish([_change("a", version)])
         assert await watcher.wait(1)
         changes, resync = watcher.take()
     # The fourth change found the queue full: everything pending went (the fourth too, which
@@ -105,3 +106,35 @@ def test_a_thousand_clients_that_go_away_leave_no_watcher(tmp_path: Path) -> Non
             assert time.monotonic() < deadline, f"{broker.watcher_count} watchers left"
             time.sleep(0.05)
         assert broker.watched_runs() == []
+
+
+@pytest.mark.anyio
+async def test_a_resync_shares_only_reads_that_began_after_the_overflow() -> None:
+    from runstore.service.store.base import StoredRun
+
+    broker = EventBroker(queue_limit=1)
+    reads: list[int] = []
+    release = asyncio.Event()
+
+    async def read(run_id: str) -> StoredRun:
+        reads.append(len(reads))
+        await release.wait()
+        return StoredRun(len(reads), b"{}")
+
+    with broker.watch_run("a") as early, broker.watch_run("a") as late:
+        broker.publish([_change("a", 2)])
+        broker.publish([_change("a", 3)])  # both overflow here
+        first = asyncio.create_task(broker.resync_read("a", early.resync_after, read))
+        shared = asyncio.create_task(broker.resync_read("a", late.resync_after, read))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(reads) == 1  # one read for both streams
+        broker.publish([_change("a", 4)])
+        broker.publish([_change("a", 5)])  # `late` overflows again, after that read began
+        again = asyncio.create_task(broker.resync_read("a", late.resync_after, read))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(reads) == 2  # the earlier read may predate what it lost: a new one
+        release.set()
+        assert (await first).version == (await shared).version == 2
+        assert (await again).version == 2

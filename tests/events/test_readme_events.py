@@ -48,5 +48,5 @@ def test_the_readme_follows_a_run_with_curl(tmp_path: Path) -> None:
         watcher.stdout.close()
         watcher.wait(30)
     printed = (first + rest).decode().splitlines()
-    assert printed == expected + [""]
+    assert printed == [*expected, ""]
     assert watcher.returncode == 0
