@@ -20,7 +20,8 @@ Every request, the run routes' included, passes one stack, outermost first, as F
    DELETE ``/runs/{runId}``, matched by a prefix and a method and called with the Request alone.
    Then FastAPI's routes (:mod:`.api.routes`), which document the run routes as well and answer
    what RunRoute does not match (404, 405), the event streams (:mod:`.api.events`) among
-   them. A ``root_path`` changes nothing in this: routes match the path below it.
+   them, and the viewer's static pages (:mod:`.api.ui`). A ``root_path`` changes nothing in
+   this: routes match the path below it.
 
 The app's :class:`~.events.EventBroker` (``app.state.events``) hears of every committed write
 from the store and feeds the event streams; the lifespan closes it, and so does ``cli`` when
@@ -47,6 +48,7 @@ from .api.openapi import for_generators, operation_id
 from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from .api.routes import RUN_ENDPOINTS, router
 from .api.run_route import RunRoute
+from .api.ui import ui_router
 from .config import Settings, is_loopback
 from .events import EventBroker
 from .store import RunStore, open_store
@@ -111,6 +113,7 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
     app.router.routes.insert(0, RunRoute(RUN_ENDPOINTS))
     app.include_router(router)
     app.include_router(events_router)
+    app.include_router(ui_router)
     app.state.events = broker
     install_problem_handlers(app)
     tokens = settings.token_table

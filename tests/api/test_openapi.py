@@ -34,6 +34,8 @@ STATUSES: dict[tuple[str, str], set[int]] = {
     ("/readyz", "get"): {200, 401, 403, 503},
     ("/runs/{runId}/events", "get"): {200, 400, 401, 403, 404, 422, 503},
     ("/events", "get"): {200, 401, 403, 422, 503},
+    ("/ui/", "get"): {200, 304},
+    ("/ui/{path}", "get"): {200, 304, 404},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
