@@ -15,7 +15,7 @@ from ._embedded import EmbeddedStore, embedded_persistence
 from ._persistence import Persistence, RunPersistence
 from ._retry import RetryPolicy
 from ._wire import SnapshotLike
-from .models import RunPatch, RunSnapshot, RunSummary, WriteAck
+from .models import RunEvent, RunPatch, RunSnapshot, RunSummary, WriteAck
 from .problems import (
     BadRequest,
     BodyTooLarge,
@@ -60,6 +60,7 @@ __all__ = [
     "PreconditionFailed",
     "RequestTimeout",
     "RetryPolicy",
+    "RunEvent",
     "RunIdMismatch",
     "RunNotFound",
     "RunPatch",

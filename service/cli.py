@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .events import EventBroker
     from .store import RunStore
     from .store.importer import ImportReport
 
@@ -162,8 +163,17 @@ def _serve(args: argparse.Namespace) -> int:
         print(store, file=sys.stderr)
         return 1
     app = create_app(settings, store=store)
+    broker: EventBroker = app.state.events
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn waits for open connections before the lifespan ends, and an event
+            # stream stays open until told: end the streams first (on the loop's thread).
+            broker.close_threadsafe()
+            super().handle_exit(sig, frame)
+
     _tune_gc()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -179,6 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
         lifespan="on",
     )
+    Server(config).run()
     return 0
 
 

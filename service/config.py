@@ -142,6 +142,19 @@ class Settings(BaseSettings):
         description="WAL pages after which SQLite checkpoints (SQLite's default); 0 leaves every "
         "checkpoint, the one at a clean stop included, to a replicator such as Litestream.",
     )
+    events_keepalive: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="Seconds an event stream may stay silent before a keep-alive comment.",
+    )
+    events_queue: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Changes queued for one event stream; a stream that falls further behind "
+        "skips them and is sent the whole run again (GET /events: told it skipped some).",
+    )
     access_log: bool = Field(True, description="Log one line per request.")
     telemetry: bool = Field(
         False,

@@ -62,6 +62,7 @@ HEADERS_BY_STATUS: Final[dict[str, dict[str, Any]]] = {
 TAGS: Final = [
     {"name": "runs", "description": "Store, read, list and delete run snapshots."},
     {"name": "health", "description": "Liveness and readiness probes."},
+    {"name": "events", "description": "Follow runs as they change (server-sent events)."},
 ]
 
 _ABSENT_OR_NULL: Final = (

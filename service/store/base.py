@@ -17,11 +17,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self
 
 from runstore.client.models import is_run_id
 
 from .records import PatchRecord, SnapshotRecord
+
+if TYPE_CHECKING:
+    from .changes import ChangeListener
 
 __all__ = [
     "Cursor",
@@ -246,3 +249,9 @@ class RunStore(ABC):
     @abstractmethod
     async def check_ready(self) -> None:
         """Raise StoreUnavailable unless the store can read and write now."""
+
+    @abstractmethod
+    async def start_events(self, listener: ChangeListener) -> None:
+        """From now until :meth:`close`, tell ``listener`` the change each committed write
+        made, on the event loop this is awaited on: this store's writes, and on PostgreSQL
+        those of every replica of the database."""

@@ -69,8 +69,24 @@ _V2: Final = (
     "CREATE INDEX commit_marks_by_age ON commit_marks (at)",
 )
 
+# Version 3: what each recent write changed, for the event streams of the other replicas
+# (postgres_events): a PATCH's delta (``data``), or a PUT's mark (kind 'run', no data: the run
+# itself is read). Each write keeps its run's last EVENTS_KEPT rows (postgres_writes).
+_V3: Final = (
+    """
+    CREATE TABLE run_events (
+        run_id text COLLATE "C" NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        version bigint NOT NULL,
+        kind text NOT NULL,
+        finished boolean NOT NULL,
+        data text,
+        PRIMARY KEY (run_id, version)
+    )
+    """,
+)
+
 # MIGRATIONS[n] takes a database from schema version n to n + 1.
-MIGRATIONS: Final = (_V1, _V2)
+MIGRATIONS: Final = (_V1, _V2, _V3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _VERSION_TABLE: Final = """

@@ -31,6 +31,7 @@ from .base import (
     retention_candidates_sql,
     retention_filter,
 )
+from .changes import Change, ChangeListener, Committed
 from .reads import GET_COLUMNS, list_sql, run_page, stored_run
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunState
@@ -52,25 +53,27 @@ FROM runs WHERE run_id = ?1
 """
 
 
-def _delete(run_id: str, if_match: int | None, connection: sqlite3.Connection) -> None:
+def _delete(run_id: str, if_match: int | None, connection: sqlite3.Connection) -> Committed:
     row = connection.execute(
         f"SELECT {rules.STATE_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
     ).fetchone()
     rules.delete(run_id, None if row is None else RunState._make(row), if_match)
     connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+    return Committed(None, [Change.of_delete(run_id)])
 
 
 def _delete_batch(
     completed_before: int | None, started_before: int | None, connection: sqlite3.Connection
-) -> int:
-    """One retention batch (see RunStore.delete_runs); returns how many runs it deleted."""
+) -> Committed:
+    """One retention batch (see RunStore.delete_runs): how many runs it deleted, with their
+    deletions for the watchers."""
     where, params = retention_filter(completed_before, started_before, "?")
     candidates = connection.execute(
         retention_candidates_sql(where, "?"), (*params, RETENTION_BATCH_ROWS)
     ).fetchall()
     picked = retention_batch(candidates, RETENTION_BATCH_ROWS)
     connection.executemany("DELETE FROM runs WHERE run_id = ?", [(run_id,) for run_id in picked])
-    return len(picked)
+    return Committed(len(picked), [Change.of_delete(run_id) for run_id in picked])
 
 
 def _probe(connection: sqlite3.Connection) -> None:
@@ -89,6 +92,7 @@ class SQLiteEngine:
     """
 
     def __init__(self, path: str | Path, *, wal_autocheckpoint: int = 1000) -> None:
+        """Changes of committed writes go to :attr:`writer`'s ``on_commit``, if set."""
         self.path = str(path)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -294,3 +298,7 @@ class SQLiteStore(RunStore):
     async def check_ready(self) -> None:
         await self._read(self.engine.check_readable)
         await self.engine.writer.write_async(_probe)
+
+    async def start_events(self, listener: ChangeListener) -> None:
+        # The writer thread hands each commit's changes to the loop (one wake-up per group).
+        self.engine.writer.on_commit = listener.publish_threadsafe

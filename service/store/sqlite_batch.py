@@ -26,6 +26,7 @@ from runstore.client.problems import RunStoreError
 
 from . import rules
 from .base import WriteResult
+from .changes import Change, Committed
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunChange, RunState
 
@@ -262,11 +263,17 @@ class _GroupedWrite:
     @staticmethod
     def group(
         connection: sqlite3.Connection, writes: Sequence[RunWrite]
-    ) -> list[WriteResult | RunStoreError]:
-        return apply_writes(connection, writes)
+    ) -> list[Committed | RunStoreError]:
+        changes: list[Change] = []
+        outcomes = apply_writes(connection, writes, changes=changes)
+        made = iter(changes)
+        return [
+            outcome if isinstance(outcome, RunStoreError) else Committed(outcome, [next(made)])
+            for outcome in outcomes
+        ]
 
-    def __call__(self, connection: sqlite3.Connection) -> WriteResult:
-        (outcome,) = apply_writes(connection, [self])  # type: ignore[list-item]
+    def __call__(self, connection: sqlite3.Connection) -> Committed:
+        (outcome,) = self.group(connection, [self])  # type: ignore[list-item]
         if isinstance(outcome, RunStoreError):
             raise outcome
         return outcome
@@ -284,11 +291,12 @@ class PutRun(_GroupedWrite):
     def run_id(self) -> str:
         return self.record.run_id
 
-    def apply(self, writes: RunWrites) -> WriteResult:
+    def apply(self, writes: RunWrites) -> tuple[WriteResult, Change]:
         run_id = self.record.run_id
         stored, _ = writes.stored(run_id)
         change = rules.put(stored, self.record, self.if_match, self.if_none_match)
-        return writes.store(run_id, change)
+        result = writes.store(run_id, change)
+        return result, Change.of_put(self.record, change.state, writes.now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,25 +307,35 @@ class PatchRun(_GroupedWrite):
     patch: PatchRecord
     if_match: int | None = None
 
-    def apply(self, writes: RunWrites) -> WriteResult:
+    def apply(self, writes: RunWrites) -> tuple[WriteResult, Change]:
         stored, doc = writes.stored(self.run_id)
         change = rules.patch(self.run_id, stored, doc, self.patch, self.if_match)
-        return writes.store(self.run_id, change)
+        result = writes.store(self.run_id, change)
+        new_doc = writes.runs[self.run_id].doc
+        return result, Change.of_patch(self.run_id, self.patch, change.state, new_doc, writes.now)
 
 
 RunWrite = PutRun | PatchRun
 
 
 def apply_writes(
-    connection: sqlite3.Connection, writes: Sequence[RunWrite]
+    connection: sqlite3.Connection,
+    writes: Sequence[RunWrite],
+    *,
+    changes: list[Change] | None = None,
 ) -> list[WriteResult | RunStoreError]:
-    """Apply ``writes`` in order inside the caller's transaction; a result or error each."""
+    """Apply ``writes`` in order inside the caller's transaction; a result or error each. The
+    change each accepted write makes (for watchers) is added to ``changes``."""
     state = RunWrites(connection, {write.run_id for write in writes})
     outcomes: list[WriteResult | RunStoreError] = []
     for write in writes:
         try:
-            outcomes.append(write.apply(state))
+            result, change = write.apply(state)
         except RunStoreError as exc:
             outcomes.append(exc)
+        else:
+            outcomes.append(result)
+            if changes is not None:
+                changes.append(change)
     state.flush()
     return outcomes

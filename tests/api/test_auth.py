@@ -67,6 +67,10 @@ class Endpoint:
 
 ENDPOINTS = [
     Endpoint("healthz", "GET", "/healthz", 0, 200),
+    # The viewer's static pages hold no data; their data calls need the token.
+    Endpoint("viewer-page", "GET", "/ui/", 0, 200),
+    Endpoint("viewer-script", "GET", "/ui/run.js", 0, 200),
+    Endpoint("viewer-post", "POST", "/ui/", 2, 405),
     Endpoint("readyz", "GET", "/readyz", 1, 200),
     Endpoint("get-run", "GET", f"/runs/{RUN}", 1, 200),
     Endpoint("head-run", "HEAD", f"/runs/{RUN}", 1, 200),
