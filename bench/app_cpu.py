@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import http_load
 
+from runstore.service.api.limits import BodyBudget
 from runstore.service.app import create_app
 from runstore.service.config import Settings
 from runstore.service.store.base import WriteResult
@@ -78,7 +79,11 @@ async def measure(kind: str, requests: int, rounds: int) -> float:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ]
-        state = {"store": InstantStore(), "settings": settings}
+        state = {
+            "store": InstantStore(),
+            "settings": settings,
+            "body_budget": BodyBudget(settings.max_body_memory),
+        }
         message = {"type": "http.request", "body": body, "more_body": False}
         answers: list[int] = []
 

@@ -194,7 +194,7 @@ def start_runstore(db: str, database_url: str | None, pin: bool) -> Server:
     command = [sys.executable, "-m", "runstore.service", "serve", "--port", "0"]
     command += ["--database-url", _tagged(database_url)] if database_url else ["--db", db]
     return start_server(
-        "runstore", command, {"RUNSTORE_ACCESS_LOG": "false", "RUNSTORE_TOKENS": ""}, pin
+        "runstore", command, {"RUNSTORE_ACCESS_LOG": "false", "RUNSTORE_AUTH_DISABLED": "true"}, pin
     )
 
 

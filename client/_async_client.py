@@ -18,9 +18,11 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+from httpx_sse import aconnect_sse
 
 from ._async_persistence import AsyncRunPersistence
 from ._concurrency import async_sleep
+from ._events import apply_event, run_event
 from ._http import (
     DEFAULT_TIMEOUT,
     Failure,
@@ -48,7 +50,7 @@ from ._wire import (
     run_path,
     view_of,
 )
-from .models import ClaimedRun, Lease, RunPatch, RunSnapshot, RunSummary, WriteAck
+from .models import ClaimedRun, Lease, RunEvent, RunPatch, RunSnapshot, RunSummary, WriteAck
 
 __all__ = ["AsyncRunStoreClient"]
 
@@ -296,6 +298,123 @@ class AsyncRunStoreClient:
         self, run_id: str, holder: str, ttl_ms: int, lease: int | None
     ) -> Lease:
         return await self.acquire_lease(run_id, holder, ttl_ms / 1000, lease=lease)
+
+    async def watch(
+        self, run_id: str, *, after: int | None = None, read_timeout: float = 60.0
+    ) -> AsyncIterator[RunEvent]:
+        """The run's events as they happen (docs/api.md, "Events"): ``run``, then a ``patch``
+        per write, or ``deleted``; the iteration ends after a finished run's last event.
+
+        ``after``: the version already known (nothing before it is sent again). A dropped
+        connection, a stream silent for ``read_timeout`` seconds (the server sends a keep-alive
+        comment every 15 s) or a server that stops is followed by a reconnect with
+        ``Last-Event-ID``, under the retry policy, so no change is missed or repeated.
+        RunNotFound if the run is absent.
+        """
+        last = after
+        schedule = self.retry_policy.schedule()
+        timeout = self._http.timeout.as_dict()
+        timeout["read"] = read_timeout
+        while True:
+            headers = {} if last is None else {"Last-Event-ID": str(last)}
+            failure: Failure | None = None
+            try:
+                async with aconnect_sse(
+                    self._http,
+                    "GET",
+                    run_path(run_id) + "/events",
+                    headers=headers,
+                    timeout=httpx.Timeout(**timeout),
+                ) as source:
+                    response = source.response
+                    if response.status_code in RETRYABLE_STATUSES:
+                        await response.aread()
+                        failure = Failure.of_response(response)
+                    elif response.status_code != 200:
+                        await response.aread()
+                        check(response)
+                    else:
+                        async for sse in source.aiter_sse():
+                            event = run_event(sse)
+                            if event is None:
+                                continue
+                            schedule = self.retry_policy.schedule()  # progress: a fresh budget
+                            if event.version is not None:
+                                last = event.version
+                            yield event
+                            if event.finished:
+                                return
+            except RETRYABLE_TRANSPORT_ERRORS as exc:
+                failure = Failure.of_exception(exc)
+            if failure is None:
+                # The server ended the stream before a final event: it is stopping, or the
+                # run was finished already at ``last``.
+                if await self._finished_at(run_id, last):
+                    return
+                continue
+            delay = schedule.next_delay(failure.retry_after)
+            if delay is None:
+                raise failure.give_up(schedule, "GET", run_path(run_id) + "/events")
+            await async_sleep(delay)
+
+    async def _finished_at(self, run_id: str, version: int | None) -> bool:
+        """Whether the run is deleted, or finished and still at ``version``."""
+        stored = await self._read(run_id)
+        if stored is None:
+            return True
+        snapshot = stored.snapshot()
+        return snapshot.finished and stored.version == version
+
+    async def follow(
+        self, run_id: str, *, read_timeout: float = 60.0
+    ) -> AsyncIterator[RunSnapshot]:
+        """The run as it is after each of its events (patches applied here), from now until it
+        is finished; a deleted run ends the iteration. RunNotFound if the run is absent."""
+        run: dict[str, Any] | None = None
+        async for event in self.watch(run_id, read_timeout=read_timeout):
+            run = apply_event(run, event)
+            if run is None:
+                return
+            yield RunSnapshot.model_validate(run)
+
+    async def events(
+        self, *, status: str | Iterable[str] | None = None, read_timeout: float = 60.0
+    ) -> AsyncIterator[RunEvent]:
+        """Every run's changes from now on: ``summary`` (``data``: the run's summary) after each
+        write, ``deleted`` (``{"runId"}``); ``status``: only runs with these statuses. No replay:
+        after a reconnect it goes on from the changes made then. Ends when the caller stops."""
+        statuses = [status] if isinstance(status, str) else list(status or ())
+        params = [("status", value) for value in statuses]
+        schedule = self.retry_policy.schedule()
+        timeout = self._http.timeout.as_dict()
+        timeout["read"] = read_timeout
+        while True:
+            failure: Failure | None = None
+            try:
+                async with aconnect_sse(
+                    self._http, "GET", "/events", params=params, timeout=httpx.Timeout(**timeout)
+                ) as source:
+                    response = source.response
+                    if response.status_code in RETRYABLE_STATUSES:
+                        await response.aread()
+                        failure = Failure.of_response(response)
+                    elif response.status_code != 200:
+                        await response.aread()
+                        check(response)
+                    else:
+                        schedule = self.retry_policy.schedule()
+                        async for sse in source.aiter_sse():
+                            event = run_event(sse)
+                            if event is not None:
+                                yield event
+            except RETRYABLE_TRANSPORT_ERRORS as exc:
+                failure = Failure.of_exception(exc)
+            if failure is None:
+                continue  # the server ended the stream (it is stopping): connect again
+            delay = schedule.next_delay(failure.retry_after)
+            if delay is None:
+                raise failure.give_up(schedule, "GET", "/events")
+            await async_sleep(delay)
 
     async def _send_write(self, write: Write) -> WriteAck:
         response, _ = await self._request(

@@ -31,6 +31,7 @@ __all__ = [
     "ClaimedRun",
     "Lease",
     "LeaseRequest",
+    "RunEvent",
     "RunPatch",
     "RunSnapshot",
     "RunSummary",
@@ -268,3 +269,25 @@ class WriteAck(BaseModel):
     trace_length: int
     # Whether the write created the run: said by the answer's status (201), not by its body.
     created: bool = Field(default=False, exclude=True)
+
+
+class RunEvent(BaseModel):
+    """One event of an event stream (docs/api.md, "Events").
+
+    ``kind``: ``run`` (``data`` is the whole snapshot), ``patch`` (a PATCH-shaped body that
+    turns the previous version into this one, with ``version``), ``deleted`` (``{"runId"}``),
+    or, from ``events()``, ``summary`` (the run's summary). ``version`` is the run's version
+    after the change (None for ``deleted``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    version: int | None
+    data: dict[str, Any]
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run is finished after this event (``completedAt`` set, or deleted):
+        the stream of one run ends after it."""
+        return self.kind == "deleted" or self.data.get("completedAt") is not None

@@ -8,7 +8,9 @@ and embedded mode lets the store's own exception through::
     RunStoreError                      every error; ``status``, ``problem``, ``detail``
     ├── BadRequest                400  bad-request: a bad header, a body that never came
     │   ├── MalformedJson         400  malformed-json
-    │   └── RunIdMismatch         400  run-id-mismatch: the body's runId is not the URL's
+    │   │   └── NestingTooDeep    400  nesting-too-deep: JSON nested past the depth limit
+    │   ├── RunIdMismatch         400  run-id-mismatch: the body's runId is not the URL's
+    │   └── HeadTooLarge          431  head-too-large: request line and headers over the limit
     ├── Unauthorized              401  unauthorized: no token, or not a valid one
     ├── Forbidden                 403  forbidden: the token lacks the scope
     ├── RunNotFound               404  not-found
@@ -20,10 +22,12 @@ and embedded mode lets the store's own exception through::
     │   └── LeaseLost             409  lease-lost: a newer lease fenced this one off
     ├── PreconditionFailed        412  precondition-failed: If-Match / If-None-Match: * failed
     ├── BodyTooLarge              413  body-too-large
+    │   └── TooManyItems          413  too-many-items: trace/history items over the limit
     ├── InvalidRun                422  invalid-fields: ``errors`` names each bad field
     ├── StoreUnavailable          503  storage-unavailable; and, in the client, every retryable
     │   │                              failure once retries are spent (status None: no answer)
-    │   └── RequestTimeout        408  request-timeout: the body came too slowly
+    │   ├── RequestTimeout        408  request-timeout: the head or body came too slowly
+    │   └── ServerBusy            503  server-busy: connection cap or body memory budget reached
     └── UnexpectedResponse             anything the contract does not lead the client to expect
         ├── MethodNotAllowed      405  method-not-allowed
         ├── UnsupportedMediaType  415  unsupported-media-type
@@ -49,19 +53,23 @@ __all__ = [
     "BodyTooLarge",
     "FieldError",
     "Forbidden",
+    "HeadTooLarge",
     "InternalError",
     "InvalidRun",
     "LeaseHeld",
     "LeaseLost",
     "MalformedJson",
     "MethodNotAllowed",
+    "NestingTooDeep",
     "PreconditionFailed",
     "RequestTimeout",
     "RunIdMismatch",
     "RunNotFound",
     "RunStoreError",
+    "ServerBusy",
     "StaleWrite",
     "StoreUnavailable",
+    "TooManyItems",
     "TraceGap",
     "Unauthorized",
     "UnexpectedResponse",
@@ -179,11 +187,26 @@ class MalformedJson(BadRequest):
     default_title = "Malformed JSON"
 
 
+class NestingTooDeep(MalformedJson):
+    """The body's JSON nests arrays and objects deeper than the server's limit."""
+
+    slug = "nesting-too-deep"
+    default_title = "JSON nested too deeply"
+
+
 class RunIdMismatch(BadRequest):
     """The body's ``runId`` differs from the run id in the URL."""
 
     slug = "run-id-mismatch"
     default_title = "Run id mismatch"
+
+
+class HeadTooLarge(BadRequest):
+    """The request line and headers are over the server's limit (431)."""
+
+    slug = "head-too-large"
+    default_status = 431
+    default_title = "Request header fields too large"
 
 
 class Unauthorized(RunStoreError):
@@ -303,6 +326,13 @@ class BodyTooLarge(RunStoreError):
     default_title = "Request body too large"
 
 
+class TooManyItems(BodyTooLarge):
+    """One write sends more ``trace`` and ``history`` items than the server's limit (413)."""
+
+    slug = "too-many-items"
+    default_title = "Too many items in one write"
+
+
 class InvalidRun(RunStoreError):
     """A field breaks the snapshot's rules (422); ``errors`` lists each by JSON path."""
 
@@ -359,6 +389,14 @@ class RequestTimeout(StoreUnavailable):
     slug = "request-timeout"
     default_status = 408
     default_title = "Request timeout"
+
+
+class ServerBusy(StoreUnavailable):
+    """The server is at its connection cap or its memory budget for request bodies (503, with
+    ``Retry-After``); the client retries it."""
+
+    slug = "server-busy"
+    default_title = "Server busy"
 
 
 class UnexpectedResponse(RunStoreError):

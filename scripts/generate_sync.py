@@ -43,6 +43,10 @@ RENAMES = {
     "AsyncClient": "Client",
     "AsyncBaseTransport": "BaseTransport",
     "aclose": "close",
+    "aread": "read",
+    # httpx-sse.
+    "aconnect_sse": "connect_sse",
+    "aiter_sse": "iter_sse",
     # client/_concurrency.py.
     "AsyncSendWrite": "SendWrite",
     "AsyncReadRun": "ReadRun",

@@ -19,12 +19,18 @@ Every request, the run routes' included, passes one stack, outermost first, as F
 4. The router. Its first route is :class:`~.api.run_route.RunRoute`: PUT, PATCH, GET, HEAD and
    DELETE ``/runs/{runId}``, matched by a prefix and a method and called with the Request alone.
    Then FastAPI's routes (:mod:`.api.routes`), which document the run routes as well and answer
-   what RunRoute does not match (404, 405). A ``root_path`` changes nothing in this: routes
-   match the path below it.
+   what RunRoute does not match (404, 405), the event streams (:mod:`.api.events`) among
+   them, and the viewer's static pages (:mod:`.api.ui`). A ``root_path`` changes nothing in
+   this: routes match the path below it.
+
+The app's :class:`~.events.EventBroker` (``app.state.events``) hears of every committed write
+from the store and feeds the event streams; the lifespan closes it, and so does ``cli`` when
+uvicorn is asked to stop, before uvicorn waits for open connections (streams would hold it up).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,12 +50,16 @@ from runstore.client.models import (
 )
 
 from .api.auth import BearerAuth
+from .api.events import events_router
 from .api.leases import lease_router
+from .api.limits import BodyBudget
 from .api.openapi import for_generators, operation_id
 from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from .api.routes import RUN_ENDPOINTS, router
 from .api.run_route import RunRoute
+from .api.ui import ui_router
 from .config import Settings, is_loopback
+from .events import EventBroker
 from .store import RunStore, open_store
 
 __all__ = ["create_app"]
@@ -60,7 +70,11 @@ VERSION = "0.1.0"
 DOCS_ASSETS = "/docs/assets"
 DESCRIPTION = (
     "Durable, shared storage for AI-agent run snapshots. Every error is application/problem+json "
-    "(RFC 9457). Writes are on stable storage when answered."
+    "(RFC 9457). Writes are on stable storage when answered. Every request meets the server's "
+    "limits (defaults; docs/api.md, Limits): request line and headers 64 KiB (431), 10 s to send "
+    "them (408), 1000 open connections (503), body 16 MiB (413), 100000 trace and history items "
+    "per write (413), JSON nesting 256 levels (400), 64 MiB of bodies in memory (503, "
+    "Retry-After)."
 )
 
 
@@ -79,13 +93,24 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
     """A new runstore application; its lifespan opens the store (the one the settings name, or
     ``store``) and closes it."""
     settings = settings if settings is not None else Settings()
+    broker = EventBroker(settings.events_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         _warn_if_open(settings)
         opened = store if store is not None else open_store(settings)
         async with opened:
-            yield {"store": opened, "settings": settings}
+            broker.bind(asyncio.get_running_loop())
+            await opened.start_events(broker)
+            try:
+                yield {
+                    "store": opened,
+                    "settings": settings,
+                    "events": broker,
+                    "body_budget": BodyBudget(settings.max_body_memory),
+                }
+            finally:
+                broker.close()
 
     # /docs and /redoc with their assets served from the fastapi-offline wheel, not a CDN: the
     # pages work on a machine with no internet access (issue 15).
@@ -106,6 +131,9 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
     app.router.routes.insert(0, RunRoute(RUN_ENDPOINTS))
     app.include_router(router)
     app.include_router(lease_router)
+    app.include_router(events_router)
+    app.include_router(ui_router)
+    app.state.events = broker
     install_problem_handlers(app)
     tokens = settings.token_table
     if tokens is not None:

@@ -5,7 +5,8 @@ transaction: in WAL mode that reads one committed snapshot while the server goes
 the copy holds every write committed before the backup started and none half-done. The copy is
 written next to ``OUT`` under a temporary name, checked with ``PRAGMA integrity_check``, fsync'd,
 renamed into place and the directory fsync'd; ``OUT`` is either the old file or a whole, checked
-new one, never something in between.
+new one, never something in between. An ``OUT`` that exists and is not a regular file (a device
+such as ``/dev/full``, a pipe, a link) is refused rather than replaced.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,19 @@ def backup_sqlite(source: str | Path, target: str | Path) -> BackupReport:
     source_path, target_path = Path(source), Path(target)
     if target_path.is_dir():
         raise BackupError(f"{target_path} is a directory; name the backup file, e.g. runs.bak.db")
+    try:
+        existing = target_path.lstat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise BackupError(f"{target_path}: {exc.strerror or exc}") from exc
+    else:
+        # Replacing it would swap a device node (/dev/full), a pipe or a link for a file.
+        if not stat.S_ISREG(existing.st_mode):
+            raise BackupError(
+                f"{target_path} exists and is not a regular file (a device, pipe, socket or "
+                "symbolic link); name a new or regular file"
+            )
     if target_path.exists() and target_path.resolve() == source_path.resolve():
         raise BackupError(f"{target_path} is the database itself; name another file")
     directory = target_path.parent
@@ -90,6 +105,13 @@ def backup_sqlite(source: str | Path, target: str | Path) -> BackupReport:
         raise BackupError(f"{directory}: no such directory for the backup")
     partial = directory / f".{target_path.name}.partial-{os.getpid()}"
     partial.unlink(missing_ok=True)
+    try:
+        # Created here, so that a directory the backup cannot write to is named as such.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise BackupError(
+            f"{target_path}: cannot create the backup in {directory}: {exc.strerror or exc}"
+        ) from exc
     try:
         with (
             contextlib.closing(_open_source(source_path)) as reader,
@@ -105,7 +127,7 @@ def backup_sqlite(source: str | Path, target: str | Path) -> BackupReport:
         os.replace(partial, target_path)
         _fsync(directory, directory=True)
     except sqlite3.Error as exc:
-        raise BackupError(f"{source_path}: {exc}") from exc
+        raise BackupError(f"copying {source_path} to {target_path}: {exc}") from exc
     except OSError as exc:
         raise BackupError(f"{target_path}: {exc.strerror or exc}") from exc
     finally:

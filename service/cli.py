@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .events import EventBroker
     from .store import RunStore
     from .store.importer import ImportReport
 
@@ -47,6 +48,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         # A bad flag or RUNSTORE_* variable is a usage error: one line each, no traceback.
         for error in exc.errors(include_url=False):
             name = ".".join(str(part) for part in error["loc"])
+            if not name:  # a rule between settings, which its message names
+                reason = error["msg"].removeprefix("Value error, ")
+                print(f"runstore: invalid settings: {reason}", file=sys.stderr)
+                continue
             print(
                 f"runstore: invalid setting {name} (RUNSTORE_{name.upper()} or "
                 f"--{name.replace('_', '-')}): {error['msg']}",
@@ -57,11 +62,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _source_problem(source: str) -> str | None:
     """One line saying why ``source`` cannot be imported from, or None if its table reads."""
-    from .store.importer import legacy_snapshots
+    from .store.importer import SourceUnreadable, legacy_snapshots
 
     try:
         next(iter(legacy_snapshots(source)), None)
-    except sqlite3.Error as exc:
+    except SourceUnreadable as exc:
         return (
             f"runstore import: cannot read {source}: {exc}. It must be a SQLite file with the "
             "agent_runs table that makeSqlitePersistence writes."
@@ -83,10 +88,16 @@ def _open_store(settings: Settings) -> RunStore | str:
         problem = _postgres_problem(settings.database_url.get_secret_value())
         return problem if problem is not None else open_store(settings)
     from .store.sqlite import SQLiteEngine
-    from .store.sqlite_schema import CorruptDatabase
+    from .store.sqlite_schema import CorruptDatabase, ForeignDatabase
 
     try:
         engine = SQLiteEngine(settings.db, wal_autocheckpoint=settings.wal_autocheckpoint)
+    except ForeignDatabase as exc:
+        return (
+            f"runstore: {settings.db}: {exc}; it will not be served or changed. Serve a new "
+            f"file, and copy legacy agent_runs into it with: runstore import {settings.db} "
+            "--db runs.db"
+        )
     except CorruptDatabase as exc:
         return (
             f"runstore: the database {settings.db} is damaged (quick_check: {exc}); it will not "
@@ -140,6 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .connections import guarded_protocol
 
     settings = _settings(args)
     # uvicorn re-raises SIGTERM once its graceful shutdown is done, which would end the process
@@ -151,16 +163,33 @@ def _serve(args: argparse.Namespace) -> int:
         print(store, file=sys.stderr)
         return 1
     app = create_app(settings, store=store)
+    broker: EventBroker = app.state.events
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn waits for open connections before the lifespan ends, and an event
+            # stream stays open until told: end the streams first (on the loop's thread).
+            broker.close_threadsafe()
+            super().handle_exit(sig, frame)
+
     _tune_gc()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(
+            max_head_bytes=settings.max_head_bytes,
+            head_timeout=settings.head_timeout,
+            max_connections=settings.max_connections,
+        ),
+        timeout_keep_alive=settings.keep_alive_timeout,
+        backlog=settings.backlog,
         access_log=settings.access_log,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
         lifespan="on",
     )
+    Server(config).run()
     return 0
 
 
@@ -168,7 +197,7 @@ def _import(args: argparse.Namespace) -> int:
     from runstore.client.problems import StoreUnavailable
 
     from .store import open_store
-    from .store.importer import import_legacy
+    from .store.importer import SourceUnreadable, import_legacy
     from .store.sqlite_schema import CorruptDatabase
 
     settings = _settings(args)
@@ -186,6 +215,9 @@ def _import(args: argparse.Namespace) -> int:
         report = asyncio.run(run())
     except StoreUnavailable as exc:
         print(f"runstore import: {exc.detail}", file=sys.stderr)
+        return 1
+    except SourceUnreadable as exc:
+        print(f"runstore import: cannot read {args.source} midway: {exc}", file=sys.stderr)
         return 1
     except (sqlite3.Error, CorruptDatabase) as exc:
         print(f"runstore import: cannot open the store {settings.db}: {exc}", file=sys.stderr)

@@ -80,7 +80,7 @@ def postgres_database(postgres_url: str) -> str:
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute(
             "DO $$ BEGIN IF to_regclass('runs') IS NOT NULL THEN "
-            "TRUNCATE runs, steps, turns, probe; END IF; END $$"
+            "TRUNCATE runs, steps, turns, probe CASCADE; END IF; END $$"
         )
     return postgres_url
 

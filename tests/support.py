@@ -114,7 +114,7 @@ def empty_postgres_database(url: str) -> str:
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute(
             "DO $$ BEGIN IF to_regclass('runs') IS NOT NULL THEN "
-            "TRUNCATE runs, steps, turns, probe; END IF; END $$"
+            "TRUNCATE runs, steps, turns, probe CASCADE; END IF; END $$"
         )
     return url
 

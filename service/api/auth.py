@@ -1,8 +1,10 @@
 """Bearer tokens with scopes, checked before any route runs (unknown paths included).
 
-``/healthz`` is open; bulk ``DELETE /runs`` needs ``admin``; PUT, PATCH and DELETE of a run need
-``write``; everything else needs ``read``. Tokens are compared as SHA-256 digests with
-:func:`hmac.compare_digest`, against every configured token, so timing says nothing about them.
+``/healthz`` and GETs of the viewer's static pages (``/ui/``, which hold no data: their data
+calls send the token) are open; bulk ``DELETE /runs`` needs ``admin``; PUT, PATCH and DELETE of
+a run need ``write``; everything else needs ``read``; WebSocket connections are refused (the API
+has none). Tokens are compared as SHA-256 digests with :func:`hmac.compare_digest`, against every
+configured token, so timing says nothing about them.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from .problems import problem_response
 
 __all__ = ["BearerAuth", "required_scope"]
 
-OPEN_PATHS: Final = frozenset({"/healthz"})
+OPEN_PATHS: Final = frozenset({"/healthz", "/ui"})
+OPEN_PREFIXES: Final = ("/ui/",)
 _WRITE_METHODS: Final = frozenset({"PUT", "PATCH", "DELETE", "POST"})
 
 
 def required_scope(method: str, path: str) -> TokenScope | None:
     """The scope a request needs, or None for open paths."""
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or (method in ("GET", "HEAD") and path.startswith(OPEN_PREFIXES)):
         return None
     if method == "DELETE" and path.rstrip("/") == "/runs":
         return TokenScope.ADMIN
@@ -59,6 +62,10 @@ class BearerAuth:
         return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # No route speaks WebSocket; refused before the handshake, as none is checked here.
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

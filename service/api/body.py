@@ -1,4 +1,4 @@
-"""Reading request bodies: JSON media type, size limit and deadline.
+"""Reading request bodies: JSON media type (unencoded), size limit, memory budget and deadline.
 
 A body is read in chunks and refused with 413 as soon as it passes the limit, whatever
 ``Content-Length`` claimed, and with 408 when it has not arrived within the deadline. Parsing it
@@ -22,6 +22,7 @@ from runstore.client.problems import (
 
 from .deadlines import within
 from .headers import header
+from .limits import BodyHold
 
 __all__ = ["read_body"]
 
@@ -29,6 +30,12 @@ _JSON_MEDIA: Final = re.compile(r"^application/(?:[\w.+-]+\+)?json$", re.IGNOREC
 
 
 def _check_media_type(request: Request) -> None:
+    encoding = header(request, b"content-encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding.strip()[:40]!r} is not supported; send the body "
+            "unencoded (identity)."
+        )
     content_type = header(request, b"content-type")
     if content_type == "application/json":
         return
@@ -48,7 +55,7 @@ def _check_media_type(request: Request) -> None:
             raise UnsupportedMediaType("JSON bodies must be UTF-8.")
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _read_limited(request: Request, limit: int, hold: BodyHold | None) -> bytes:
     declared = header(request, b"content-length")
     if declared is not None:
         try:
@@ -59,6 +66,8 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise BodyTooLarge(
                 f"The body is {size} bytes; the limit is {limit} bytes.",
             )
+        if hold is not None:
+            hold.grow_to(size)
     # Straight from the ASGI messages: a body usually arrives whole in the first one.
     chunks: list[bytes] = []
     received = 0
@@ -74,15 +83,20 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise BodyTooLarge(
                 f"The body is over the limit of {limit} bytes.",
             )
+        if hold is not None:
+            hold.grow_to(received)
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def read_body(request: Request, *, limit: int, seconds: float) -> bytes:
-    """The body of a JSON request, not yet parsed, or a problem: 408, 413, 415 or 400."""
+async def read_body(
+    request: Request, *, limit: int, seconds: float, hold: BodyHold | None = None
+) -> bytes:
+    """The body of a JSON request, not yet parsed, or a problem: 408, 413, 415, 400, or 503
+    when ``hold`` (a share of the server's body budget) cannot grow to hold it."""
     _check_media_type(request)
     try:
-        raw = await within(seconds, _read_limited(request, limit))
+        raw = await within(seconds, _read_limited(request, limit, hold))
     except TimeoutError:
         raise RequestTimeout(
             f"The body did not arrive within {seconds:g} seconds.",

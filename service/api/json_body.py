@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 
-from runstore.client.problems import MalformedJson
+from runstore.client.problems import MalformedJson, NestingTooDeep
 
-__all__ = ["count_colons", "parse_json", "parse_json_as"]
+__all__ = ["DEFAULT_MAX_DEPTH", "count_colons", "parse_json", "parse_json_as"]
+
+DEFAULT_MAX_DEPTH = 256
 
 T = TypeVar("T")
 
@@ -45,7 +48,55 @@ def _parse_float(text: str) -> float:
     value = float(text)
     if math.isinf(value):
         raise ValueError(f"the number {text[:40]} is too large for a double")
+    if value == 0.0 and any(digit in "123456789" for digit in text.lower().partition("e")[0]):
+        # Stored as 0.0 it would be silently changed; refused like its large counterpart.
+        raise ValueError(f"the number {text[:40]} is too small for a double")
     return value
+
+
+_LOW_EXPONENT: Final = re.compile(rb"[eE]-0*(?:[3-9][0-9]{2}|[1-9][0-9]{3,})")
+_ZEROS: Final = b"0" * 24
+
+
+def maybe_too_small(raw: bytes) -> bool:
+    """True if ``raw`` may hold a number too small for a double (msgspec reads it as 0.0): an
+    exponent of -300 or below, or a run of 24 zeros. Without either, a nonzero number is above
+    1e-323, which a double holds. Substring tests first: a regular expression alone scans a
+    body a byte at a time, several times slower than parsing it."""
+    if _ZEROS in raw:
+        return True
+    if b"e-" not in raw and b"E-" not in raw:
+        return False
+    return _LOW_EXPONENT.search(raw) is not None
+
+
+def _nesting_over(value: Any, limit: int) -> bool:
+    """True if arrays and objects in ``value`` nest deeper than ``limit`` (the top one is 1);
+    without recursion, so that no depth can exhaust the stack."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        container, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = container.values() if isinstance(container, dict) else container
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def check_depth(raw: bytes, value: Any, limit: int) -> None:
+    """NestingTooDeep if ``value``, parsed from ``raw``, nests deeper than ``limit``.
+
+    A body with no more brackets than the limit cannot pass it: nearly every body is let
+    through by two byte counts, and only the others are walked.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit or not isinstance(value, dict | list):
+        return
+    if _nesting_over(value, limit):
+        raise NestingTooDeep(_too_deep(limit))
+
+
+def _too_deep(limit: int) -> str:
+    return f"The body's arrays and objects nest deeper than the limit of {limit} levels."
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -72,7 +123,7 @@ def count_colons(data: bytes) -> int:
     return len(data) - len(data.replace(b":", b""))
 
 
-def parse_strict(raw: bytes) -> Any:
+def parse_strict(raw: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """The body parsed by the json module alone; MalformedJson says what is
     wrong with it."""
     try:
@@ -80,33 +131,45 @@ def parse_strict(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise MalformedJson(f"The body is not valid UTF-8 (byte {exc.start}).") from None
     try:
-        return _strict_decoder.decode(text)
+        value = _strict_decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise MalformedJson(
             f"The body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.",
         ) from None
     except RecursionError:
-        raise MalformedJson("The body's JSON is nested too deeply.") from None
+        raise NestingTooDeep(_too_deep(max_depth)) from None
     except ValueError as exc:
         raise MalformedJson(f"The body is not valid JSON: {exc}.") from None
+    check_depth(raw, value, max_depth)
+    return value
 
 
 def parse_json_as(
-    raw: bytes, convert: Callable[[Any], T], rewritten: Callable[[Any, T], Rewritten]
+    raw: bytes,
+    convert: Callable[[Any], T],
+    rewritten: Callable[[Any, T], Rewritten],
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    check: Callable[[Any], None] | None = None,
 ) -> T:
     """``convert`` of the parsed body, with the duplicate-key check done on what it wrote.
 
     ``rewritten(value, converted)`` gives the JSON that ``convert`` wrote of ``value`` (its
     texts joined) and the number of the value's keys whose colon that text lacks. Whatever
     ``convert`` or ``rewritten`` refuses of a value not yet checked, the body is parsed again
-    strictly, so that a duplicate key is the error answered.
+    strictly, so that a duplicate key is the error answered. Nesting deeper than ``max_depth``
+    is refused before ``convert`` sees the value, and so is whatever ``check`` refuses (a limit
+    that does not depend on duplicate keys, answered without the slower second parse).
     """
-    if b"\\" not in raw or b"\\u003" not in raw:  # the first test is a fast scan for one byte
+    # The first test is a fast scan for one byte.
+    if (b"\\" not in raw or b"\\u003" not in raw) and not maybe_too_small(raw):
         try:
             value = _fast_decode(raw)
         except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
             pass  # the strict parser says what is wrong
         else:
+            check_depth(raw, value, max_depth)
+            if check is not None:
+                check(value)
             try:
                 converted = convert(value)
                 text, keys_left_out = rewritten(value, converted)
@@ -115,7 +178,10 @@ def parse_json_as(
             else:
                 if count_colons(text) + keys_left_out == count_colons(raw):
                     return converted
-    return convert(parse_strict(raw))
+    value = parse_strict(raw, max_depth)
+    if check is not None:
+        check(value)
+    return convert(value)
 
 
 def _same(value: Any) -> Any:
@@ -126,6 +192,6 @@ def _whole(value: Any, _: Any) -> Rewritten:
     return _fast_encode(value), 0
 
 
-def parse_json(raw: bytes) -> Any:
+def parse_json(raw: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """Parse a request body; MalformedJson says what is wrong with it."""
-    return parse_json_as(raw, _same, _whole)
+    return parse_json_as(raw, _same, _whole, max_depth)

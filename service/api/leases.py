@@ -21,7 +21,16 @@ from ..store.records import validated
 from .body import read_body
 from .headers import LEASE_HEADER, header, parse_lease
 from .json_body import parse_json
-from .routes import _RUN_ID_PARAM, JSON, LEASE_PARAM, _problems, _run_id, _settings, _store
+from .routes import (
+    _RUN_ID_PARAM,
+    JSON,
+    LEASE_PARAM,
+    _body_budget,
+    _problems,
+    _run_id,
+    _settings,
+    _store,
+)
 
 __all__ = ["lease_router"]
 
@@ -38,9 +47,13 @@ _LEASE_HELD: Final[dict[str, Any]] = {
 
 
 async def _body(request: Request) -> Any:
+    # Small bodies, but held against the server's body budget like any other (limits).
     settings = _settings(request)
-    raw = await read_body(request, limit=settings.max_body_bytes, seconds=settings.body_timeout)
-    return parse_json(raw)
+    with _body_budget(request).holding() as hold:
+        raw = await read_body(
+            request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
+        )
+        return parse_json(raw, settings.max_json_depth)
 
 
 def _conflict_doc() -> dict[int | str, dict[str, Any]]:

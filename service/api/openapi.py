@@ -67,6 +67,7 @@ TAGS: Final = [
         "token), and claim orphaned runs.",
     },
     {"name": "health", "description": "Liveness and readiness probes."},
+    {"name": "events", "description": "Follow runs as they change (server-sent events)."},
 ]
 
 _ABSENT_OR_NULL: Final = (

@@ -28,6 +28,7 @@ from ..store.records import SnapshotRecord, patch_record, snapshot_record, writt
 from .body import read_body
 from .headers import LEASE_HEADER, header, parse_etags, parse_if_match, parse_lease
 from .json_body import parse_json, parse_json_as
+from .limits import BodyBudget, check_items
 from .openapi import ETAG_HEADER
 from .schemas import Deleted, Health, Problem, RunList
 
@@ -96,6 +97,11 @@ def _store(request: Request) -> RunStore:
 def _settings(request: Request) -> Settings:
     settings: Settings = request.scope["state"]["settings"]
     return settings
+
+
+def _body_budget(request: Request) -> BodyBudget:
+    budget: BodyBudget = request.scope["state"]["body_budget"]
+    return budget
 
 
 def _run_id(request: Request) -> str:
@@ -183,14 +189,19 @@ async def patch_run(request: Request) -> Response:
     and any fields to replace."""
     run_id = _run_id(request)
     settings = _settings(request)
-    raw = await read_body(request, limit=settings.max_body_bytes, seconds=settings.body_timeout)
-    body = parse_json(raw)
-    _check_body_run_id(body, run_id)
-    patch = patch_record(body)
-    lease = parse_lease(header(request, b"runstore-lease"))
-    store = _store(request)
-    if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
-    result = await store.patch_run(run_id, patch, if_match=if_match, lease=lease)
+    with _body_budget(request).holding() as hold:
+        raw = await read_body(
+            request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
+        )
+        body = parse_json(raw, settings.max_json_depth)
+        _check_body_run_id(body, run_id)
+        check_items(body, settings.max_items_per_write)
+        patch = patch_record(body)
+        del raw, body
+        lease = parse_lease(header(request, b"runstore-lease"))
+        store = _store(request)
+        if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
+        result = await store.patch_run(run_id, patch, if_match=if_match, lease=lease)
     return _Ack(result, 200, run_id)
 
 
@@ -216,22 +227,28 @@ async def put_run(request: Request) -> Response:
     """Store a whole snapshot. 201 when the run is new, 200 when it replaced one."""
     run_id = _run_id(request)
     settings = _settings(request)
-    raw = await read_body(request, limit=settings.max_body_bytes, seconds=settings.body_timeout)
-    record = _snapshot_of(raw, run_id)
-    lease = parse_lease(header(request, b"runstore-lease"))
-    store = _store(request)
-    if_none_match = header(request, b"if-none-match")
-    create_only = False
-    if if_none_match is not None:
-        if parse_etags(if_none_match, "If-None-Match") is not None:
-            raise BadRequest("On PUT, If-None-Match supports only *.")
-        create_only = True
-    if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
-    result = await store.put_run(record, if_match=if_match, if_none_match=create_only, lease=lease)
+    with _body_budget(request).holding() as hold:
+        raw = await read_body(
+            request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
+        )
+        record = _snapshot_of(raw, run_id, settings)
+        del raw
+        lease = parse_lease(header(request, b"runstore-lease"))
+        store = _store(request)
+        if_none_match = header(request, b"if-none-match")
+        create_only = False
+        if if_none_match is not None:
+            if parse_etags(if_none_match, "If-None-Match") is not None:
+                raise BadRequest("On PUT, If-None-Match supports only *.")
+            create_only = True
+        if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
+        result = await store.put_run(
+            record, if_match=if_match, if_none_match=create_only, lease=lease
+        )
     return _Ack(result, 201 if result.created else 200, run_id)
 
 
-def _snapshot_of(raw: bytes, run_id: str) -> SnapshotRecord:
+def _snapshot_of(raw: bytes, run_id: str, settings: Settings) -> SnapshotRecord:
     """The snapshot record of a PUT body; its duplicate-key check counts what the record
     wrote, which encodes every part anyway (json_body.parse_json_as)."""
 
@@ -239,7 +256,12 @@ def _snapshot_of(raw: bytes, run_id: str) -> SnapshotRecord:
         _check_body_run_id(body, run_id)
         return snapshot_record(body)
 
-    return parse_json_as(raw, record_of, written_json)
+    def items_within_limit(body: Any) -> None:
+        check_items(body, settings.max_items_per_write)
+
+    return parse_json_as(
+        raw, record_of, written_json, settings.max_json_depth, check=items_within_limit
+    )
 
 
 def _etag_matches(value: str, version: int) -> bool:
@@ -405,6 +427,16 @@ async def delete_runs(
 @router.get("/healthz", summary="The process is alive", tags=["health"], response_model=Health)
 async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type=JSON)
+
+
+@router.head(
+    "/healthz",
+    summary="The process is alive (headers only)",
+    tags=["health"],
+    response_model=None,
+)
+async def healthz_head() -> Response:
+    return Response(media_type=JSON, headers={"Content-Length": "15"})
 
 
 @router.get(

@@ -14,13 +14,17 @@ import base64
 import binascii
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self
 
 from runstore.client.models import is_run_id
 
 from .records import PatchRecord, SnapshotRecord
+
+if TYPE_CHECKING:
+    from .changes import ChangeListener
 
 __all__ = [
     "ClaimQuery",
@@ -161,6 +165,34 @@ def retention_filter(
     return f"WHERE {' AND '.join(clauses)}", params
 
 
+# Rows (a run, its steps and its turns) one retention batch deletes, at most: a batch is one
+# short transaction, and other clients' writes go between batches (issue 14: one DELETE of
+# 18,001 runs held every writer for 4 s).
+RETENTION_BATCH_ROWS: Final = 2_000
+
+
+def retention_candidates_sql(where: str, mark: str) -> str:
+    """The runs a retention batch may take, each with the rows it holds; ``LIMIT`` is the
+    last parameter (a run holds at least one row, so no more than the batch's rows are read)."""
+    return (
+        "SELECT run_id, 1 + trace_length + coalesce(history_length, 0) "
+        f"FROM runs {where} LIMIT {mark}"
+    )
+
+
+def retention_batch(candidates: Iterable[tuple[str, int]], rows: int) -> list[str]:
+    """The run ids of one retention batch: candidates in order while their rows fit in
+    ``rows``, and always the first, however large, so that every batch makes progress."""
+    picked: list[str] = []
+    total = 0
+    for run_id, held in candidates:
+        if picked and total + held > rows:
+            break
+        picked.append(run_id)
+        total += held
+    return picked
+
+
 def encode_cursor(cursor: Cursor) -> str:
     """An opaque, URL-safe cursor string."""
     raw = json.dumps([cursor.started_at, cursor.run_id], separators=(",", ":")).encode()
@@ -278,8 +310,18 @@ class RunStore(ABC):
     async def delete_runs(
         self, *, completed_before: int | None = None, started_before: int | None = None
     ) -> int:
-        """Delete every run matching all the given bounds; returns how many."""
+        """Delete every run matching all the given bounds; returns how many.
+
+        In batches of at most :data:`RETENTION_BATCH_ROWS` rows, each its own transaction,
+        so that other writes go between them. Interrupted, what was committed stays deleted and
+        a retry deletes the rest."""
 
     @abstractmethod
     async def check_ready(self) -> None:
         """Raise StoreUnavailable unless the store can read and write now."""
+
+    @abstractmethod
+    async def start_events(self, listener: ChangeListener) -> None:
+        """From now until :meth:`close`, tell ``listener`` the change each committed write
+        made, on the event loop this is awaited on: this store's writes, and on PostgreSQL
+        those of every replica of the database."""

@@ -12,13 +12,14 @@ retries.
 Transient failures (a lost connection, a serialization failure or deadlock, an administrator's
 shutdown) are retried a bounded number of times within a deadline; past it the operation raises
 :class:`StoreUnavailable` (503). A connection lost while ``COMMIT`` was in flight leaves the
-outcome unknown to the client library, so the store reads it from the data: every write
-transaction inserts a row with a fresh token into ``commit_marks``, and once the transaction is
-no longer running the token's row is there exactly when it committed. (Its transaction id alone
-cannot tell: after crash recovery an id whose assignment never reached the WAL is handed out
-again, and another transaction's "committed" would answer for the lost one; issue 19.) A
-committed write is answered as done, one that did not commit is retried, and only a database
-that cannot say before the deadline gives a 503.
+outcome unknown to the client library, so the store reads it from the data, by the commit mark
+each write transaction stores (:mod:`.postgres_marks`): a committed write is answered as done,
+one that did not commit is retried, and only a database that cannot say before the deadline
+gives a 503.
+
+Each accepted write of a group also adds its event row and notifies ``runstore_events`` in the
+group's transaction (:mod:`.postgres_writes`), so its notice goes out only with the COMMIT;
+:meth:`PostgresStore.start_events` listens for every replica's notices (:mod:`.postgres_events`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from runstore.client.problems import StoreUnavailable
 
+from . import postgres_marks as commit_marks
 from . import postgres_writes as writes
 from .base import ClaimedRun, ClaimQuery, Lease, RunPage, RunQuery, RunStore, StoredRun, WriteResult
+from .changes import ChangeListener
+from .postgres_events import ChangeFollower
 from .postgres_group import WriteGroups
 from .postgres_schema import migrate
 from .postgres_writes import (
@@ -93,21 +97,6 @@ _PROBE: Final = (
     f"INSERT INTO probe (id, at) VALUES (1, {writes.NOW_MS}) "
     "ON CONFLICT (id) DO UPDATE SET at = excluded.at RETURNING at"
 )
-# The first statement of every write transaction: its commit mark, and its id.
-_MARK: Final = (
-    f"INSERT INTO commit_marks (token, at) VALUES (%s, {writes.NOW_MS}) "
-    "RETURNING pg_current_xact_id()::text"
-)
-# Whether the transaction still runs, then (in a later statement, so a later snapshot) whether
-# its mark is stored. Only "in progress" is taken from the id: after a crash that may be another
-# transaction holding a reused id, which only makes this wait, never decide (issue 19). An id
-# not handed out since the crash is "in the future", an error: not running either.
-_STATUS: Final = "SELECT pg_xact_status(%s::xid8)"
-_MARKED: Final = "SELECT EXISTS (SELECT FROM commit_marks WHERE token = %s)"
-_FORGET_MARKS: Final = f"DELETE FROM commit_marks WHERE at < {writes.NOW_MS} - %s"
-# Marks are read within an operation's deadline; kept for minutes, deleted every minute.
-MARK_LIFETIME_MS: Final = 600_000
-FORGET_MARKS_EVERY: Final = 60.0
 
 
 def _connection_lost(exc: psycopg.Error) -> bool:
@@ -166,6 +155,7 @@ class PostgresStore(RunStore):
         self._pool_check: asyncio.Task[None] | None = None
         self._groups: WriteGroups | None = None
         self._forget_marks: asyncio.Task[None] | None = None
+        self._follower: ChangeFollower | None = None
 
     @property
     def target(self) -> str:
@@ -239,6 +229,9 @@ class PostgresStore(RunStore):
             log.info("created the runstore schema in %s", self.target)
 
     async def close(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            await follower.close()
         groups, forget = self._groups, self._forget_marks
         self._groups = self._forget_marks = None
         if groups is not None:
@@ -291,7 +284,7 @@ class PostgresStore(RunStore):
                     connection.pipeline(),
                     connection.transaction(),
                 ):
-                    marked = await connection.execute(_MARK, (token,))
+                    marked = await commit_marks.mark(connection, token)
                     result = await op(connection)
                     # op waited for an answer after the mark's, so this one is in already.
                     xid = await marked.fetchone()
@@ -344,7 +337,7 @@ class PostgresStore(RunStore):
             attempt += 1
             try:
                 async with self._connection(until) as connection:
-                    committed = await _committed(connection, xid, token)
+                    committed = await commit_marks.committed(connection, xid, token)
                 if committed is not None:
                     return committed
             except psycopg.Error as exc:
@@ -354,13 +347,10 @@ class PostgresStore(RunStore):
         return None
 
     async def _forget_marks_now_and_then(self) -> None:
-        async def forget(connection: Connection) -> None:
-            await connection.execute(_FORGET_MARKS, (MARK_LIFETIME_MS,))
-
         while True:
-            await asyncio.sleep(FORGET_MARKS_EVERY)
+            await asyncio.sleep(commit_marks.FORGET_EVERY)
             try:
-                await self._read(forget, self._deadline)
+                await self._read(commit_marks.forget_old, self._deadline)
             except StoreUnavailable as exc:  # the next round deletes them
                 log.info("cannot delete old commit marks now: %s", exc)
 
@@ -422,7 +412,13 @@ class PostgresStore(RunStore):
     ) -> int:
         if completed_before is None and started_before is None:
             raise ValueError("delete_runs needs completed_before and/or started_before")
-        return await self._write(lambda c: writes.delete_runs(c, completed_before, started_before))
+        deleted, more = 0, True
+        while more:
+            batch, more = await self._write(
+                lambda c: writes.delete_runs_batch(c, completed_before, started_before)
+            )
+            deleted += batch
+        return deleted
 
     # Reads.
 
@@ -456,18 +452,18 @@ class PostgresStore(RunStore):
 
         await self._read(op, READY_DEADLINE)
 
-
-async def _committed(connection: Connection, xid: str, token: UUID) -> bool | None:
-    """Whether the transaction ``xid`` that wrote mark ``token`` committed; None while it runs
-    (the server has not yet seen that its client went away)."""
-    try:
-        status = await writes.fetch_one(connection, _STATUS, (xid,))
-        if status[0] == "in progress":
-            return None
-    except psycopg.errors.InvalidParameterValue:
-        pass  # "in the future": not handed out again since a crash, so not running
-    marked = await writes.fetch_one(connection, _MARKED, (token,))
-    return bool(marked[0])
+    async def start_events(self, listener: ChangeListener) -> None:
+        # Every replica's writes, this one's included, arrive as notices (postgres_events).
+        if self._follower is not None:
+            return
+        self._follower = ChangeFollower(
+            self._url,
+            _CONNECTION_OPTIONS,
+            listener,
+            lambda op: self._read(op, self._deadline),
+            self.get_run,
+        )
+        await self._follower.start()
 
 
 async def _check_pool(pool: AsyncConnectionPool[Connection]) -> None:

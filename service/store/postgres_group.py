@@ -73,6 +73,10 @@ class WriteGroups:
             group = [await self._queue.get()]
             while len(group) < MAX_GROUP and not self._queue.empty():
                 group.append(self._queue.get_nowait())
+            # A write whose request went away before its group began is not applied.
+            group = [pending for pending in group if not pending[1].done()]
+            if not group:
+                continue
             try:
                 outcomes = await self._apply([write for write, _ in group])
             except asyncio.CancelledError:

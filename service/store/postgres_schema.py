@@ -69,10 +69,26 @@ _V2: Final = (
     "CREATE INDEX commit_marks_by_age ON commit_marks (at)",
 )
 
-# Leases (issue 12): columns of the run's row, locked with it by the writes they guard and by
-# claims (FOR UPDATE SKIP LOCKED), so no second lock is taken. Adding columns with constant
-# defaults rewrites no table (PostgreSQL 11 and later).
+# Version 3: what each recent write changed, for the event streams of the other replicas
+# (postgres_events): a PATCH's delta (``data``), or a PUT's mark (kind 'run', no data: the run
+# itself is read). Each write keeps its run's last EVENTS_KEPT rows (postgres_writes).
 _V3: Final = (
+    """
+    CREATE TABLE run_events (
+        run_id text COLLATE "C" NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        version bigint NOT NULL,
+        kind text NOT NULL,
+        finished boolean NOT NULL,
+        data text,
+        PRIMARY KEY (run_id, version)
+    )
+    """,
+)
+
+# Version 4, leases (issue 12): columns of the run's row, locked with it by the writes they
+# guard and by claims (FOR UPDATE SKIP LOCKED), so no second lock is taken. Adding columns with
+# constant defaults rewrites no table (PostgreSQL 11 and later).
+_V4: Final = (
     "ALTER TABLE runs ADD COLUMN lease bigint NOT NULL DEFAULT 0",
     'ALTER TABLE runs ADD COLUMN lease_holder text COLLATE "C"',
     "ALTER TABLE runs ADD COLUMN lease_expires_at bigint",
@@ -80,7 +96,7 @@ _V3: Final = (
 )
 
 # MIGRATIONS[n] takes a database from schema version n to n + 1.
-MIGRATIONS: Final = (_V1, _V2, _V3)
+MIGRATIONS: Final = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _VERSION_TABLE: Final = """

@@ -9,6 +9,17 @@ so every write of the group travels with COMMIT in one round trip. A write the r
 writes nothing and its neighbours go on; writes to one run in a group see each other, as if they
 had run one after another. A failed statement makes PostgreSQL refuse the COMMIT, so nothing
 half-done is kept. This module only locks, reads and writes rows.
+
+Every accepted write also tells the other replicas (and its own) what it changed, in the
+statement that writes it: it adds a row to ``run_events`` (a PATCH's delta; a PUT's mark), cuts
+its run's rows to the last :data:`EVENTS_KEPT`, and calls
+``pg_notify('runstore_events', '<runId>:<version>')`` (``'<runId>:deleted'`` for a delete).
+PostgreSQL delivers a transaction's notices to every listener when, and only if, it commits, so
+a group's notices go out together with its COMMIT and a refused write sends none. The payload is
+never the data: it stays far within NOTIFY's 8000-byte limit (:mod:`.postgres_events` reads the
+rest). PostgreSQL sends identical notices of one transaction once, where first sent: a group
+that creates a run, deletes it and creates it again (version 1 both times) ends its notices
+with the delete, though the run exists; such a group is rare and left so for now.
 """
 
 from __future__ import annotations
@@ -23,31 +34,58 @@ from psycopg.rows import TupleRow
 from runstore.client.problems import RunStoreError
 
 from . import rules
-from .base import ClaimedRun, ClaimQuery, Lease, WriteResult, retention_filter
+from .base import (
+    RETENTION_BATCH_ROWS,
+    ClaimedRun,
+    ClaimQuery,
+    Lease,
+    WriteResult,
+    retention_batch,
+    retention_candidates_sql,
+    retention_filter,
+)
+from .changes import patch_delta
 from .reads import GET_COLUMNS, stored_run
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunChange, RunState
 
 __all__ = [
+    "CHANNEL",
     "CLOCK_MS",
+    "EVENTS_KEPT",
     "GET_RUN",
     "NOW_MS",
     "AcquireLease",
     "Connection",
     "DeleteRun",
+    "Outcome",
     "PatchRun",
     "PutRun",
     "ReleaseLease",
     "Write",
     "apply_group",
     "claim_run",
-    "delete_runs",
+    "delete_runs_batch",
     "fetch_one",
 ]
 
 Connection = AsyncConnection[TupleRow]
 
 NOW_MS: Final = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
+# The NOTIFY channel of committed writes.
+CHANNEL: Final = "runstore_events"
+# How many of a run's latest writes keep their event row: a replica further behind than this
+# sends its watchers the whole run.
+EVENTS_KEPT: Final = 100
+_EVENT: Final = f"""
+event_written AS (
+    INSERT INTO run_events (run_id, version, kind, finished, data)
+    SELECT run_id, %(version)s, %(event_kind)s, %(finished)s, %(event_data)s FROM run
+), events_cut AS (
+    DELETE FROM run_events WHERE run_id = %(run_id)s AND version <= %(version)s - {EVENTS_KEPT}
+)"""
+_TOLD: Final = f"pg_notify('{CHANNEL}', %(notice)s)"
+_TOLD_DELETED: Final = f"pg_notify('{CHANNEL}', run_id || ':deleted')"
 
 # The store's clock for leases: the database's, read when the statement reaches it (not when
 # its transaction began), so replicas with skewed clocks agree. Read with the group's lock, it
@@ -110,8 +148,8 @@ WITH run AS (
     INSERT INTO turns (run_id, idx, item)
     SELECT run.run_id, item.ord - 1, item.text
     FROM run, unnest(%(history)b::text[]) WITH ORDINALITY AS item (text, ord)
-)
-SELECT run_id FROM run
+), {_EVENT}
+SELECT run_id, {_TOLD} FROM run
 """
 
 # An update of a locked run. Items from *_from on are upserted (unchanged ones are not
@@ -130,7 +168,7 @@ WITH run AS (
         updated_at = {NOW_MS},
         version = %(version)s
     WHERE run_id = %(run_id)s
-    RETURNING version
+    RETURNING run_id, version
 ), steps_written AS (
     INSERT INTO steps (run_id, idx, item)
     SELECT %(run_id)s, %(trace_from)s + item.ord - 1, item.text
@@ -147,18 +185,26 @@ WITH run AS (
     WHERE turns.item <> excluded.item
 ), turns_cut AS (
     DELETE FROM turns WHERE run_id = %(run_id)s AND idx >= %(history_end)s
-)
-SELECT version FROM run
+), {_EVENT}
+SELECT version, {_TOLD} FROM run
 """
 
-_DELETE: Final = "DELETE FROM runs WHERE run_id = %s"
+_DELETE: Final = (
+    f"WITH gone AS (DELETE FROM runs WHERE run_id = %s RETURNING run_id) "
+    f"SELECT {_TOLD_DELETED} FROM gone"
+)
 _STATE_WIDTH: Final = len(RunState._fields)
 
 
-def _values(run_id: str, change: RunChange) -> dict[str, Any]:
-    """The parameters of _CREATE and _UPDATE for a change the rules accepted."""
+def _values(run_id: str, change: RunChange, patch: PatchRecord | None = None) -> dict[str, Any]:
+    """The parameters of _CREATE and _UPDATE for a change the rules accepted (by ``patch``,
+    or by a PUT)."""
     state = change.state
     return {
+        "event_kind": "run" if patch is None else "patch",
+        "event_data": None if patch is None else patch_delta(patch, state.version).decode(),
+        "finished": state.completed_at is not None,
+        "notice": f"{run_id}:{state.version}",
         "run_id": run_id,
         "version": state.version,
         "status": state.status,
@@ -187,13 +233,24 @@ async def fetch_one(connection: Connection, sql: str, params: Any) -> TupleRow:
     return row
 
 
-async def delete_runs(
+async def delete_runs_batch(
     connection: Connection, completed_before: int | None, started_before: int | None
-) -> int:
-    """Bulk retention: delete every run matching all the given bounds; returns how many."""
+) -> tuple[int, bool]:
+    """One batch of bulk retention (see RunStore.delete_runs): how many runs it deleted, and
+    whether it found any to delete (when none, the job is done). A run written meanwhile is
+    deleted only if it still matches under its lock."""
     where, params = retention_filter(completed_before, started_before, "%s")
-    sql = f"WITH gone AS (DELETE FROM runs {where} RETURNING 1) SELECT count(*) FROM gone"
-    return int((await fetch_one(connection, sql, params))[0])
+    cursor = await connection.execute(
+        retention_candidates_sql(where, "%s"), (*params, RETENTION_BATCH_ROWS)
+    )
+    picked = retention_batch(await cursor.fetchall(), RETENTION_BATCH_ROWS)
+    sql = (
+        f"WITH gone AS (DELETE FROM runs {where} AND run_id = ANY(%s) RETURNING run_id), "
+        f"told AS (SELECT {_TOLD_DELETED} FROM gone) "
+        "SELECT count(*) FROM told"
+    )
+    row = await fetch_one(connection, sql, (*params, picked))
+    return int(row[0]), bool(picked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,11 +356,13 @@ async def _apply(
         change = rules.put(
             run.state, write.record, write.if_match, write.if_none_match, write.lease, now
         )
+        values = _values(run_id, change)
     else:
         change = rules.patch(
             run_id, run.state, run.doc, write.patch, write.if_match, write.lease, now
         )
-    await connection.execute(_CREATE if run.state is None else _UPDATE, _values(run_id, change))
+        values = _values(run_id, change, write.patch)
+    await connection.execute(_CREATE if run.state is None else _UPDATE, values)
     run.state = change.state
     if change.doc is not None:
         run.doc = change.doc

@@ -37,6 +37,7 @@ __all__ = [
     "PatchRecord",
     "SnapshotRecord",
     "dump_json",
+    "is_finished",
     "json_path",
     "merge_doc",
     "patch_record",
@@ -388,3 +389,11 @@ def render_summary(
         f'{doc[:-1]}{separator}"traceLength":{trace_length},'
         f'"version":{version},"updatedAt":{updated_at},"lease":{lease}}}'
     )
+
+
+def is_finished(body: bytes) -> bool:
+    """Whether a stored snapshot's JSON has ``completedAt`` set (the run is finished)."""
+    if b'"completedAt"' not in body:
+        return False
+    snapshot = json.loads(body)
+    return isinstance(snapshot, dict) and snapshot.get("completedAt") is not None

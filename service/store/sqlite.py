@@ -21,6 +21,7 @@ from runstore.client.problems import StoreUnavailable
 
 from . import rules
 from .base import (
+    RETENTION_BATCH_ROWS,
     ClaimedRun,
     ClaimQuery,
     Lease,
@@ -29,8 +30,11 @@ from .base import (
     RunStore,
     StoredRun,
     WriteResult,
+    retention_batch,
+    retention_candidates_sql,
     retention_filter,
 )
+from .changes import Change, ChangeListener, Committed
 from .reads import GET_COLUMNS, list_sql, run_page, stored_run
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunState
@@ -54,12 +58,13 @@ FROM runs WHERE run_id = ?1
 
 def _delete(
     run_id: str, if_match: int | None, lease: int | None, connection: sqlite3.Connection
-) -> None:
+) -> Committed:
     row = connection.execute(
         f"SELECT {rules.STATE_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
     ).fetchone()
     rules.delete(run_id, None if row is None else RunState._make(row), if_match, lease, now_ms())
     connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+    return Committed(None, [Change.of_delete(run_id)])
 
 
 _CLAIMABLE: Final = (
@@ -101,12 +106,18 @@ def _claim(query: ClaimQuery, connection: sqlite3.Connection) -> ClaimedRun | No
     return ClaimedRun(run, lease)
 
 
-def _delete_many(
+def _delete_batch(
     completed_before: int | None, started_before: int | None, connection: sqlite3.Connection
-) -> int:
+) -> Committed:
+    """One retention batch (see RunStore.delete_runs): how many runs it deleted, with their
+    deletions for the watchers."""
     where, params = retention_filter(completed_before, started_before, "?")
-    cursor = connection.execute(f"DELETE FROM runs {where}", params)
-    return cursor.rowcount
+    candidates = connection.execute(
+        retention_candidates_sql(where, "?"), (*params, RETENTION_BATCH_ROWS)
+    ).fetchall()
+    picked = retention_batch(candidates, RETENTION_BATCH_ROWS)
+    connection.executemany("DELETE FROM runs WHERE run_id = ?", [(run_id,) for run_id in picked])
+    return Committed(len(picked), [Change.of_delete(run_id) for run_id in picked])
 
 
 def _probe(connection: sqlite3.Connection) -> None:
@@ -125,6 +136,7 @@ class SQLiteEngine:
     """
 
     def __init__(self, path: str | Path, *, wal_autocheckpoint: int = 1000) -> None:
+        """Changes of committed writes go to :attr:`writer`'s ``on_commit``, if set."""
         self.path = str(path)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -216,7 +228,9 @@ class SQLiteEngine:
     def delete_runs(
         self, *, completed_before: int | None = None, started_before: int | None = None
     ) -> int:
-        deleted: int = self._writer.write(partial(_delete_many, completed_before, started_before))
+        deleted = 0
+        while batch := self._writer.write(partial(_delete_batch, completed_before, started_before)):
+            deleted += batch
         return deleted
 
     @property
@@ -360,9 +374,12 @@ class SQLiteStore(RunStore):
     async def delete_runs(
         self, *, completed_before: int | None = None, started_before: int | None = None
     ) -> int:
-        deleted: int = await self.engine.writer.write_async(
-            partial(_delete_many, completed_before, started_before)
-        )
+        # Each batch is queued after the writes waiting now: they go between the batches.
+        deleted = 0
+        while batch := await self.engine.writer.write_async(
+            partial(_delete_batch, completed_before, started_before)
+        ):
+            deleted += batch
         return deleted
 
     async def get_run(self, run_id: str) -> StoredRun | None:
@@ -377,3 +394,7 @@ class SQLiteStore(RunStore):
     async def check_ready(self) -> None:
         await self._read(self.engine.check_readable)
         await self.engine.writer.write_async(_probe)
+
+    async def start_events(self, listener: ChangeListener) -> None:
+        # The writer thread hands each commit's changes to the loop (one wake-up per group).
+        self.engine.writer.on_commit = listener.publish_threadsafe

@@ -26,6 +26,7 @@ from runstore.client.problems import RunStoreError
 
 from . import rules
 from .base import Lease, WriteResult
+from .changes import Change, Committed
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunChange, RunState
 
@@ -282,11 +283,24 @@ class _GroupedWrite:
     __slots__ = ()
 
     @staticmethod
-    def group(connection: sqlite3.Connection, writes: Sequence[RunWrite]) -> list[object]:
-        return apply_writes(connection, writes)
+    def group(
+        connection: sqlite3.Connection, writes: Sequence[RunWrite]
+    ) -> list[Committed | RunStoreError]:
+        # One entry per accepted write: its change, or None for a lease's (no event).
+        changes: list[Change | None] = []
+        outcomes = apply_writes(connection, writes, changes=changes)
+        made = iter(changes)
+        committed: list[Committed | RunStoreError] = []
+        for outcome in outcomes:
+            if isinstance(outcome, RunStoreError):
+                committed.append(outcome)
+            else:
+                change = next(made)
+                committed.append(Committed(outcome, [] if change is None else [change]))
+        return committed
 
-    def __call__(self, connection: sqlite3.Connection) -> object:
-        (outcome,) = apply_writes(connection, [self])  # type: ignore[list-item]
+    def __call__(self, connection: sqlite3.Connection) -> Committed:
+        (outcome,) = self.group(connection, [self])  # type: ignore[list-item]
         if isinstance(outcome, RunStoreError):
             raise outcome
         return outcome
@@ -305,13 +319,14 @@ class PutRun(_GroupedWrite):
     def run_id(self) -> str:
         return self.record.run_id
 
-    def apply(self, writes: RunWrites) -> WriteResult:
+    def apply(self, writes: RunWrites) -> tuple[WriteResult, Change]:
         run_id = self.record.run_id
         stored, _ = writes.stored(run_id)
         change = rules.put(
             stored, self.record, self.if_match, self.if_none_match, self.lease, writes.now
         )
-        return writes.store(run_id, change)
+        result = writes.store(run_id, change)
+        return result, Change.of_put(self.record, change.state, writes.now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,12 +338,14 @@ class PatchRun(_GroupedWrite):
     if_match: int | None = None
     lease: int | None = None
 
-    def apply(self, writes: RunWrites) -> WriteResult:
+    def apply(self, writes: RunWrites) -> tuple[WriteResult, Change]:
         stored, doc = writes.stored(self.run_id)
         change = rules.patch(
             self.run_id, stored, doc, self.patch, self.if_match, self.lease, writes.now
         )
-        return writes.store(self.run_id, change)
+        result = writes.store(self.run_id, change)
+        new_doc = writes.runs[self.run_id].doc
+        return result, Change.of_patch(self.run_id, self.patch, change.state, new_doc, writes.now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,13 +357,14 @@ class AcquireLease(_GroupedWrite):
     ttl_ms: int
     lease: int | None = None
 
-    def apply(self, writes: RunWrites) -> Lease:
+    def apply(self, writes: RunWrites) -> tuple[Lease, None]:
+        # A lease is not a run write: no version, no event.
         stored, _ = writes.stored(self.run_id)
         state, granted = rules.acquire(
             self.run_id, stored, self.holder, self.ttl_ms, self.lease, writes.now
         )
         writes.store_lease(self.run_id, state)
-        return granted
+        return granted, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,22 +374,34 @@ class ReleaseLease(_GroupedWrite):
     run_id: str
     lease: int
 
-    def apply(self, writes: RunWrites) -> None:
+    def apply(self, writes: RunWrites) -> tuple[None, None]:
         stored, _ = writes.stored(self.run_id)
         writes.store_lease(self.run_id, rules.release(self.run_id, stored, self.lease, writes.now))
+        return None, None
 
 
 RunWrite = PutRun | PatchRun | AcquireLease | ReleaseLease
 
 
-def apply_writes(connection: sqlite3.Connection, writes: Sequence[RunWrite]) -> list[object]:
-    """Apply ``writes`` in order inside the caller's transaction; a result or error each."""
+def apply_writes(
+    connection: sqlite3.Connection,
+    writes: Sequence[RunWrite],
+    *,
+    changes: list[Change | None] | None = None,
+) -> list[WriteResult | Lease | RunStoreError | None]:
+    """Apply ``writes`` in order inside the caller's transaction; a result or error each. The
+    change each accepted write makes (for watchers; None for a lease's) is added to
+    ``changes``."""
     state = RunWrites(connection, {write.run_id for write in writes})
-    outcomes: list[object] = []
+    outcomes: list[WriteResult | Lease | RunStoreError | None] = []
     for write in writes:
         try:
-            outcomes.append(write.apply(state))
+            result, change = write.apply(state)
         except RunStoreError as exc:
             outcomes.append(exc)
+        else:
+            outcomes.append(result)
+            if changes is not None:
+                changes.append(change)
     state.flush()
     return outcomes

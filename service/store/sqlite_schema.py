@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-__all__ = ["SCHEMA_VERSION", "CorruptDatabase", "connect", "migrate", "verify"]
+__all__ = ["SCHEMA_VERSION", "CorruptDatabase", "ForeignDatabase", "connect", "migrate", "verify"]
 
 BUSY_TIMEOUT_MS: Final = 5000
 
@@ -84,6 +84,11 @@ class CorruptDatabase(Exception):
     """``PRAGMA quick_check`` found damage; the store refuses to serve the file."""
 
 
+class ForeignDatabase(sqlite3.DatabaseError):
+    """The file holds tables but is no runstore store (such as a legacy ``agent_runs`` file):
+    it is not converted into one."""
+
+
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection set up as every connection of the store must be."""
     connection = sqlite3.connect(
@@ -98,8 +103,27 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     return connection
 
 
+def _refuse_foreign(connection: sqlite3.Connection) -> None:
+    if connection.execute("PRAGMA user_version").fetchone()[0] != 0:
+        return
+    tables = [
+        row[0]
+        for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    ]
+    if tables:
+        raise ForeignDatabase(
+            f"the file is not a runstore store: it has tables ({', '.join(tables[:5])}) "
+            "and no runstore schema version"
+        )
+
+
 def migrate(connection: sqlite3.Connection) -> None:
-    """Turn on WAL and bring the schema up to SCHEMA_VERSION (creating it on first open)."""
+    """Turn on WAL and bring the schema up to SCHEMA_VERSION (creating it on first open);
+    ForeignDatabase, with the file left as it was, if it holds tables of something else."""
+    _refuse_foreign(connection)
     mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL (journal_mode={mode})")

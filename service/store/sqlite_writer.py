@@ -5,6 +5,10 @@ thread takes whatever is queued, runs it all inside one ``BEGIN IMMEDIATE ... CO
 write in a savepoint of its own, so one refused write does not undo its neighbours), and hands
 each outcome back only after the commit, which with ``synchronous=FULL`` means after the fsync.
 Writes that arrive while a commit is on disk share the next one: group commit.
+
+An op that changes runs returns a :class:`~.changes.Committed`; once the transaction has
+committed, the thread hands the group's changes, in commit order, to ``on_commit`` (the server's
+event broker), before it answers the writers.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any, Final
 
 from runstore.client.problems import RunStoreError, StoreUnavailable
 
+from .changes import Change, Committed
+
 __all__ = ["WriteOp", "WriterThread", "storage_error"]
 
 log = logging.getLogger("runstore.sqlite")
@@ -29,6 +35,7 @@ WriteOp = Callable[[sqlite3.Connection], Any]
 _Sink = Future[Any] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 _Item = tuple[WriteOp, _Sink]
 _Outcome = tuple[_Sink, Any, BaseException | None]
+_Batch = tuple[list[_Outcome], list[Change]]
 
 _STOP: Final = object()
 MAX_BATCH: Final = 256
@@ -61,6 +68,8 @@ class WriterThread(threading.Thread):
         self._closed = False
         self._close_lock = threading.Lock()
         self._stopping = False
+        # Told the changes of each commit, on this thread, before the writers are answered.
+        self.on_commit: Callable[[list[Change]], None] | None = None
 
     def start_and_wait(self) -> None:
         """Start the thread and wait until its connection is open (re-raising a failure)."""
@@ -121,7 +130,14 @@ class WriterThread(threading.Thread):
             if first is _STOP:
                 return
             self._stopping = False
-            _deliver(self._commit(connection, [first]))  # type: ignore[list-item]
+            outcomes, changes = self._commit(connection, [first])  # type: ignore[list-item]
+            on_commit = self.on_commit
+            if changes and on_commit is not None:
+                try:
+                    on_commit(changes)
+                except Exception:  # a watcher's trouble is never a writer's
+                    log.exception("publishing %d changes failed", len(changes))
+            _deliver(outcomes)
             if self._stopping:
                 return
 
@@ -137,26 +153,30 @@ class WriterThread(threading.Thread):
                 return
             batch.append(item)  # type: ignore[arg-type]
 
-    def _commit(self, connection: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
+    def _commit(self, connection: sqlite3.Connection, batch: list[_Item]) -> _Batch:
         try:
             return _run_batch(connection, batch, self._take_queued)
         except (sqlite3.Error, _OpFailed) as exc:
             _rollback(connection)
             if len(batch) == 1:
-                return [(batch[0][1], None, _failure(exc))]
+                return [(batch[0][1], None, _failure(exc))], []
             # One write's failure may have undone the whole transaction; give every write its
             # own so that the others are judged on their own.
             log.warning(
                 "group commit of %d writes failed (%s); retrying one by one", len(batch), exc
             )
             outcomes: list[_Outcome] = []
+            changes: list[Change] = []
             for item in batch:
                 try:
-                    outcomes += _run_batch(connection, [item])
+                    single, single_changes = _run_batch(connection, [item])
                 except (sqlite3.Error, _OpFailed) as single_exc:
                     _rollback(connection)
                     outcomes.append((item[1], None, _failure(single_exc)))
-            return outcomes
+                else:
+                    outcomes += single
+                    changes += single_changes
+            return outcomes, changes
 
 
 def _failure(exc: Exception) -> BaseException:
@@ -176,11 +196,12 @@ def _run_batch(
     connection: sqlite3.Connection,
     batch: list[_Item],
     take_queued: Callable[[list[_Item]], None] | None = None,
-) -> list[_Outcome]:
+) -> _Batch:
     # Ops check everything before they write (a RunStoreError leaves nothing behind), so the
     # batch needs no savepoint per op. Consecutive ops whose class has the same ``group``
     # function are handed to it together, to be applied with as few statements as it can.
     outcomes: list[_Outcome] = []
+    changes: list[Change] = []
     connection.execute("BEGIN IMMEDIATE")
     if take_queued is not None:
         # Taken only now: the event loop went on queueing writes while BEGIN waited for the
@@ -206,11 +227,14 @@ def _run_batch(
         for (_, sink), result in zip(batch[start:end], results, strict=True):
             if isinstance(result, RunStoreError):
                 outcomes.append((sink, None, result))
+            elif isinstance(result, Committed):
+                outcomes.append((sink, result.result, None))
+                changes += result.changes
             else:
                 outcomes.append((sink, result, None))
         start = end
     connection.execute("COMMIT")
-    return outcomes
+    return outcomes, changes
 
 
 def _outcome_of(op: WriteOp, connection: sqlite3.Connection) -> Any:

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from support import ServerProcess, assert_problem, make_snapshot
 
 from runstore.service import Settings, create_app
+from runstore.service.api.auth import BearerAuth
 
 TOKENS = "reader-token:read,writer-token:write,admin-token:admin,bare-token"
 RUN = "run-auth"
@@ -66,6 +67,10 @@ class Endpoint:
 
 ENDPOINTS = [
     Endpoint("healthz", "GET", "/healthz", 0, 200),
+    # The viewer's static pages hold no data; their data calls need the token.
+    Endpoint("viewer-page", "GET", "/ui/", 0, 200),
+    Endpoint("viewer-script", "GET", "/ui/run.js", 0, 200),
+    Endpoint("viewer-post", "POST", "/ui/", 2, 405),
     Endpoint("readyz", "GET", "/readyz", 1, 200),
     Endpoint("get-run", "GET", f"/runs/{RUN}", 1, 200),
     Endpoint("head-run", "HEAD", f"/runs/{RUN}", 1, 200),
@@ -248,3 +253,41 @@ async def test_listening_beyond_loopback_without_tokens_warns_at_start(
         assert host in found[0].getMessage()
     else:
         assert found == []
+
+
+def test_an_empty_token_list_means_no_auth_only_when_auth_is_disabled_by_name() -> None:
+    with pytest.raises(ValueError, match="set but empty"):
+        Settings(tokens="")
+    assert Settings(tokens="", auth_disabled=True).token_table is None
+    assert Settings(tokens="admin-token:admin", auth_disabled=True).token_table is None
+
+
+@pytest.mark.parametrize("spec", ["r0: read", "r0:reader", "r0:READ ", "a b"])
+def test_a_token_entry_that_is_not_token_colon_scope_is_refused(spec: str) -> None:
+    # Once "r0: read" became a write token spelled "r0: read" (issue 14).
+    if spec == "r0:READ ":
+        assert Settings(tokens=spec).token_table is not None  # scopes ignore case; ends strip
+        return
+    with pytest.raises(ValueError, match="RUNSTORE_TOKENS entry 1"):
+        Settings(tokens=spec)
+
+
+@pytest.mark.anyio
+async def test_websocket_connections_are_refused_before_any_route() -> None:
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["type"])
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    guard = BearerAuth(app, Settings(tokens=TOKENS).token_table)  # type: ignore[arg-type]
+    await guard({"type": "websocket", "path": "/runs", "headers": []}, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+    assert reached == []

@@ -15,8 +15,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from runstore.client.models import OPTIONAL_FIELDS, REQUIRED_FIELDS, RESERVED_FIELDS
-from runstore.client.problems import MalformedJson
+from runstore.client.problems import MalformedJson, NestingTooDeep
 from runstore.service.api import json_body, routes
+from runstore.service.config import Settings
 from runstore.service.store.records import snapshot_record
 
 json_values = st.recursive(
@@ -57,8 +58,10 @@ def test_any_json_parses_to_what_the_json_module_reads(value: Any) -> None:
 @settings(max_examples=200)
 def test_a_body_without_duplicates_is_checked_by_counting_alone(value: Any) -> None:
     raw = json.dumps(value).encode()
-    # Escaped colons and lone surrogates (which msgspec refuses) go to the json module.
+    # Escaped colons, lone surrogates (which msgspec refuses) and numbers that may be too small
+    # for a double go to the json module.
     assume(b"\\u003" not in raw and b"\\ud" not in raw)
+    assume(not json_body.maybe_too_small(raw))
     with mock.patch.object(json_body, "parse_strict", side_effect=AssertionError("parsed again")):
         assert json_body.parse_json(raw) == strict(raw)
 
@@ -110,7 +113,8 @@ def test_colons_in_strings_do_not_hide_or_invent_duplicates(raw: bytes) -> None:
         (b'{"n": -9223372036854775809}', {"n": -9223372036854775809}),
         (b'{"n": 18446744073709551616}', {"n": 18446744073709551616}),
         (b'{"s": "\\ud800"}', {"s": "\ud800"}),  # a lone surrogate escape, as json reads it
-        (b'{"f": 1e-400, "z": -0.0}', {"f": 0.0, "z": -0.0}),
+        (b'{"f": 5e-324, "z": -0.0, "e": 0e-400}', {"f": 5e-324, "z": -0.0, "e": 0.0}),
+        (b'{"f": 0.' + b"0" * 30 + b"1}", {"f": 1e-31}),
     ],
 )
 def test_values_are_kept_exactly(raw: bytes, expected: Any) -> None:
@@ -121,10 +125,12 @@ def test_values_are_kept_exactly(raw: bytes, expected: Any) -> None:
     "raw",
     [
         b'{"n": 1e400}',
+        b'{"n": 1e-400}',
+        b'{"n": [-2.5e-999]}',
+        b'{"n": 0.' + b"0" * 400 + b"1}",
         b'{"n": NaN}',
         b'{"n": Infinity}',
         b'{"s": "\xff"}',
-        b"[" * 5000 + b"]" * 5000,
         b'{"a": 1}{"b": 2}',
         b"\xef\xbb\xbf{}",
         b"",
@@ -134,6 +140,34 @@ def test_what_the_json_module_refuses_is_refused(raw: bytes) -> None:
     with pytest.raises(MalformedJson) as refused:
         json_body.parse_json(raw)
     assert refused.value.slug == "malformed-json"
+
+
+def _nested(depth: int, *, inner: bytes = b"1") -> bytes:
+    """``depth`` levels of arrays and objects, alternating, around ``inner``."""
+    opening = b"".join(b'{"k":' if level % 2 else b"[" for level in range(depth))
+    closing = b"".join(b"}" if level % 2 else b"]" for level in reversed(range(depth)))
+    return opening + inner + closing
+
+
+@pytest.mark.parametrize("limit", [8, 256])
+def test_nesting_up_to_the_limit_is_read_and_one_more_level_is_refused(limit: int) -> None:
+    # Padded with many shallow brackets (two levels), so that the byte count does not decide.
+    shallow = b"[" + b",".join([b"[]"] * 600) + b"]"
+    at_limit = _nested(limit - 2, inner=shallow)
+    assert json_body.parse_json(at_limit, limit) == json.loads(at_limit)
+    with pytest.raises(NestingTooDeep) as refused:
+        json_body.parse_json(_nested(limit - 1, inner=shallow), limit)
+    assert refused.value.status == 400
+    assert f"limit of {limit} levels" in refused.value.detail
+
+
+@pytest.mark.parametrize("depth", [257, 977, 978, 979, 980, 981, 982, 983, 1500, 100_000])
+def test_any_depth_past_the_limit_is_a_400_nesting_too_deep(depth: int) -> None:
+    # 978-981 levels were once a RecursionError (a 500) in the encoder fallback (issue 14).
+    for raw in (_nested(depth), b"[" * depth + b"]" * depth):
+        with pytest.raises(NestingTooDeep) as refused:
+            json_body.parse_json(raw)
+        assert refused.value.slug == "nesting-too-deep"
 
 
 # ---------------------------------------------------------------- PUT bodies
@@ -184,7 +218,7 @@ def _with_duplicate(obj: dict[str, Any], key: str, extra: Any) -> str:
 
 
 def snapshot_of(raw: bytes) -> Any:
-    return routes._snapshot_of(raw, "run-1")
+    return routes._snapshot_of(raw, "run-1", Settings(tokens=None))
 
 
 @given(snapshot_fields())
@@ -193,6 +227,7 @@ def test_a_put_body_gives_the_record_of_what_the_json_module_reads(
     fields: list[tuple[str, Any]],
 ) -> None:
     raw = _object([(name, json.dumps(value)) for name, value in fields]).encode()
+    assume(not json_body.maybe_too_small(raw))
     # Checked by counting, not parsed a second time.
     with mock.patch.object(json_body, "parse_strict", side_effect=AssertionError("parsed again")):
         assert snapshot_of(raw) == snapshot_record(strict(raw))

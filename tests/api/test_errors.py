@@ -55,7 +55,6 @@ MALFORMED: list[Any] = [
     pytest.param("PUT", raw(b'{"a": 1e400}'), id="too-large-for-a-double"),
     pytest.param("PUT", raw(b'{"a": 1, "a": 2}'), id="duplicate-key"),
     pytest.param("PUT", raw(b'{"a": "\xff"}'), id="invalid-utf-8"),
-    pytest.param("PUT", raw(b"[" * 100_000 + b"]" * 100_000), id="nested-too-deep"),
     pytest.param("PUT", raw(b"{'runId': 'run-1'}"), id="single-quotes"),
     pytest.param("PATCH", raw(b'{"trace": [1,], "traceFrom": 3}'), id="patch-trailing-comma"),
     pytest.param("PATCH", raw(b""), id="patch-empty"),

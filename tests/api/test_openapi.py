@@ -34,7 +34,12 @@ STATUSES: dict[tuple[str, str], set[int]] = {
     ("/runs", "get"): {200, 401, 403, 422, 503},
     ("/runs", "delete"): {200, 401, 403, 422, 503},
     ("/healthz", "get"): {200},
+    ("/healthz", "head"): {200},
     ("/readyz", "get"): {200, 401, 403, 503},
+    ("/runs/{runId}/events", "get"): {200, 400, 401, 403, 404, 422, 503},
+    ("/events", "get"): {200, 401, 403, 422, 503},
+    ("/ui/", "get"): {200, 304},
+    ("/ui/{path}", "get"): {200, 304, 404},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -167,6 +172,14 @@ def test_bearer_auth_is_documented(committed: dict[str, Any]) -> None:
     schemes = committed["components"]["securitySchemes"]
 
     assert {"type": "http", "scheme": "bearer"}.items() <= schemes["bearer"].items()
+
+
+@pytest.mark.parametrize("path", ["/runs/{runId}/events", "/events"])
+def test_event_streams_are_documented_as_text_event_stream(
+    committed: dict[str, Any], path: str
+) -> None:
+    content = operations(committed)[path, "get"]["responses"]["200"]["content"]
+    assert list(content) == ["text/event-stream"]
 
 
 # What client generators need (issue 15): openapi-typescript and openapi-python-client read

@@ -7,11 +7,13 @@ copy only states that some write actually produced.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,3 +187,37 @@ def test_the_backup_command_points_a_postgres_store_to_pg_dump(
     assert "SQLite" in err
     assert "pg_dump" in err
     assert not (tmp_path / "copy.db").exists()
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _link(path: Path) -> None:
+    path.symlink_to(path.with_name("elsewhere.db"))
+
+
+@pytest.mark.parametrize("make", [_fifo, _link], ids=["fifo", "symlink"])
+def test_backup_refuses_a_target_that_is_not_a_regular_file(
+    tmp_path: Path, make: Callable[[Path], None]
+) -> None:
+    # As /dev/full would be: replacing it with a file is never what was meant (issue 14).
+    db, out = tmp_path / "runs.db", tmp_path / "special"
+    _store_with_runs(db, 1)
+    make(out)
+    before = out.lstat()
+    with pytest.raises(BackupError, match=f"{out} exists and is not a regular file"):
+        backup_sqlite(db, out)
+    after = out.lstat()
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+    assert main(["backup", str(out), "--db", str(db)]) == 1
+
+
+def test_a_directory_the_backup_cannot_write_to_is_named_not_the_source(tmp_path: Path) -> None:
+    # Nobody, root included, creates files in /proc.
+    db = tmp_path / "runs.db"
+    _store_with_runs(db, 1)
+    with pytest.raises(BackupError) as refused:
+        backup_sqlite(db, "/proc/runs.bak")
+    assert str(refused.value).startswith("/proc/runs.bak: cannot create the backup in /proc")
+    assert str(db) not in str(refused.value)

@@ -72,6 +72,11 @@ def test_usage_errors_exit_2_with_usage(arguments: tuple[str, ...]) -> None:
         (("serve",), {"RUNSTORE_PORT": "not-a-port"}, "port"),
         (("serve",), {"RUNSTORE_MAX_BODY_BYTES": "12"}, "max_body_bytes"),
         (("serve",), {"RUNSTORE_DATABASE_URL": "mysql://x"}, "database_url"),
+        (("serve",), {"RUNSTORE_MAX_HEAD_BYTES": "10"}, "max_head_bytes"),
+        (("serve",), {"RUNSTORE_MAX_JSON_DEPTH": "5000"}, "max_json_depth"),
+        (("serve",), {"RUNSTORE_MAX_ITEMS_PER_WRITE": "0"}, "max_items_per_write"),
+        (("serve",), {"RUNSTORE_HEAD_TIMEOUT": "0"}, "head_timeout"),
+        (("serve",), {"RUNSTORE_MAX_CONNECTIONS": "0"}, "max_connections"),
     ],
 )
 def test_a_bad_setting_is_one_line_and_exit_2(
@@ -132,6 +137,44 @@ def test_import_writes_to_runstore_db_without_db_flag(tmp_path: Path) -> None:
     assert not (tmp_path / "runs.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("tokens", "reason"),
+    [
+        ("", "set but empty"),
+        ("   ", "set but empty"),
+        ("r0: read", "entry 1 has scope ' read'"),
+        ("w0:write,r0:reader", "entry 2 has scope 'reader'"),
+        ("a b:read", "entry 1: a token is visible ASCII"),
+        ("w0,,r0:read", "entry 2 is empty"),
+    ],
+)
+def test_a_malformed_token_list_stops_the_server_with_the_reason(
+    tmp_path: Path, tokens: str, reason: str
+) -> None:
+    result = run(
+        RUNSTORE, "serve", "--db", str(tmp_path / "runs.db"), env={"RUNSTORE_TOKENS": tokens}
+    )
+    assert result.returncode == 2
+    assert "invalid setting tokens" in result.stderr
+    assert reason in result.stderr
+    assert "r0" not in result.stderr.replace(reason, "")  # no token is echoed
+    assert not (tmp_path / "runs.db").exists()
+
+
+def test_serve_refuses_a_sqlite_file_that_is_not_a_store_and_leaves_it(tmp_path: Path) -> None:
+    legacy = tmp_path / "agent_runs.db"
+    with sqlite3.connect(legacy) as connection:
+        connection.execute("CREATE TABLE agent_runs (run_id TEXT PRIMARY KEY)")
+        connection.execute("INSERT INTO agent_runs VALUES ('run-1')")
+    connection.close()
+    before = legacy.read_bytes()
+    result = run(RUNSTORE, "serve", "--db", str(legacy))
+    assert result.returncode == 1
+    assert "is not a runstore store: it has tables (agent_runs)" in result.stderr
+    assert "runstore import" in result.stderr
+    assert legacy.read_bytes() == before
+
+
 # The console script's entry point, run as if pydantic-settings and the other server extras
 # were not installed (a client-only install: ``pip install .``); None in sys.modules makes
 # their import fail as a missing module does.
@@ -167,3 +210,18 @@ def test_a_client_only_install_says_in_one_line_what_to_install(
     assert "pydantic_settings" in result.stderr
     assert 'pip install "runstore[server]"' in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_body_memory_budget_smaller_than_one_body_is_refused(tmp_path: Path) -> None:
+    result = run(
+        RUNSTORE,
+        "serve",
+        "--db",
+        str(tmp_path / "runs.db"),
+        env={"RUNSTORE_MAX_BODY_MEMORY": "2048"},
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "runstore: invalid settings: RUNSTORE_MAX_BODY_MEMORY (2048) must be at least "
+        "RUNSTORE_MAX_BODY_BYTES (16777216)\n"
+    )

@@ -1,5 +1,6 @@
 """What a wheel holds: every package of the source tree is listed for setuptools, and a wheel
-built from the tree holds every module under ``runstore.`` and the ``runstore`` command.
+built from the tree holds every module under ``runstore.``, the viewer's static files
+(``service/ui/``, package data) and the ``runstore`` command.
 
 An editable install (``make test``) finds any package in the tree, so a package missing from
 ``pyproject.toml`` shows only in a built wheel, such as the container's.
@@ -60,7 +61,8 @@ def test_a_built_wheel_holds_every_module_and_the_command(tmp_path: Path) -> Non
         "/".join((*name.split("."), str(path.relative_to(ROOT / folder))))
         for name, folder in config["package-dir"].items()
         for path in (ROOT / folder).rglob("*")
-        if path.suffix in (".py", ".typed") and "__pycache__" not in path.parts
+        if path.suffix in (".py", ".typed", ".html", ".js", ".css")
+        and "__pycache__" not in path.parts
     }
     modules = {name for name in names if ".dist-info/" not in name}
     assert modules == expected

@@ -298,3 +298,48 @@ def test_the_legacy_database_is_left_as_it_was(legacy_db: Path, store_db: Path) 
     assert run_import(legacy_db, store_db).returncode == 0
 
     assert legacy_db.read_bytes() == before
+
+
+# Values the json module would read and the store could not keep as written (issue 14): each
+# is refused with the run id and the reason, and the other rows are imported.
+CHANGED_VALUES = {
+    "nan-usage": ({"usage": '{"cost": NaN}'}, "NaN"),
+    "infinity-trace": ({"trace": '[{"x": Infinity}]'}, "Infinity"),
+    "huge-number": ({"usage": '{"cost": 1e400}'}, "too large"),
+    "tiny-number": ({"trace": '[{"x": 1e-400}]'}, "too small"),
+    "duplicate-key": ({"usage": '{"a": 1, "a": 2}'}, "duplicate key"),
+    "deep-plan": ({"plan": "[" * 300 + "]" * 300}, "nest deeper"),
+    "bad-utf8-trace": ({"trace": b'[{"x": "\xff"}]'}, "UTF-8"),
+    "bad-utf8-input": ({"input": b"caf\xe9"}, "input is not valid UTF-8"),
+}
+
+
+async def test_values_that_would_be_changed_are_refused_by_run_id_and_reason(
+    legacy_db: Path, store_db: Path
+) -> None:
+    write_legacy(
+        legacy_db,
+        [invalid_row(run_id, changes) for run_id, (changes, _) in CHANGED_VALUES.items()],
+    )
+    result = run_import(legacy_db, store_db)
+    assert result.returncode == 1
+    assert "imported 5" in result.stdout
+    assert f"invalid {len(CHANGED_VALUES)}" in result.stdout
+    for run_id, (_, reason) in CHANGED_VALUES.items():
+        line = next(line for line in result.stderr.splitlines() if f" {run_id}: " in line)
+        assert reason in line
+    assert sorted(await stored_runs(store_db)) == sorted(s["runId"] for s in LEGACY_RUNS)
+    # Again: the good rows are unchanged, the bad ones refused again, no version moves.
+    again = run_import(legacy_db, store_db)
+    assert "imported 0, unchanged 5" in again.stdout
+    assert again.returncode == 1
+
+
+async def test_a_row_whose_run_id_is_not_utf8_is_named_escaped(
+    legacy_db: Path, store_db: Path
+) -> None:
+    write_legacy(legacy_db, [invalid_row("bad-id", {"run_id": b"run-\xff"})])
+    result = run_import(legacy_db, store_db)
+    assert result.returncode == 1
+    assert "not imported: run-\\xff: column run_id is not valid UTF-8" in result.stderr
+    assert "imported 5" in result.stdout

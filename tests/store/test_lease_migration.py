@@ -73,10 +73,11 @@ def database_before_leases(request: pytest.FixtureRequest) -> str:
         "CREATE TABLE schema_version (version integer PRIMARY KEY, "
         "applied_at timestamptz NOT NULL DEFAULT now())",
     )
-    for statements in PG_MIGRATIONS[: PG_VERSION - 1]:
+    # Leases are the last migration; schema_version holds one row per migration applied.
+    for version, statements in enumerate(PG_MIGRATIONS[: PG_VERSION - 1], start=1):
         for statement in statements:
             query(url, statement)
-    query(url, "INSERT INTO schema_version (version) VALUES (%s)", (PG_VERSION - 1,))
+        query(url, "INSERT INTO schema_version (version) VALUES (%s)", (version,))
     first = make_snapshot("first", steps=4) | {"history": [{"role": "user", "content": "hi"}]}
     first["trace"][3] = {"n": 3}
     for snapshot, version in ((first, 2), (make_snapshot("second", steps=2), 1)):
@@ -112,4 +113,4 @@ async def test_a_postgres_database_before_leases_is_migrated(database_before_lea
     async with PostgresStore(database_before_leases) as store:
         await check_migrated_runs(store)
     versions = query(database_before_leases, "SELECT version FROM schema_version ORDER BY 1")
-    assert versions == [(PG_VERSION - 1,), (PG_VERSION,)]
+    assert versions == [(version,) for version in range(1, PG_VERSION + 1)]

@@ -27,7 +27,7 @@ def servers(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute(
             "DO $$ BEGIN IF to_regclass('runs') IS NOT NULL THEN "
-            "TRUNCATE runs, steps, turns, probe; END IF; END $$"
+            "TRUNCATE runs, steps, turns, probe CASCADE; END IF; END $$"
         )
     db: Path = tmp_path_factory.mktemp("differential") / "runs.db"
     with (

@@ -2,7 +2,8 @@
 
 Every write transaction stores one commit mark, so the marks a batch of concurrent writes left
 behind count its transactions. A write the rules refuse fails alone; writes to one run in a
-group see each other; every write is answered after its group committed.
+group see each other; every write is answered after its group committed. Each accepted write of
+a group adds its event row and its notice in the group's transaction; a refused one neither.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from support import make_snapshot
 
 from runstore.client.problems import PreconditionFailed, RunNotFound, TraceGap
 from runstore.service.store.postgres import PostgresStore
+from runstore.service.store.postgres_writes import CHANNEL, EVENTS_KEPT
 from runstore.service.store.records import patch_record, snapshot_record
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
@@ -98,3 +100,33 @@ async def test_writes_to_one_run_in_a_group_see_each_other(store: PostgresStore)
     assert (created.version, created.created) == (1, True)
     assert (patched.version, patched.trace_length) == (2, 3)
     assert await stored(store, "shared") == (2, 3)
+
+
+async def test_each_accepted_write_of_a_group_adds_its_event_and_its_notice(
+    store: PostgresStore, postgres_database: str
+) -> None:
+    await store.put_run(snapshot_record(make_snapshot("told")))
+    await store.put_run(snapshot_record(make_snapshot("gone")))
+    patches = EVENTS_KEPT + 10  # enough to cut the oldest rows
+    with psycopg.connect(postgres_database, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        outcomes = await asyncio.gather(
+            *(store.patch_run("told", append("told", index)) for index in range(patches)),
+            store.patch_run("told", append("told", 10_000)),  # a gap: refused
+            store.delete_run("gone"),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[patches], TraceGap)
+        expected = {f"told:{version}" for version in range(2, patches + 2)} | {"gone:deleted"}
+        notices = {
+            notice.payload for notice in listener.notifies(timeout=10, stop_after=len(expected))
+        }
+    assert notices == expected
+    with psycopg.connect(postgres_database, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT version, kind FROM run_events WHERE run_id = 'told' ORDER BY version"
+        ).fetchall()
+        gone = connection.execute("SELECT count(*) FROM run_events WHERE run_id = 'gone'")
+        assert gone.fetchone() == (0,)
+    # The last EVENTS_KEPT writes keep their rows, each a patch.
+    assert rows == [(version, "patch") for version in range(patches + 2 - EVENTS_KEPT, patches + 2)]

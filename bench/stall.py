@@ -1,0 +1,294 @@
+"""How long one client can stall everyone else's writes (issue 14, items 1-4).
+
+    .venv/bin/python bench/stall.py                       # every scenario, default sizes
+    .venv/bin/python bench/stall.py head retention        # some of them
+    .venv/bin/python bench/stall.py --python /path/to/other/venv/bin/python   # another build
+
+Each scenario starts ``runstore serve`` (SQLite in a temporary file, or ``--database-url``;
+``--python`` picks the interpreter, so a checkout of an earlier commit can be measured the same
+way: see docs/performance.md), runs an
+"ordinary writer" that PATCHes one step at a time to a run of its own from another thread,
+and meanwhile does one hostile thing:
+
+- ``head``: sends a request whose one header is ``--head-mib`` MiB;
+- ``connections``: opens ``--silent`` connections that send nothing and ``--half`` that send
+  half a request head, then checks that a new client is still served;
+- ``tiny-items``: PUTs one run of ``--tiny-steps`` one-character steps;
+- ``retention``: stores ``--runs`` finished runs of 40 steps, then ``DELETE /runs`` them all.
+
+It prints, per scenario, what the hostile request got (status and seconds) and the longest
+wait of an ordinary write while it ran, next to the ordinary write's median. Timings on a
+shared machine are noisy; compare runs made back to back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+_LISTENING = re.compile(r"Uvicorn running on (http://\S+)")
+
+
+@contextmanager
+def server(python: str, db: Path, env: dict[str, str], database_url: str | None) -> Iterator[str]:
+    command = [python, "-m", "runstore.service", "serve", "--port", "0", "--db", str(db)]
+    if database_url is not None:
+        command += ["--database-url", database_url]
+    process = subprocess.Popen(
+        command,
+        env={"RUNSTORE_ACCESS_LOG": "false", "PATH": "/usr/bin:/bin", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    url = ""
+    for line in process.stdout:
+        if match := _LISTENING.search(line):
+            url = match.group(1)
+            break
+    if not url:
+        raise SystemExit(f"the server did not start: {process.wait()}")
+    threading.Thread(target=lambda: [None for _ in process.stdout or ()], daemon=True).start()
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+class OrdinaryWriter:
+    """PATCHes one step at a time to its own run, recording each write's latency."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=120)
+        self.path = f"/runs/ordinary-{uuid.uuid4().hex[:8]}"
+        snapshot = {
+            "runId": self.path.removeprefix("/runs/"),
+            "status": "running",
+            "startedAt": 1,
+            "input": "x",
+            "trace": [],
+            "usage": {},
+            "stepIndex": 0,
+            "iterations": 0,
+            "revisions": 0,
+        }
+        self.http.put(self.path, json=snapshot).raise_for_status()
+        self.steps = 0
+        self.latencies: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            body = {"trace": [{"step": self.steps}], "traceFrom": self.steps}
+            response = self.http.patch(self.path, json=body)
+            self.latencies.append(time.perf_counter() - started)
+            if response.status_code == 200:
+                self.steps += 1
+            time.sleep(0.01)
+
+    def __enter__(self) -> OrdinaryWriter:
+        self.thread.start()
+        time.sleep(0.5)  # a baseline before the hostile request
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        time.sleep(0.3)
+        self.stop.set()
+        self.thread.join()
+        self.http.close()
+
+    def report(self) -> str:
+        if not self.latencies:
+            return "no ordinary write finished"
+        return (
+            f"ordinary writes: {len(self.latencies)}, median "
+            f"{statistics.median(self.latencies) * 1000:.1f} ms, longest "
+            f"{max(self.latencies) * 1000:.0f} ms"
+        )
+
+
+def timed(action: Callable[[], str]) -> str:
+    started = time.perf_counter()
+    outcome = action()
+    return f"{outcome} in {time.perf_counter() - started:.3f} s"
+
+
+def head(url: str, args: argparse.Namespace) -> str:
+    host, port = url.removeprefix("http://").split(":")
+
+    def send() -> str:
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        chunk = b"a" * (1024 * 1024)
+        try:
+            for _ in range(args.head_mib):
+                sock.sendall(chunk)
+            sock.sendall(b"\r\n\r\n")
+            sock.settimeout(120)
+            answer = sock.recv(100)
+        except OSError as exc:
+            try:
+                answer = sock.recv(100)
+            except OSError:
+                answer = f"connection closed: {exc}".encode()
+        sock.close()
+        status_line = answer.split(b"\r\n", 1)[0].decode(errors="replace")
+        return f"{args.head_mib} MiB header: {status_line}"
+
+    return timed(send)
+
+
+def connections(url: str, args: argparse.Namespace) -> str:
+    host, port = url.removeprefix("http://").split(":")
+    held: list[socket.socket] = []
+    try:
+        for number in range(args.silent + args.half):
+            sock = socket.create_connection((host, int(port)))
+            if number >= args.silent:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            held.append(sock)
+        time.sleep(1)
+        try:
+            status = str(httpx.get(url + "/healthz", timeout=10).status_code)
+        except httpx.HTTPError as exc:
+            status = f"failed ({type(exc).__name__})"
+        # How many the server has closed after the head deadline (given as --head-timeout).
+        time.sleep(args.head_timeout + 1)
+        closed = 0
+        for sock in held:
+            sock.settimeout(0.01)
+            try:
+                sock.recv(1 << 16)  # b"" or a 408: answered and closed either way
+                closed += 1
+            except TimeoutError:
+                pass
+            except OSError:
+                closed += 1
+        return (
+            f"{args.silent} silent + {args.half} half-sent connections: a new client got "
+            f"{status}; {closed} of them closed by the server after {args.head_timeout + 2:g} s"
+        )
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def tiny_items(url: str, args: argparse.Namespace) -> str:
+    snapshot = {
+        "runId": "tiny",
+        "status": "running",
+        "startedAt": 1,
+        "input": "x",
+        "trace": ["a"] * args.tiny_steps,
+        "usage": {},
+        "stepIndex": 0,
+        "iterations": 0,
+        "revisions": 0,
+    }
+    body = json.dumps(snapshot, separators=(",", ":")).encode()
+
+    def put() -> str:
+        response = httpx.put(
+            url + "/runs/tiny",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=600,
+        )
+        sent = f"{args.tiny_steps} one-character steps ({len(body)} bytes)"
+        return f"PUT of {sent}: {response.status_code}"
+
+    return timed(put)
+
+
+def retention(url: str, args: argparse.Namespace) -> str:
+    with httpx.Client(base_url=url, timeout=120) as http:
+        for number in range(args.runs):
+            snapshot = {
+                "runId": f"old-{number}",
+                "status": "completed",
+                "startedAt": 1,
+                "completedAt": 2,
+                "input": "x",
+                "trace": [{"step": i} for i in range(40)],
+                "usage": {},
+                "stepIndex": 40,
+                "iterations": 40,
+                "revisions": 0,
+            }
+            http.put(f"/runs/old-{number}", json=snapshot).raise_for_status()
+    return ""
+
+
+def delete_old(url: str, args: argparse.Namespace) -> str:
+    def delete() -> str:
+        response = httpx.delete(url + "/runs?completedBefore=3", timeout=600)
+        return (
+            f"DELETE /runs of {args.runs} runs of 40 steps: {response.status_code} {response.text}"
+        )
+
+    return timed(delete)
+
+
+SCENARIOS = ("head", "connections", "tiny-items", "retention")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenarios", nargs="*", help=f"some of: {', '.join(SCENARIOS)}")
+    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument(
+        "--database-url", help="postgresql://... to serve from PostgreSQL instead of SQLite"
+    )
+    parser.add_argument("--head-mib", type=int, default=100)
+    parser.add_argument("--silent", type=int, default=300)
+    parser.add_argument("--half", type=int, default=300)
+    parser.add_argument("--head-timeout", type=float, default=2.0)
+    parser.add_argument("--tiny-steps", type=int, default=2_000_000)
+    parser.add_argument("--runs", type=int, default=5_000)
+    args = parser.parse_args()
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    env = {
+        "RUNSTORE_HEAD_TIMEOUT": str(args.head_timeout),
+        "RUNSTORE_MAX_ITEMS_PER_WRITE": "100000",
+    }
+    for scenario in args.scenarios or SCENARIOS:
+        with (
+            tempfile.TemporaryDirectory() as directory,
+            server(args.python, Path(directory) / "runs.db", env, args.database_url) as url,
+        ):
+            if scenario == "retention":
+                retention(url, args)  # the store to delete from, before the writer starts
+            with OrdinaryWriter(url) as writer:
+                if scenario == "head":
+                    outcome = head(url, args)
+                elif scenario == "connections":
+                    outcome = connections(url, args)
+                elif scenario == "tiny-items":
+                    outcome = tiny_items(url, args)
+                else:
+                    outcome = delete_old(url, args)
+            print(f"{scenario}: {outcome}\n    {writer.report()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

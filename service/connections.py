@@ -1,0 +1,227 @@
+"""Connection-level limits: what uvicorn's httptools protocol leaves to the application.
+
+uvicorn (0.54) with httptools has no limit on the size of a request head and no deadline for
+receiving one: httptools buffers a header as it arrives, at a cost that grows with the square of
+its length, with the event loop blocked (issue 14). :class:`GuardedProtocol` is uvicorn's own
+``HttpToolsProtocol`` (``--http`` takes a protocol class), with four checks added before any
+byte reaches the parser or the application:
+
+- **Head size**: bytes of a request head are counted as they arrive; past
+  ``max_head_bytes`` without the blank line that ends a head, the connection is answered 431
+  and closed. The parser never holds more than the limit, so the cost per byte is constant.
+- **Head deadline**: from the first byte of a head (or from the connection's opening), the
+  whole head must arrive within ``head_timeout`` seconds; otherwise 408 and close (a connection
+  that sent nothing is closed without an answer). Idle keep-alive connections are closed by
+  uvicorn's ``timeout_keep_alive``; the body's deadline is the application's (``body_timeout``).
+- **Connection cap**: a connection opened past ``max_connections`` is answered 503 with
+  ``Retry-After`` and closed at once, so a flood of silent connections cannot exhaust the
+  process's file descriptors for the clients already connected.
+- **Host**: an HTTP/1.1 request without ``Host`` is answered 400 (RFC 9112 section 3.2).
+
+The answers are problem+json, like the application's, built from the classes of
+:mod:`runstore.client.problems`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, ClassVar, Final
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from runstore.client.problems import (
+    BadRequest,
+    HeadTooLarge,
+    RequestTimeout,
+    RunStoreError,
+    ServerBusy,
+)
+
+from .api.problems import PROBLEM_MEDIA_TYPE
+
+__all__ = ["GuardedProtocol", "guarded_protocol", "problem_bytes"]
+
+_REASONS: Final = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+# How long a refused connection's further input is read and dropped before it is closed.
+_DRAIN_SECONDS: Final = 2.0
+# A head ends with an empty line; httptools (llhttp) also takes a bare LF as a line end.
+_HEAD_ENDS: Final = (b"\r\n\r\n", b"\n\n")
+
+
+def problem_bytes(error: RunStoreError) -> bytes:
+    """A whole HTTP/1.1 answer to ``error`` that closes the connection."""
+    details = type(error).problem_details(error.detail)
+    body = json.dumps(details, separators=(",", ":")).encode()
+    status: int = details["status"]
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
+        b"content-type: " + PROBLEM_MEDIA_TYPE.encode(),
+        b"content-length: %d" % len(body),
+        b"connection: close",
+    ]
+    if status == 503:
+        lines.append(b"retry-after: 1")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; the answer is the protocol's."""
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a head-size limit, a head deadline, a connection cap
+    and the Host check; the limits are class attributes (see :func:`guarded_protocol`)."""
+
+    max_head_bytes: ClassVar[int] = 64 * 1024
+    head_timeout: ClassVar[float] = 10.0
+    max_connections: ClassVar[int] = 1000
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_tail = b""
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._messages_completed = 0
+        self._refusal: RunStoreError | None = None
+        self._draining = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self.logger.warning("Refused a connection: %d are open.", len(self.connections) - 1)
+            self._refuse(
+                ServerBusy(
+                    f"The server has {self.max_connections} connections open, its limit; "
+                    "try again shortly."
+                ),
+                drain=False,
+            )
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._draining:
+            return
+        self._unset_keepalive_if_required()
+        if self._in_head:
+            if self._head_timer is None:
+                self._arm_head_timer()
+            if self._head_bytes + len(data) > self.max_head_bytes and not self._head_ends_within(
+                data
+            ):
+                self._refuse(
+                    HeadTooLarge(
+                        f"The request line and headers are over the limit of "
+                        f"{self.max_head_bytes} bytes."
+                    )
+                )
+                return
+        completed = self._messages_completed
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if self._refusal is not None:
+                self._refuse(self._refusal)
+            else:
+                self.logger.warning("Invalid HTTP request received.")
+                self._refuse(BadRequest("The request is not valid HTTP/1.1."))
+            return
+        if self._in_head:
+            # A message completed in this chunk: what follows it is the next head, whose bytes
+            # are not told apart from the earlier ones; count it from the next chunk.
+            if completed != self._messages_completed:
+                self._head_bytes, self._head_tail = 0, b""
+            else:
+                self._head_bytes += len(data)
+                self._head_tail = (self._head_tail + data)[-3:]
+
+    def _head_ends_within(self, data: bytes) -> bool:
+        """True if the head ends in ``data`` within the bytes the limit still allows."""
+        allowed = self._head_tail + data[: max(self.max_head_bytes - self._head_bytes, 0)]
+        return any(end in allowed for end in _HEAD_ENDS)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm_head_timer()
+        if self.parser.get_http_version() == "1.1" and not any(
+            name == b"host" for name, _ in self.headers
+        ):
+            self._refusal = BadRequest("An HTTP/1.1 request needs a Host header.")
+            raise _Refused
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes, self._head_tail = 0, b""
+        self._messages_completed += 1
+        super().on_message_complete()
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._head_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
+            # Nothing of a request came: there is no one to answer.
+            self.transport.close()
+            return
+        self._refuse(
+            RequestTimeout(
+                f"The request line and headers did not arrive within {self.head_timeout:g} seconds."
+            )
+        )
+
+    def _refuse(self, error: RunStoreError, *, drain: bool = True) -> None:
+        """Answer ``error`` and close. With ``drain``, what the client is still sending is
+        read and dropped, unparsed, for up to ``_DRAIN_SECONDS`` after the answer (a "lingering
+        close", as nginx does): closing a socket with unread input sends a reset, which may
+        destroy the answer before the client reads it."""
+        self._disarm_head_timer()
+        if self.transport.is_closing():
+            return
+        self.transport.write(problem_bytes(error))
+        if drain and self.transport.can_write_eof():
+            self._draining = True
+            self.transport.write_eof()
+            self.loop.call_later(_DRAIN_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+
+def guarded_protocol(
+    *, max_head_bytes: int, head_timeout: float, max_connections: int
+) -> type[GuardedProtocol]:
+    """A :class:`GuardedProtocol` class with these limits, to pass to uvicorn as ``http``."""
+    return type(
+        "GuardedProtocol",
+        (GuardedProtocol,),
+        {
+            "max_head_bytes": max_head_bytes,
+            "head_timeout": head_timeout,
+            "max_connections": max_connections,
+        },
+    )
