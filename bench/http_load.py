@@ -12,7 +12,9 @@ then the ratios the targets are stated in:
 
 - PATCH throughput >= 70% of the floor's;
 - PUT of a 50-step snapshot >= 3x the naive endpoint's throughput;
-- GET p99 under load <= 2x its p50.
+- GET p99 under load <= 2x its p50;
+- a PATCH under a lease (``Runstore-Lease``) >= 90% of an unleased PATCH's throughput, both on
+  runstore (``--scenarios leases`` measures only this pair).
 
 Each round measures every scenario on runstore and on its reference back to back; a ratio is
 the median of the rounds' ratios, which are printed too. On a shared machine whose speed drifts
@@ -154,8 +156,8 @@ def start_reference(kind: str, db: str, pin: bool) -> Server:
 # ---------------------------------------------------------------- client
 
 
-def _request(method: str, path: str, body: bytes | None = None) -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+def _request(method: str, path: str, body: bytes | None = None, extra: str = "") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}"
     if body is None:
         return (head + "\r\n").encode()
     head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -255,8 +257,9 @@ def dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def patch_factory(prefix: str, base_steps: int) -> RequestFactory:
-    """Connection n appends one step at a time to its own run."""
+def patch_factory(prefix: str, base_steps: int, lease: int | None = None) -> RequestFactory:
+    """Connection n appends one step at a time to its own run (under ``lease``, if given)."""
+    extra = "" if lease is None else f"Runstore-Lease: {lease}\r\n"
 
     def make(connection: int, sequence: int) -> bytes:
         index = base_steps + sequence
@@ -267,7 +270,7 @@ def patch_factory(prefix: str, base_steps: int) -> RequestFactory:
             "iterations": index + 1,
             "usage": {"inputTokens": 812 * (index + 1), "outputTokens": 120 * (index + 1)},
         }
-        return _request("PATCH", f"/runs/{prefix}-{connection}", dumps(body))
+        return _request("PATCH", f"/runs/{prefix}-{connection}", dumps(body), extra)
 
     return make
 
@@ -306,6 +309,21 @@ async def seed_runs(port: int, prefix: str, count: int, steps: int) -> None:
             )
             if status not in (200, 201, 204):
                 raise RuntimeError(f"seeding {run_id} answered {status}")
+    finally:
+        writer.close()
+
+
+async def lease_runs(port: int, prefix: str, count: int) -> None:
+    """Take lease 1 on each of ``count`` seeded runs, for an hour."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for n in range(count):
+            body = dumps({"holder": f"bench-{n}", "ttlMs": 3_600_000})
+            status = await _exchange(
+                reader, writer, _request("POST", f"/runs/{prefix}-{n}/lease", body)
+            )
+            if status != 200:
+                raise RuntimeError(f"leasing {prefix}-{n} answered {status}")
     finally:
         writer.close()
 
@@ -361,6 +379,20 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> list[Result]:
         for round_number in range(args.rounds):
             prefix = f"{tag}-r{round_number}"
 
+            # Leases: the same PATCH with and without Runstore-Lease, back to back, taking
+            # turns at going first.
+            order = ["PATCH unleased", "PATCH leased"]
+            for scenario in order if round_number % 2 == 0 else order[::-1]:
+                leased = scenario == "PATCH leased"
+                runs = f"{prefix}-{'leased' if leased else 'unleased'}"
+                await seed_runs(ports["runstore"][0], runs, args.connections, 5)
+                if leased:
+                    await lease_runs(ports["runstore"][0], runs, args.connections)
+                factory = patch_factory(runs, 5, 1 if leased else None)
+                await measure("runstore", scenario, factory, round_number)
+            if args.scenarios == "leases":
+                continue
+
             # PATCH: every connection appends to its own run, created first with 5 steps.
             await seed_runs(ports["runstore"][0], f"{prefix}-patch", args.connections, 5)
             for target in _paired("floor", round_number):
@@ -379,7 +411,7 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> list[Result]:
 def _format(result: Result) -> str:
     row = result.row()
     return (
-        f"{row['target']:>9}  {row['scenario']:<13} {row['throughput']:>9.1f} req/s   "
+        f"{row['target']:>9}  {row['scenario']:<15} {row['throughput']:>9.1f} req/s   "
         f"p50 {row['p50_ms']:>7.2f} ms   p99 {row['p99_ms']:>7.2f} ms   errors {row['errors']}"
     )
 
@@ -404,15 +436,8 @@ def _ratios(
 
 def summarize(results: list[Result]) -> dict[str, dict[str, object]]:
     throughput = functools.partial(_metric, results, metric="throughput")
-    patch, patch_rounds = _ratios(
-        throughput("runstore", "PATCH 1 step"), throughput("floor", "PATCH 1 step")
-    )
-    put, put_rounds = _ratios(
-        throughput("runstore", "PUT 50 steps"), throughput("naive", "PUT 50 steps")
-    )
-    get, get_rounds = _ratios(
-        _metric(results, "runstore", "GET 50 steps", "p99_ms"),
-        _metric(results, "runstore", "GET 50 steps", "p50_ms"),
+    leased, leased_rounds = _ratios(
+        throughput("runstore", "PATCH leased"), throughput("runstore", "PATCH unleased")
     )
 
     def verdict(ratio: float, rounds: list[float], target: str, met: bool) -> dict[str, object]:
@@ -423,7 +448,23 @@ def summarize(results: list[Result]) -> dict[str, dict[str, object]]:
             "met": met,
         }
 
+    lease_verdict = {
+        "leased_patch_vs_unleased": verdict(leased, leased_rounds, ">= 0.90", leased >= 0.90)
+    }
+    if not throughput("floor", "PATCH 1 step"):
+        return lease_verdict
+    patch, patch_rounds = _ratios(
+        throughput("runstore", "PATCH 1 step"), throughput("floor", "PATCH 1 step")
+    )
+    put, put_rounds = _ratios(
+        throughput("runstore", "PUT 50 steps"), throughput("naive", "PUT 50 steps")
+    )
+    get, get_rounds = _ratios(
+        _metric(results, "runstore", "GET 50 steps", "p99_ms"),
+        _metric(results, "runstore", "GET 50 steps", "p50_ms"),
+    )
     return {
+        **lease_verdict,
         "patch_vs_floor": verdict(patch, patch_rounds, ">= 0.70", patch >= 0.70),
         "put_vs_naive": verdict(put, put_rounds, ">= 3.0", put >= 3.0),
         "get_p99_over_p50": verdict(get, get_rounds, "<= 2.0", get <= 2.0),
@@ -442,6 +483,12 @@ def main() -> int:
     parser.add_argument("--database-url", help="PostgreSQL URL (with --backend postgres)")
     parser.add_argument("--replicas", type=int, default=1, help="runstore servers to spread over")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="don't pin CPUs")
+    parser.add_argument(
+        "--scenarios",
+        choices=["all", "leases"],
+        default="all",
+        help="leases: only the leased and unleased PATCH",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.backend == "postgres" and not args.database_url:
@@ -469,7 +516,7 @@ def main() -> int:
     for name, verdict in summary.items():
         rounds = " ".join(f"{value:.2f}" for value in verdict["rounds"])  # type: ignore[attr-defined]
         print(
-            f"{name:<18} {verdict['ratio']:>7}  target {verdict['target']:<7}  "
+            f"{name:<24} {verdict['ratio']:>7}  target {verdict['target']:<7}  "
             f"met: {verdict['met']!s:<5}  (rounds: {rounds})"
         )
     if args.json:

@@ -15,13 +15,15 @@ from ._embedded import EmbeddedStore, embedded_persistence
 from ._persistence import Persistence, RunPersistence
 from ._retry import RetryPolicy
 from ._wire import SnapshotLike
-from .models import RunPatch, RunSnapshot, RunSummary, WriteAck
+from .models import ClaimedRun, Lease, RunPatch, RunSnapshot, RunSummary, WriteAck
 from .problems import (
     BadRequest,
     BodyTooLarge,
     Forbidden,
     InternalError,
     InvalidRun,
+    LeaseHeld,
+    LeaseLost,
     MalformedJson,
     MethodNotAllowed,
     PreconditionFailed,
@@ -44,10 +46,14 @@ __all__ = [
     "AsyncRunStoreClient",
     "BadRequest",
     "BodyTooLarge",
+    "ClaimedRun",
     "EmbeddedStore",
     "Forbidden",
     "InternalError",
     "InvalidRun",
+    "Lease",
+    "LeaseHeld",
+    "LeaseLost",
     "MalformedJson",
     "MethodNotAllowed",
     "Persistence",

@@ -27,7 +27,11 @@ from ._http import (
     ack_of,
     base_headers,
     check,
+    claim_body,
+    claimed_of,
     deleted_count,
+    lease_body,
+    lease_of,
     list_params,
     page_of,
     stored_snapshot,
@@ -44,7 +48,7 @@ from ._wire import (
     run_path,
     view_of,
 )
-from .models import RunPatch, RunSnapshot, RunSummary, WriteAck
+from .models import ClaimedRun, Lease, RunPatch, RunSnapshot, RunSummary, WriteAck
 
 __all__ = ["AsyncRunStoreClient"]
 
@@ -136,18 +140,21 @@ class AsyncRunStoreClient:
         *,
         if_match: int | None = None,
         if_none_match: bool = False,
+        lease: int | None = None,
     ) -> WriteAck:
         """Create or replace a whole run (a :class:`RunSnapshot` or a camelCase mapping).
 
         ``if_match``: only if the stored version is this one. ``if_none_match``: only if the run
-        does not exist. Either failing raises PreconditionFailed.
+        does not exist. Either failing raises PreconditionFailed. ``lease``: the writer's lease
+        on the run (every write method takes it): LeaseLost if a newer lease exists; without
+        it, LeaseHeld while another holder's lease is live.
         """
         write = RunLedger.whole(view_of(snapshot))
         response, _ = await self._request(
             "PUT",
             run_path(write.run_id),
             content=write.body(),
-            headers=write_headers(if_match, if_none_match=if_none_match),
+            headers=write_headers(if_match, if_none_match=if_none_match, lease=lease),
         )
         return ack_of(response)
 
@@ -157,6 +164,7 @@ class AsyncRunStoreClient:
         patch: RunPatch | Mapping[str, Any],
         *,
         if_match: int | None = None,
+        lease: int | None = None,
     ) -> WriteAck:
         """Apply a PATCH: ``trace`` from ``traceFrom``, ``history`` from ``historyFrom``, and
         fields to replace (None clears an optional one). RunNotFound if the run is absent."""
@@ -165,7 +173,7 @@ class AsyncRunStoreClient:
             "PATCH",
             run_path(run_id),
             content=encode_body(encode(body)),
-            headers=write_headers(if_match),
+            headers=write_headers(if_match, lease=lease),
         )
         return ack_of(response)
 
@@ -174,13 +182,15 @@ class AsyncRunStoreClient:
         stored = await self._read(run_id)
         return None if stored is None else stored.snapshot()
 
-    async def delete_run(self, run_id: str, *, if_match: int | None = None) -> None:
+    async def delete_run(
+        self, run_id: str, *, if_match: int | None = None, lease: int | None = None
+    ) -> None:
         """Delete a run; RunNotFound if absent.
 
         When an earlier attempt may have been applied (its answer was lost) a 404 counts as done.
         """
         response, uncertain = await self._request(
-            "DELETE", run_path(run_id), headers=write_headers(if_match)
+            "DELETE", run_path(run_id), headers=write_headers(if_match, lease=lease)
         )
         if response.status_code == 404 and uncertain:
             return
@@ -222,19 +232,77 @@ class AsyncRunStoreClient:
         response, _ = await self._request("DELETE", "/runs", params=params)
         return deleted_count(response)
 
-    def persistence(self, *, close_client: bool = False) -> AsyncRunPersistence:
-        """The persistence hooks over this client; ``close_client``: their ``close()`` closes
-        the client too."""
-        return AsyncRunPersistence(
-            self._send_write, self._read, close=self.close if close_client else None
+    async def acquire_lease(
+        self, run_id: str, holder: str, ttl: float, *, lease: int | None = None
+    ) -> Lease:
+        """Take the lease on a run for ``ttl`` seconds (1 to 3600) as ``holder``, or renew
+        lease ``lease``. LeaseHeld while another holder's lease is live; LeaseLost when
+        ``lease`` is no longer the run's latest; RunNotFound. Taking it again as the same
+        holder while it is live renews it (so a retried call is safe)."""
+        response, _ = await self._request(
+            "POST",
+            f"{run_path(run_id)}/lease",
+            content=encode_body(encode(lease_body(holder, ttl, lease))),
+            headers=write_headers(),
         )
+        return lease_of(response)
+
+    async def release_lease(self, run_id: str, lease: int) -> None:
+        """End lease ``lease`` now (safe to repeat); LeaseLost if a newer lease exists."""
+        response, _ = await self._request(
+            "DELETE", f"{run_path(run_id)}/lease", headers=write_headers(lease=lease)
+        )
+        check(response)
+
+    async def claim(
+        self,
+        holder: str,
+        ttl: float,
+        *,
+        status: str | Iterable[str] = "running",
+        stale_after: float = 60.0,
+    ) -> ClaimedRun | None:
+        """Take over the orphaned run that has waited longest, or None when none qualifies.
+
+        Orphaned: not finished, ``status`` one of those given, and its last lease expired, or
+        it never had a lease and was last written ``stale_after`` seconds ago. The answer holds
+        the run and the new lease (``ttl`` seconds) for ``holder``; hand it to the hooks'
+        ``resume`` to go on with the run. Two claimers never get the same run.
+        """
+        body = claim_body(holder, ttl, status, stale_after)
+        response, _ = await self._request(
+            "POST", "/claims", content=encode_body(encode(body)), headers=write_headers()
+        )
+        return claimed_of(response)
+
+    def persistence(
+        self, *, holder: str | None = None, lease_ttl: float = 30.0, close_client: bool = False
+    ) -> AsyncRunPersistence:
+        """The persistence hooks over this client; ``close_client``: their ``close()`` closes
+        the client too. With ``holder``, each run the hooks start or resume is held under a
+        lease of ``lease_ttl`` seconds, renewed in the background (see
+        :class:`AsyncRunPersistence`)."""
+        return AsyncRunPersistence(
+            self._send_write,
+            self._read,
+            close=self.close if close_client else None,
+            holder=holder,
+            lease_ttl=lease_ttl,
+            acquire_lease=self._acquire_lease,
+            release_lease=self.release_lease,
+        )
+
+    async def _acquire_lease(
+        self, run_id: str, holder: str, ttl_ms: int, lease: int | None
+    ) -> Lease:
+        return await self.acquire_lease(run_id, holder, ttl_ms / 1000, lease=lease)
 
     async def _send_write(self, write: Write) -> WriteAck:
         response, _ = await self._request(
             write.method,
             run_path(write.run_id),
             content=write.body(),
-            headers=write_headers(write.if_match),
+            headers=write_headers(write.if_match, lease=write.lease),
         )
         return ack_of(response)
 

@@ -18,13 +18,13 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 from ._persistence import RunPersistence
 from ._retry import RetryPolicy, retry_policy
 from ._wire import StoredSnapshot, Write
-from .models import WriteAck
+from .models import ClaimedRun, Lease, RunSnapshot, WriteAck
 from .problems import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -77,11 +77,15 @@ class EmbeddedStore:
         document = write.document()
         if write.whole:
             record = self._call(lambda: snapshot_record(document))
-            result = self._call(lambda: self._engine.put_run(record, if_match=write.if_match))
+            result = self._call(
+                lambda: self._engine.put_run(record, if_match=write.if_match, lease=write.lease)
+            )
         else:
             patch = self._call(lambda: patch_record(document))
             result = self._call(
-                lambda: self._engine.patch_run(write.run_id, patch, if_match=write.if_match)
+                lambda: self._engine.patch_run(
+                    write.run_id, patch, if_match=write.if_match, lease=write.lease
+                )
             )
         return WriteAck(
             run_id=result.run_id,
@@ -97,14 +101,83 @@ class EmbeddedStore:
             return None
         return StoredSnapshot(json.loads(stored.body), stored.version)
 
+    def acquire_lease(
+        self, run_id: str, holder: str, ttl: float, *, lease: int | None = None
+    ) -> Lease:
+        """Take or renew a lease, as :meth:`RunStoreClient.acquire_lease`."""
+        return self._lease(run_id, holder, round(ttl * 1000), lease)
+
+    def _lease(self, run_id: str, holder: str, ttl_ms: int, lease: int | None) -> Lease:
+        from runstore.service.store.records import validated
+
+        from .models import LeaseRequest
+
+        request = validated(
+            LeaseRequest, {"holder": holder, "ttlMs": ttl_ms, "lease": lease}, "lease request"
+        )
+        granted = self._call(
+            lambda: self._engine.acquire_lease(
+                run_id, request.holder, request.ttl_ms, lease=request.lease
+            )
+        )
+        return Lease.model_validate(granted._asdict())
+
+    def release_lease(self, run_id: str, lease: int) -> None:
+        """End a lease now, as :meth:`RunStoreClient.release_lease`."""
+        self._call(lambda: self._engine.release_lease(run_id, lease))
+
+    def claim(
+        self,
+        holder: str,
+        ttl: float,
+        *,
+        status: str | Iterable[str] = "running",
+        stale_after: float = 60.0,
+    ) -> ClaimedRun | None:
+        """Take over an orphaned run, as :meth:`RunStoreClient.claim`."""
+        from runstore.service.store.base import ClaimQuery
+        from runstore.service.store.records import validated
+
+        from ._http import claim_body
+        from .models import ClaimRequest
+
+        request = validated(ClaimRequest, claim_body(holder, ttl, status, stale_after), "claim")
+        query = ClaimQuery(
+            request.holder,
+            request.ttl_ms,
+            tuple(dict.fromkeys(request.status)),
+            request.stale_after_ms,
+        )
+        claimed = self._call(lambda: self._engine.claim_run(query))
+        if claimed is None:
+            return None
+        return ClaimedRun(
+            run=RunSnapshot.model_validate_json(claimed.run.body),
+            lease=Lease.model_validate(claimed.lease._asdict()),
+            version=claimed.run.version,
+        )
+
 
 def embedded_persistence(
-    path: str | os.PathLike[str], *, retries: RetryPolicy | int = 5
+    path: str | os.PathLike[str],
+    *,
+    retries: RetryPolicy | int = 5,
+    holder: str | None = None,
+    lease_ttl: float = 30.0,
 ) -> RunPersistence:
     """The persistence hooks on a SQLite store file in this process, with no server.
 
     ``retries`` bounds how long a write waits out a locked or full database (beyond SQLite's own
-    busy timeout). ``close()`` on the hooks closes the file.
+    busy timeout). ``close()`` on the hooks closes the file. ``holder`` and ``lease_ttl``: as
+    :meth:`RunStoreClient.persistence` (leases, renewed on a thread).
     """
     store = EmbeddedStore(path, retries=retries)
-    return RunPersistence(store.send, store.read, close=store.close)
+    return RunPersistence(
+        store.send,
+        store.read,
+        close=store.close,
+        holder=holder,
+        lease_ttl=lease_ttl,
+        acquire_lease=store._lease,
+        release_lease=store.release_lease,
+    )

@@ -11,7 +11,7 @@ import httpx
 
 from ._retry import RetrySchedule, parse_retry_after
 from ._wire import StoredSnapshot
-from .models import RunSummary, WriteAck
+from .models import ClaimedRun, Lease, RunSnapshot, RunSummary, WriteAck
 from .problems import RunStoreError, StoreUnavailable, UnexpectedResponse, error_for_problem
 
 __all__ = [
@@ -20,7 +20,11 @@ __all__ = [
     "ack_of",
     "base_headers",
     "check",
+    "claim_body",
+    "claimed_of",
     "deleted_count",
+    "lease_body",
+    "lease_of",
     "list_params",
     "page_of",
     "stored_snapshot",
@@ -42,12 +46,16 @@ def base_headers(token: str | None) -> dict[str, str]:
     return headers
 
 
-def write_headers(if_match: int | None = None, *, if_none_match: bool = False) -> dict[str, str]:
+def write_headers(
+    if_match: int | None = None, *, if_none_match: bool = False, lease: int | None = None
+) -> dict[str, str]:
     headers = dict(JSON_HEADERS)
     if if_match is not None:
         headers["if-match"] = f'"{if_match}"'
     if if_none_match:
         headers["if-none-match"] = "*"
+    if lease is not None:
+        headers["runstore-lease"] = str(lease)
     return headers
 
 
@@ -111,6 +119,52 @@ def stored_snapshot(response: httpx.Response) -> StoredSnapshot | None:
             "The store's answer to GET is not a snapshot with an ETag.", status=200
         )
     return StoredSnapshot(wire, int(etag))
+
+
+def lease_body(holder: str, ttl: float, lease: int | None) -> dict[str, Any]:
+    """The body of ``POST /runs/{id}/lease``; ``ttl`` in seconds."""
+    body: dict[str, Any] = {"holder": holder, "ttlMs": round(ttl * 1000)}
+    if lease is not None:
+        body["lease"] = lease
+    return body
+
+
+def claim_body(
+    holder: str, ttl: float, status: str | Iterable[str], stale_after: float
+) -> dict[str, Any]:
+    """The body of ``POST /claims``; ``ttl`` and ``stale_after`` in seconds."""
+    return {
+        **lease_body(holder, ttl, None),
+        "status": [status] if isinstance(status, str) else list(status),
+        "staleAfterMs": round(stale_after * 1000),
+    }
+
+
+def lease_of(response: httpx.Response) -> Lease:
+    """The lease object of a lease's answer."""
+    body = _json(response)
+    try:
+        return Lease.model_validate(body)
+    except ValueError:
+        raise UnexpectedResponse("The store's answer is not a lease.", status=200) from None
+
+
+def claimed_of(response: httpx.Response) -> ClaimedRun | None:
+    """A claim's answer: None for 204, else the run, its version (the ETag) and the lease."""
+    if response.status_code == 204:
+        return None
+    body = _json(response)
+    etag = response.headers.get("etag", "").strip('"')
+    try:
+        return ClaimedRun(
+            run=RunSnapshot.model_validate(body["run"]),
+            lease=Lease.model_validate(body["lease"]),
+            version=int(etag),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise UnexpectedResponse(
+            "The store's answer to a claim is not a run and a lease with an ETag.", status=200
+        ) from None
 
 
 def deleted_count(response: httpx.Response) -> int:

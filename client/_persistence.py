@@ -18,14 +18,29 @@ The awaited hooks are written in ``_async_persistence.py``; the blocking ones in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from ._concurrency import Close, ReadRun, SendWrite
+from ._concurrency import (
+    AcquireLease,
+    Close,
+    ReadRun,
+    ReleaseLease,
+    Renewer,
+    SendWrite,
+)
 from ._ledger import DEFAULT_CAPACITY, RunLedger
 from ._wire import SnapshotLike, run_path, view_of
-from .models import RunSnapshot
-from .problems import RunNotFound, RunStoreError, StoreUnavailable, TraceGap
+from .models import MAX_TTL_MS, MIN_TTL_MS, ClaimedRun, Lease, RunSnapshot
+from .problems import (
+    LeaseHeld,
+    LeaseLost,
+    RunNotFound,
+    RunStoreError,
+    StoreUnavailable,
+    TraceGap,
+)
 
 __all__ = ["Persistence", "RunPersistence"]
 
@@ -61,6 +76,24 @@ def _refused(error: RunStoreError) -> bool:
     return not isinstance(error, StoreUnavailable)
 
 
+@dataclass(slots=True)
+class _HeldRun:
+    """A run these hooks hold a lease on, its renewer, and why the lease was lost (if it was)."""
+
+    lease: Lease
+    renewer: Renewer | None = None
+    lost: LeaseLost | None = None
+
+
+def _lost(lease: Lease, error: RunStoreError) -> LeaseLost:
+    if isinstance(error, LeaseLost):
+        return error
+    return LeaseLost(
+        f"The lease {lease.lease} on run {lease.run_id!r} could not be renewed ({error.detail}); "
+        "another worker owns the run now."
+    )
+
+
 class RunPersistence:
     """The hooks over one store: :class:`RunPersistence` blocks (made by
     :meth:`RunStoreClient.persistence` and by :func:`embedded_persistence`),
@@ -70,6 +103,16 @@ class RunPersistence:
     ``on_step_complete`` and ``on_run_complete`` send a PATCH of the new steps, the new history
     turns and the changed fields. Errors are the client's typed errors. Calls for one run must
     come one at a time; different runs may be saved from different threads or tasks.
+
+    With ``holder`` (leases): ``on_run_start`` also takes the run's lease (``lease_ttl``
+    seconds), every write carries it, a renewer (a thread for the blocking hooks, an asyncio
+    task for the awaited ones) renews it every third of the ttl while the run is open, and
+    ``on_run_complete`` releases it after the final write. :meth:`resume` goes on with a run
+    taken by a claim (or takes an existing run's lease). Once the lease is lost (another worker
+    took the run over), the renewer stops and the next hook for that run raises
+    :class:`LeaseLost`: stop working on it. :class:`LeaseHeld` says another holder owns a run
+    being started or resumed. ``close()`` stops the renewers without releasing: a closed
+    worker's runs become claimable when their leases expire.
     """
 
     def __init__(
@@ -79,11 +122,25 @@ class RunPersistence:
         *,
         close: Close | None = None,
         capacity: int = DEFAULT_CAPACITY,
+        holder: str | None = None,
+        lease_ttl: float = 30.0,
+        acquire_lease: AcquireLease | None = None,
+        release_lease: ReleaseLease | None = None,
     ) -> None:
         self._send = send
         self._read = read
         self._close = close
         self._ledger = RunLedger(capacity)
+        if holder is not None and (acquire_lease is None or release_lease is None):
+            raise ValueError("holder needs a store that takes leases")
+        ttl_ms = round(lease_ttl * 1000)
+        if not MIN_TTL_MS <= ttl_ms <= MAX_TTL_MS:
+            raise ValueError(f"lease_ttl must be 1 to 3600 seconds, not {lease_ttl}")
+        self.holder = holder
+        self._ttl_ms = ttl_ms
+        self._acquire = acquire_lease
+        self._release = release_lease
+        self._held: dict[str, _HeldRun] = {}
 
     def __enter__(self) -> Self:
         return self
@@ -97,16 +154,74 @@ class RunPersistence:
         self.close()
 
     def on_run_start(self, snapshot: SnapshotLike) -> None:
-        """Store the run as it starts."""
+        """Store the run as it starts (and, with a holder, take its lease)."""
+        view = view_of(snapshot)
         self._save(snapshot, final=False)
+        if self.holder is not None and view.run_id not in self._held:
+            self._hold(self._take(view.run_id, None))
 
     def on_step_complete(self, snapshot: SnapshotLike) -> None:
         """Send the new steps, turns and changed fields."""
         self._save(snapshot, final=False)
 
     def on_run_complete(self, snapshot: SnapshotLike) -> None:
-        """Send what is new, after checking every step and turn sent before (once per run)."""
-        self._save(snapshot, final=True)
+        """Send what is new, after checking every step and turn sent before (once per run);
+        then release the run's lease, if these hooks hold one."""
+        run_id = view_of(snapshot).run_id
+        try:
+            self._save(snapshot, final=True)
+        finally:
+            held = self._held.pop(run_id, None)
+            if held is not None and held.renewer is not None:
+                held.renewer.stop()
+        if held is not None and held.lost is None and self._release is not None:
+            self._release(run_id, held.lease.lease)
+
+    def resume(self, claimed: ClaimedRun | str) -> RunSnapshot:
+        """Go on with a run under a lease: one a claim took (``client.claim(...)``), or, given
+        a run id, the stored run, whose lease is taken first (LeaseHeld if another holder has
+        it; RunNotFound). Later hooks for it send deltas under the lease."""
+        if self.holder is None:
+            raise ValueError("resume needs hooks made with a holder")
+        if isinstance(claimed, str):
+            lease = self._take(claimed, None)
+            snapshot = self.load_run(claimed)
+            if snapshot is None:
+                raise RunNotFound(f"No run is stored under {claimed!r}.")
+        else:
+            lease, snapshot = claimed.lease, claimed.run
+            self._ledger.learn(snapshot.to_wire(), claimed.version)
+        self._hold(lease)
+        return snapshot
+
+    def lease(self, run_id: str) -> Lease | None:
+        """The lease these hooks hold on the run (as last granted or renewed), or None."""
+        held = self._held.get(run_id)
+        return None if held is None or held.lost is not None else held.lease
+
+    def _take(self, run_id: str, lease: int | None) -> Lease:
+        assert self._acquire is not None
+        assert self.holder is not None
+        return self._acquire(run_id, self.holder, self._ttl_ms, lease)
+
+    def _hold(self, lease: Lease) -> None:
+        held = self._held.get(lease.run_id)
+        if held is not None and held.renewer is not None:
+            held.renewer.stop()
+        held = self._held[lease.run_id] = _HeldRun(lease)
+
+        def renew() -> bool:
+            try:
+                held.lease = self._take(lease.run_id, held.lease.lease)
+            except (LeaseLost, LeaseHeld, RunNotFound) as error:
+                held.lost = _lost(lease, error)
+                return False
+            except StoreUnavailable:
+                pass  # the store is busy or unreachable: try again at the next turn
+            return True
+
+        held.renewer = Renewer(renew, self._ttl_ms / 3000, f"runstore-lease:{lease.run_id}")
+        held.renewer.start()
 
     def load_run(self, run_id: str) -> RunSnapshot | None:
         """The stored run, or None; later hooks for it continue with deltas."""
@@ -119,7 +234,12 @@ class RunPersistence:
         return stored.snapshot()
 
     def close(self) -> None:
-        """Forget every run, and close the store or client these hooks own; idempotent."""
+        """Stop renewing leases, forget every run, and close the store or client these hooks
+        own; idempotent."""
+        held, self._held = self._held, {}
+        for run in held.values():
+            if run.renewer is not None:
+                run.renewer.stop()
         self._ledger.clear()
         close, self._close = self._close, None
         if close is not None:
@@ -127,8 +247,13 @@ class RunPersistence:
 
     def _save(self, snapshot: SnapshotLike, *, final: bool) -> None:
         view = view_of(snapshot)
+        held = self._held.get(view.run_id)
+        if held is not None and held.lost is not None:
+            raise held.lost
         write = self._ledger.plan(view, check_all=final)
         if write is not None:
+            if held is not None:
+                write.lease = held.lease.lease
             try:
                 try:
                     ack = self._send(write)
@@ -136,10 +261,16 @@ class RunPersistence:
                     if write.whole:
                         raise
                     write = self._ledger.whole(view)
+                    if held is not None:
+                        write.lease = held.lease.lease
                     ack = self._send(write)
             except RunStoreError as error:
                 if _refused(error):
                     self._ledger.forget(view.run_id)
+                if isinstance(error, LeaseLost) and held is not None:
+                    held.lost = error
+                    if held.renewer is not None:
+                        held.renewer.stop()
                 raise
             self._ledger.confirm(write, ack)
         if final:

@@ -160,6 +160,8 @@ class Write:
     history_from: int = 0
     clear_history: bool = False
     if_match: int | None = None
+    # The writer's lease on the run, sent as Runstore-Lease (set by the hooks that hold one).
+    lease: int | None = None
     trace_fingerprints: list[int] = field(default_factory=list)
     history_fingerprints: list[int] | None = None
     field_fingerprints: dict[str, object] = field(default_factory=dict)

@@ -18,12 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "HOLDER_PATTERN",
     "MAX_INT",
+    "MAX_TTL_MS",
+    "MIN_TTL_MS",
     "OPTIONAL_FIELDS",
     "REQUIRED_FIELDS",
     "RESERVED_FIELDS",
     "RUN_ID_PATTERN",
     "STATUS_PATTERN",
+    "ClaimRequest",
+    "ClaimedRun",
+    "Lease",
+    "LeaseRequest",
     "RunPatch",
     "RunSnapshot",
     "RunSummary",
@@ -37,6 +44,10 @@ STATUS_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,31}$"
 MAX_INT: Final = 2**63 - 1
 
 RUN_ID_RE: Final = re.compile(RUN_ID_PATTERN)
+# A lease's holder: 1-200 printable characters (no control character).
+HOLDER_PATTERN: Final = r"^[^\x00-\x1f\x7f-\x9f]{1,200}$"
+MIN_TTL_MS: Final = 1_000
+MAX_TTL_MS: Final = 3_600_000
 
 
 def is_run_id(value: object) -> bool:
@@ -151,6 +162,74 @@ class RunPatch(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
+_STRICT_CONFIG = ConfigDict(
+    alias_generator=to_camel,
+    validate_by_name=True,
+    validate_by_alias=True,
+    serialize_by_alias=True,
+    extra="forbid",
+)
+Holder = Annotated[str, StringConstraints(pattern=HOLDER_PATTERN)]
+TtlMs = Annotated[int, Field(ge=MIN_TTL_MS, le=MAX_TTL_MS, description="1,000 to 3,600,000 ms.")]
+
+
+class Lease(BaseModel):
+    """A lease: ``holder`` owns run ``run_id`` until ``expires_at`` (ms by the store's clock;
+    reason with ``ttl_ms``, never by comparing clocks). ``lease`` is the fencing token, sent as
+    ``Runstore-Lease`` with every write under it."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        frozen=True,
+    )
+
+    run_id: str
+    holder: str
+    lease: int = Field(ge=1, description="The fencing token: +1 with every lease granted.")
+    expires_at: int
+    ttl_ms: int
+
+
+class LeaseRequest(BaseModel):
+    """The body of ``POST /runs/{runId}/lease``: take a lease, or renew lease ``lease``."""
+
+    model_config = _STRICT_CONFIG
+
+    holder: Holder
+    ttl_ms: TtlMs
+    lease: Annotated[int, Field(ge=1, le=MAX_INT)] | None = Field(
+        None, description="Renew this lease (the holder's current one) instead of taking one."
+    )
+
+
+class ClaimRequest(BaseModel):
+    """The body of ``POST /claims``: take over the orphaned run that has waited longest."""
+
+    model_config = _STRICT_CONFIG
+
+    holder: Holder
+    ttl_ms: TtlMs
+    status: list[Status] = Field(default_factory=lambda: ["running"], min_length=1, max_length=32)
+    stale_after_ms: Annotated[int, Field(ge=0, le=MAX_INT)] = Field(
+        60_000,
+        description="A run that never had a lease is orphaned once unwritten for this long.",
+    )
+
+
+class ClaimedRun(BaseModel):
+    """What ``POST /claims`` answers: the run as stored and the new lease on it (the run's
+    version comes as the answer's ETag)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run: RunSnapshot
+    lease: Lease
+    version: int = Field(default=0, exclude=True)
+
+
 class RunSummary(BaseModel):
     """One row of ``GET /runs``: the snapshot without trace, history and plan."""
 
@@ -170,6 +249,7 @@ class RunSummary(BaseModel):
     trace_length: int
     version: int
     updated_at: int
+    lease: Lease | None = Field(None, description="The live lease on the run, or null.")
 
 
 class WriteAck(BaseModel):

@@ -14,7 +14,10 @@ and embedded mode lets the store's own exception through::
     ├── RunNotFound               404  not-found
     ├── WriteConflict             409  conflict
     │   ├── StaleWrite            409  stale-write: would un-finish the run or shorten its trace
-    │   └── TraceGap              409  trace-gap: traceFrom / historyFrom past the stored end
+    │   ├── TraceGap              409  trace-gap: traceFrom / historyFrom past the stored end
+    │   ├── LeaseHeld             409  lease-held: another holder's lease is live (``holder``,
+    │   │                              ``expiresAt``; Retry-After)
+    │   └── LeaseLost             409  lease-lost: a newer lease fenced this one off
     ├── PreconditionFailed        412  precondition-failed: If-Match / If-None-Match: * failed
     ├── BodyTooLarge              413  body-too-large
     ├── InvalidRun                422  invalid-fields: ``errors`` names each bad field
@@ -48,6 +51,8 @@ __all__ = [
     "Forbidden",
     "InternalError",
     "InvalidRun",
+    "LeaseHeld",
+    "LeaseLost",
     "MalformedJson",
     "MethodNotAllowed",
     "PreconditionFailed",
@@ -64,6 +69,7 @@ __all__ = [
     "WriteConflict",
     "error_for_problem",
     "problem_type_for_status",
+    "retry_after_of",
 ]
 
 PROBLEM_TYPE_PREFIX: Final = "urn:runstore:problem:"
@@ -136,6 +142,10 @@ class RunStoreError(Exception):
             "status": cls.default_status,
             "detail": detail,
         }
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers the server answers this error with, beyond the problem's own."""
+        return {}
 
     @property
     def type(self) -> str | None:
@@ -223,6 +233,58 @@ class TraceGap(WriteConflict):
 
     slug = "trace-gap"
     default_title = "Trace gap"
+
+
+class LeaseHeld(WriteConflict):
+    """Another holder's lease on the run is live: wait (``retry_after`` seconds) or leave it.
+
+    Raised for a write without ``Runstore-Lease`` on a run whose lease is live, and for taking a
+    lease another holder has. ``holder`` and ``expires_at`` (ms, by the store's clock) name it.
+    """
+
+    slug = "lease-held"
+    default_title = "Lease held"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        holder: str | None = None,
+        expires_at: int | None = None,
+        retry_after: int | None = None,
+        status: int | Literal[_Unset.STATUS] | None = _Unset.STATUS,
+        problem: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail, status=status, problem=problem)
+        if holder is not None:
+            self.problem["holder"] = holder
+        if expires_at is not None:
+            self.problem["expiresAt"] = expires_at
+        # Seconds until the lease expires, as the store saw it (the Retry-After header).
+        self.retry_after = retry_after
+
+    def response_headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+    @property
+    def holder(self) -> str | None:
+        """Who holds the lease."""
+        value = self.problem.get("holder")
+        return value if isinstance(value, str) else None
+
+    @property
+    def expires_at(self) -> int | None:
+        """When the lease expires unless renewed, in ms by the store's clock."""
+        value = self.problem.get("expiresAt")
+        return value if type(value) is int else None
+
+
+class LeaseLost(WriteConflict):
+    """The lease this write or renewal names is not the run's latest: another worker took the
+    run over (fencing). The worker must stop working on the run; nothing was written."""
+
+    slug = "lease-lost"
+    default_title = "Lease lost"
 
 
 class PreconditionFailed(RunStoreError):
@@ -325,6 +387,11 @@ class InternalError(UnexpectedResponse):
     slug = "internal-error"
     default_status = 500
     default_title = "Internal error"
+
+
+def retry_after_of(expires_at: int, now: int) -> int:
+    """Whole seconds (at least 1) from ``now`` until ``expires_at``, both in ms."""
+    return max(1, -((now - expires_at) // 1000))
 
 
 def problem_type_for_status(status: int) -> type[RunStoreError] | None:

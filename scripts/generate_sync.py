@@ -47,6 +47,9 @@ RENAMES = {
     "AsyncSendWrite": "SendWrite",
     "AsyncReadRun": "ReadRun",
     "AsyncClose": "Close",
+    "AsyncAcquireLease": "AcquireLease",
+    "AsyncReleaseLease": "ReleaseLease",
+    "AsyncRenewer": "Renewer",
     "async_sleep": "sleep",
 }
 # A name the async code may not leave in a generated module: a rename missing from RENAMES

@@ -33,9 +33,17 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from runstore.client.models import REQUIRED_FIELDS, RESERVED_FIELDS, RunPatch, RunSnapshot
+from runstore.client.models import (
+    REQUIRED_FIELDS,
+    RESERVED_FIELDS,
+    ClaimRequest,
+    LeaseRequest,
+    RunPatch,
+    RunSnapshot,
+)
 
 from .api.auth import BearerAuth
+from .api.leases import lease_router
 from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from .api.routes import RUN_ENDPOINTS, router
 from .api.run_route import RunRoute
@@ -90,6 +98,7 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
     )
     app.router.routes.insert(0, RunRoute(RUN_ENDPOINTS))
     app.include_router(router)
+    app.include_router(lease_router)
     install_problem_handlers(app)
     tokens = settings.token_table
     if tokens is not None:
@@ -110,7 +119,7 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
     )
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    for model in (RunSnapshot, RunPatch):
+    for model in (RunSnapshot, RunPatch, LeaseRequest, ClaimRequest):
         model_schema = model.model_json_schema(
             by_alias=True, ref_template="#/components/schemas/{model}"
         )

@@ -7,9 +7,12 @@ from typing import Final
 
 from starlette.requests import Request
 
-from runstore.client.problems import BadRequest
+from runstore.client.models import MAX_INT
+from runstore.client.problems import BadRequest, InvalidRun
 
-__all__ = ["header", "parse_etags", "parse_if_match"]
+__all__ = ["LEASE_HEADER", "header", "parse_etags", "parse_if_match", "parse_lease"]
+
+LEASE_HEADER: Final = "Runstore-Lease"
 
 
 def header(request: Request, name: bytes) -> str | None:
@@ -61,3 +64,23 @@ def parse_if_match(value: str | None) -> set[int] | None:
         return set()
     # A weak tag or a tag that is no version never matches; -1 stands for such a tag.
     return {int(tag) if not weak and tag.isdigit() and len(tag) < 19 else -1 for weak, tag in tags}
+
+
+def parse_lease(value: str | None) -> int | None:
+    """The lease number of a ``Runstore-Lease`` header (1 or more), None when absent; 422 for
+    anything but a decimal integer."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) < 20 and 0 < int(text) <= MAX_INT):
+        raise InvalidRun(
+            f"{LEASE_HEADER} must be a lease number, an integer of 1 or more (got {value[:40]!r}).",
+            errors=[
+                {
+                    "path": f"header.{LEASE_HEADER}",
+                    "message": "must be an integer of 1 or more",
+                    "type": "int_parsing",
+                }
+            ],
+        )
+    return int(text)

@@ -54,10 +54,12 @@ def problem_response(
     status: int = body["status"]
     if instance is not None:
         body["instance"] = instance
-    errors = error.problem.get("errors")
-    if errors is not None:
-        body["errors"] = errors
-    all_headers = dict(headers or {})
+    # The members a problem type adds (RFC 9457 extension members), as the error holds them.
+    for member in ("errors", "holder", "expiresAt"):
+        value = error.problem.get(member)
+        if value is not None:
+            body[member] = value
+    all_headers = {**error.response_headers(), **(headers or {})}
     if status == 503:
         all_headers.setdefault("Retry-After", "1")
     if isinstance(error, _CLOSES_CONNECTION):

@@ -26,11 +26,11 @@ from ..config import Settings
 from ..store.base import RunQuery, RunStore, WriteResult, decode_cursor, encode_cursor
 from ..store.records import SnapshotRecord, patch_record, snapshot_record, written_json
 from .body import read_body
-from .headers import header, parse_etags, parse_if_match
+from .headers import LEASE_HEADER, header, parse_etags, parse_if_match, parse_lease
 from .json_body import parse_json, parse_json_as
 from .schemas import Deleted, Health, Problem, RunList
 
-__all__ = ["RUN_ENDPOINTS", "router"]
+__all__ = ["LEASE_PARAM", "RUN_ENDPOINTS", "router"]
 
 JSON: Final = "application/json"
 
@@ -66,6 +66,15 @@ _IF_NONE_MATCH_PARAM: Final = {
     "in": "header",
     "description": "304 if the stored version is one of these tags (weak comparison); * any.",
     "schema": {"type": "string", "pattern": _ETAGS_PATTERN},
+}
+LEASE_PARAM: Final = {
+    "name": LEASE_HEADER,
+    "in": "header",
+    "description": (
+        "The writer's lease on the run (its number). 409 lease-lost unless it is the run's "
+        "latest lease; without it, 409 lease-held while another lease is live."
+    ),
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_INT},
 }
 _CREATE_ONLY_PARAM: Final = {
     "name": "If-None-Match",
@@ -161,7 +170,7 @@ _JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
     response_model=WriteAck,
     responses=_problems(*_JSON_BODY_ERRORS, 404),
     openapi_extra={
-        "parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM],
+        "parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM, LEASE_PARAM],
         "requestBody": {
             "required": True,
             "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunPatch"}}},
@@ -177,9 +186,10 @@ async def patch_run(request: Request) -> Response:
     body = parse_json(raw)
     _check_body_run_id(body, run_id)
     patch = patch_record(body)
+    lease = parse_lease(header(request, b"runstore-lease"))
     store = _store(request)
     if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
-    result = await store.patch_run(run_id, patch, if_match=if_match)
+    result = await store.patch_run(run_id, patch, if_match=if_match, lease=lease)
     return _Ack(result, 200, run_id)
 
 
@@ -194,7 +204,7 @@ async def patch_run(request: Request) -> Response:
         **_problems(*_JSON_BODY_ERRORS),
     },
     openapi_extra={
-        "parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM, _CREATE_ONLY_PARAM],
+        "parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM, _CREATE_ONLY_PARAM, LEASE_PARAM],
         "requestBody": {
             "required": True,
             "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunSnapshot"}}},
@@ -207,6 +217,7 @@ async def put_run(request: Request) -> Response:
     settings = _settings(request)
     raw = await read_body(request, limit=settings.max_body_bytes, seconds=settings.body_timeout)
     record = _snapshot_of(raw, run_id)
+    lease = parse_lease(header(request, b"runstore-lease"))
     store = _store(request)
     if_none_match = header(request, b"if-none-match")
     create_only = False
@@ -215,7 +226,7 @@ async def put_run(request: Request) -> Response:
             raise BadRequest("On PUT, If-None-Match supports only *.")
         create_only = True
     if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
-    result = await store.put_run(record, if_match=if_match, if_none_match=create_only)
+    result = await store.put_run(record, if_match=if_match, if_none_match=create_only, lease=lease)
     return _Ack(result, 201 if result.created else 200, run_id)
 
 
@@ -292,14 +303,15 @@ async def head_run(request: Request) -> Response:
     summary="Delete a run",
     status_code=204,
     response_class=Response,
-    responses=_problems(400, *_AUTH, 404, 412, 422, 503),
-    openapi_extra={"parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM]},
+    responses=_problems(400, *_AUTH, 404, 409, 412, 422, 503),
+    openapi_extra={"parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM, LEASE_PARAM]},
 )
 async def delete_run(request: Request) -> Response:
     run_id = _run_id(request)
+    lease = parse_lease(header(request, b"runstore-lease"))
     store = _store(request)
     if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
-    await store.delete_run(run_id, if_match=if_match)
+    await store.delete_run(run_id, if_match=if_match, lease=lease)
     return Response(status_code=204)
 
 

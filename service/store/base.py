@@ -23,7 +23,10 @@ from runstore.client.models import is_run_id
 from .records import PatchRecord, SnapshotRecord
 
 __all__ = [
+    "ClaimQuery",
+    "ClaimedRun",
     "Cursor",
+    "Lease",
     "RunPage",
     "RunQuery",
     "RunStore",
@@ -43,6 +46,48 @@ class WriteResult(NamedTuple):
     version: int
     trace_length: int
     created: bool = False
+
+
+class Lease(NamedTuple):
+    """A lease on a run: ``holder`` owns run ``run_id`` under fencing token ``lease`` until
+    ``expires_at`` (ms, by the store's clock)."""
+
+    run_id: str
+    holder: str
+    lease: int
+    expires_at: int
+    ttl_ms: int
+
+    def to_json(self) -> str:
+        """The lease object of the contract."""
+        return json.dumps(
+            {
+                "runId": self.run_id,
+                "holder": self.holder,
+                "lease": self.lease,
+                "expiresAt": self.expires_at,
+                "ttlMs": self.ttl_ms,
+            },
+            ensure_ascii=False,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimQuery:
+    """``POST /claims``: give ``holder`` a lease of ``ttl_ms`` on the orphaned run with one of
+    ``statuses`` that has waited longest."""
+
+    holder: str
+    ttl_ms: int
+    statuses: tuple[str, ...] = ("running",)
+    stale_after_ms: int = 60_000
+
+
+class ClaimedRun(NamedTuple):
+    """What a claim took: the run as stored and the new lease on it."""
+
+    run: StoredRun
+    lease: Lease
 
 
 class StoredRun(NamedTuple):
@@ -145,7 +190,7 @@ class RunStore(ABC):
 
     Write methods return only after the write is committed to stable storage. They raise the
     errors of :mod:`runstore.client.problems`: ``RunNotFound``, ``StaleWrite``, ``TraceGap``,
-    ``PreconditionFailed``, ``StoreUnavailable``.
+    ``PreconditionFailed``, ``LeaseHeld``, ``LeaseLost``, ``StoreUnavailable``.
     """
 
     async def __aenter__(self) -> Self:
@@ -175,16 +220,23 @@ class RunStore(ABC):
         *,
         if_match: int | None = None,
         if_none_match: bool = False,
+        lease: int | None = None,
     ) -> WriteResult:
         """Create or replace a whole run.
 
         ``if_match``: the stored version must equal it (and then the stale-write rule is
-        waived). ``if_none_match``: the run must not exist.
+        waived). ``if_none_match``: the run must not exist. ``lease``: the write's
+        ``Runstore-Lease`` (every write method takes it; :mod:`.rules` says what it allows).
         """
 
     @abstractmethod
     async def patch_run(
-        self, run_id: str, patch: PatchRecord, *, if_match: int | None = None
+        self,
+        run_id: str,
+        patch: PatchRecord,
+        *,
+        if_match: int | None = None,
+        lease: int | None = None,
     ) -> WriteResult:
         """Apply a PATCH to a stored run; its cost depends on the patch, not on the run."""
 
@@ -197,8 +249,26 @@ class RunStore(ABC):
         """The stored version (for HEAD and conditional requests), or None."""
 
     @abstractmethod
-    async def delete_run(self, run_id: str, *, if_match: int | None = None) -> None:
+    async def delete_run(
+        self, run_id: str, *, if_match: int | None = None, lease: int | None = None
+    ) -> None:
         """Delete one run; RunNotFound if absent."""
+
+    @abstractmethod
+    async def acquire_lease(
+        self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
+    ) -> Lease:
+        """Take a lease on a run, or (``lease`` given) renew that one; LeaseHeld, LeaseLost,
+        RunNotFound."""
+
+    @abstractmethod
+    async def release_lease(self, run_id: str, lease: int) -> None:
+        """End lease ``lease`` now; LeaseLost unless it is the run's latest."""
+
+    @abstractmethod
+    async def claim_run(self, query: ClaimQuery) -> ClaimedRun | None:
+        """Give ``query.holder`` a new lease on the orphaned run that has waited longest, and
+        return it with the run, in one atomic step; None when no run qualifies."""
 
     @abstractmethod
     async def list_runs(self, query: RunQuery) -> RunPage:

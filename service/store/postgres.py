@@ -35,10 +35,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from runstore.client.problems import StoreUnavailable
 
 from . import postgres_writes as writes
-from .base import RunPage, RunQuery, RunStore, StoredRun, WriteResult
+from .base import ClaimedRun, ClaimQuery, Lease, RunPage, RunQuery, RunStore, StoredRun, WriteResult
 from .postgres_schema import migrate
 from .postgres_writes import Connection
-from .reads import GET_COLUMNS, list_sql, run_page, stored_run
+from .reads import list_sql, run_page, stored_run
 from .records import PatchRecord, SnapshotRecord
 
 __all__ = ["PostgresStore"]
@@ -71,12 +71,7 @@ _CONNECTION_OPTIONS: Final[dict[str, Any]] = {
 # A replica stopped in the middle of a transaction must not hold a run's lock for ever.
 _SESSION_SETUP: Final = "SET idle_in_transaction_session_timeout = '60s'"
 
-_GET: Final = f"""
-SELECT {GET_COLUMNS},
-    (SELECT string_agg(item, ',' ORDER BY idx) FROM steps WHERE run_id = %(run_id)s),
-    (SELECT string_agg(item, ',' ORDER BY idx) FROM turns WHERE run_id = %(run_id)s)
-FROM runs WHERE run_id = %(run_id)s
-"""
+_GET: Final = writes.GET_RUN
 _VERSION: Final = "SELECT version FROM runs WHERE run_id = %s"
 _PROBE: Final = (
     f"INSERT INTO probe (id, at) VALUES (1, {writes.NOW_MS}) "
@@ -311,17 +306,42 @@ class PostgresStore(RunStore):
     # Writes.
 
     async def put_run(
-        self, record: SnapshotRecord, *, if_match: int | None = None, if_none_match: bool = False
+        self,
+        record: SnapshotRecord,
+        *,
+        if_match: int | None = None,
+        if_none_match: bool = False,
+        lease: int | None = None,
     ) -> WriteResult:
-        return await self._write(lambda c: writes.put_run(c, record, if_match, if_none_match))
+        return await self._write(
+            lambda c: writes.put_run(c, record, if_match, if_none_match, lease)
+        )
 
     async def patch_run(
-        self, run_id: str, patch: PatchRecord, *, if_match: int | None = None
+        self,
+        run_id: str,
+        patch: PatchRecord,
+        *,
+        if_match: int | None = None,
+        lease: int | None = None,
     ) -> WriteResult:
-        return await self._write(lambda c: writes.patch_run(c, run_id, patch, if_match))
+        return await self._write(lambda c: writes.patch_run(c, run_id, patch, if_match, lease))
 
-    async def delete_run(self, run_id: str, *, if_match: int | None = None) -> None:
-        await self._write(lambda c: writes.delete_run(c, run_id, if_match))
+    async def delete_run(
+        self, run_id: str, *, if_match: int | None = None, lease: int | None = None
+    ) -> None:
+        await self._write(lambda c: writes.delete_run(c, run_id, if_match, lease))
+
+    async def acquire_lease(
+        self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
+    ) -> Lease:
+        return await self._write(lambda c: writes.acquire_lease(c, run_id, holder, ttl_ms, lease))
+
+    async def release_lease(self, run_id: str, lease: int) -> None:
+        await self._write(lambda c: writes.release_lease(c, run_id, lease))
+
+    async def claim_run(self, query: ClaimQuery) -> ClaimedRun | None:
+        return await self._write(lambda c: writes.claim_run(c, query))
 
     async def delete_runs(
         self, *, completed_before: int | None = None, started_before: int | None = None
@@ -348,7 +368,7 @@ class PostgresStore(RunStore):
         return None if row is None else int(row[0])
 
     async def list_runs(self, query: RunQuery) -> RunPage:
-        sql, params = list_sql(query, "%s")
+        sql, params = list_sql(query, "%s", writes.CLOCK_MS)
 
         async def op(connection: Connection) -> list[TupleRow]:
             cursor = await connection.execute(sql, params)

@@ -60,8 +60,18 @@ _V1: Final = (
     "CREATE TABLE probe (id integer PRIMARY KEY CHECK (id = 1), at bigint NOT NULL)",
 )
 
+# Leases (issue 12): columns of the run's row, locked with it by the writes they guard and by
+# claims (FOR UPDATE SKIP LOCKED), so no second lock is taken. Adding columns with constant
+# defaults rewrites no table (PostgreSQL 11 and later).
+_V2: Final = (
+    "ALTER TABLE runs ADD COLUMN lease bigint NOT NULL DEFAULT 0",
+    'ALTER TABLE runs ADD COLUMN lease_holder text COLLATE "C"',
+    "ALTER TABLE runs ADD COLUMN lease_expires_at bigint",
+    "ALTER TABLE runs ADD COLUMN lease_ttl_ms integer",
+)
+
 # MIGRATIONS[n] takes a database from schema version n to n + 1.
-MIGRATIONS: Final = (_V1,)
+MIGRATIONS: Final = (_V1, _V2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _VERSION_TABLE: Final = """

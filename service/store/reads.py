@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .base import Cursor, RunPage, RunQuery, StoredRun, list_filters
+from .base import Cursor, Lease, RunPage, RunQuery, StoredRun, list_filters
 from .records import render_snapshot, render_summary
 
 __all__ = ["GET_COLUMNS", "list_sql", "run_page", "stored_run"]
@@ -29,18 +29,30 @@ def stored_run(row: Sequence[Any] | None) -> StoredRun | None:
     return StoredRun(int(version), render_snapshot(doc, plan, trace or "", history))
 
 
-def list_sql(query: RunQuery, mark: str) -> tuple[str, list[Any]]:
-    """The SELECT of one page of ``query`` and its parameters; ``mark``: ``?`` or ``%s``.
+def list_sql(
+    query: RunQuery, mark: str, clock: str, clock_params: Sequence[Any] = ()
+) -> tuple[str, list[Any]]:
+    """The SELECT of one page of ``query`` and its parameters; ``mark``: ``?`` or ``%s``;
+    ``clock``: the store's clock in ms as SQL (with ``clock_params``), which says whose lease
+    is live.
 
     It asks for one row past the page, which tells whether there is a next page.
     """
     where, params = list_filters(query, mark)
     sql = (
-        "SELECT run_id, started_at, doc, trace_length, version, updated_at FROM runs "
+        "SELECT run_id, started_at, doc, trace_length, version, updated_at, lease, "
+        f"lease_holder, lease_expires_at, lease_ttl_ms, {clock} FROM runs "
         f"{where} ORDER BY started_at DESC, run_id DESC LIMIT {mark}"
     )
-    params.append(query.limit + 1)
-    return sql, params
+    return sql, [*clock_params, *params, query.limit + 1]
+
+
+def _lease_json(row: Sequence[Any]) -> str:
+    """The live lease of a :func:`list_sql` row as JSON, or null."""
+    run_id, lease, holder, expires_at, ttl_ms, now = (row[0], *row[6:])
+    if not lease or expires_at is None or expires_at <= now:
+        return "null"
+    return Lease(run_id, holder, lease, expires_at, ttl_ms).to_json()
 
 
 def run_page(rows: Sequence[Sequence[Any]], query: RunQuery) -> RunPage:
@@ -50,6 +62,6 @@ def run_page(rows: Sequence[Sequence[Any]], query: RunQuery) -> RunPage:
         rows = rows[: query.limit]
         next_cursor = Cursor(int(rows[-1][1]), str(rows[-1][0]))
     return RunPage(
-        [render_summary(doc, length, version, at) for _, _, doc, length, version, at in rows],
+        [render_summary(row[2], row[3], row[4], row[5], _lease_json(row)) for row in rows],
         next_cursor,
     )

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from runstore.client.models import (
     MAX_INT,
@@ -44,6 +44,7 @@ __all__ = [
     "render_snapshot",
     "render_summary",
     "snapshot_record",
+    "validated",
     "written_json",
 ]
 
@@ -230,6 +231,22 @@ def _common_checks(body: Any, what: str) -> Mapping[str, Any]:
     return body
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], body: Any, what: str) -> M:
+    """``body`` (parsed JSON) as ``model``, strictly; InvalidRun names each bad field."""
+    if not isinstance(body, dict):
+        kind = type(body).__name__ if body is not None else "null"
+        raise _invalid(
+            [_field_error((), f"must be a JSON object, not {kind}", "object_type")], what
+        )
+    try:
+        return model.model_validate(body, strict=True, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        raise _invalid(_pydantic_errors(exc), what) from None
+
+
 def snapshot_record(body: Any) -> SnapshotRecord:
     """Validate a parsed JSON snapshot (camelCase keys) and split it for storage."""
     snapshot = _common_checks(body, "snapshot")
@@ -361,10 +378,13 @@ def render_snapshot(doc: str, plan: str | None, trace: str, history: str | None)
     return "".join(parts).encode()
 
 
-def render_summary(doc: str, trace_length: int, version: int, updated_at: int) -> str:
-    """A summary's JSON: ``doc`` (which holds no plan, trace or history) plus the store's counts."""
+def render_summary(
+    doc: str, trace_length: int, version: int, updated_at: int, lease: str = "null"
+) -> str:
+    """A summary's JSON: ``doc`` (which holds no plan, trace or history) plus the store's counts
+    and ``lease``, the live lease's JSON (or null)."""
     separator = "," if len(doc) > 2 else ""
     return (
         f'{doc[:-1]}{separator}"traceLength":{trace_length},'
-        f'"version":{version},"updatedAt":{updated_at}}}'
+        f'"version":{version},"updatedAt":{updated_at},"lease":{lease}}}'
     )

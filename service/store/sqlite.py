@@ -20,11 +20,21 @@ from typing import Any, Final, Self, TypeVar
 from runstore.client.problems import StoreUnavailable
 
 from . import rules
-from .base import RunPage, RunQuery, RunStore, StoredRun, WriteResult, retention_filter
+from .base import (
+    ClaimedRun,
+    ClaimQuery,
+    Lease,
+    RunPage,
+    RunQuery,
+    RunStore,
+    StoredRun,
+    WriteResult,
+    retention_filter,
+)
 from .reads import GET_COLUMNS, list_sql, run_page, stored_run
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunState
-from .sqlite_batch import PatchRun, PutRun, now_ms
+from .sqlite_batch import AcquireLease, PatchRun, PutRun, ReleaseLease, now_ms
 from .sqlite_schema import connect, migrate, verify
 from .sqlite_writer import WriterThread, storage_error
 
@@ -42,12 +52,53 @@ FROM runs WHERE run_id = ?1
 """
 
 
-def _delete(run_id: str, if_match: int | None, connection: sqlite3.Connection) -> None:
+def _delete(
+    run_id: str, if_match: int | None, lease: int | None, connection: sqlite3.Connection
+) -> None:
     row = connection.execute(
         f"SELECT {rules.STATE_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
     ).fetchone()
-    rules.delete(run_id, None if row is None else RunState._make(row), if_match)
+    rules.delete(run_id, None if row is None else RunState._make(row), if_match, lease, now_ms())
     connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
+
+_CLAIMABLE: Final = (
+    f"SELECT run_id, updated_at, {rules.STATE_COLUMNS} FROM runs WHERE status IN ({{marks}}) "
+    f"AND {rules.ORPHANED_SQL.format(now='?1', stale='?2')} ORDER BY {rules.CLAIM_ORDER} LIMIT 1"
+)
+_SET_LEASE: Final = (
+    "UPDATE runs SET lease = ?, lease_holder = ?, lease_expires_at = ?, lease_ttl_ms = ?, "
+    "updated_at = ? WHERE run_id = ?"
+)
+
+
+def _claim(query: ClaimQuery, connection: sqlite3.Connection) -> ClaimedRun | None:
+    """The claim, inside the one writer's transaction: no other write comes between the
+    choice of the run and its new lease."""
+    now = now_ms()
+    marks = ", ".join(f"?{3 + index}" for index in range(len(query.statuses)))
+    row = connection.execute(
+        _CLAIMABLE.format(marks=marks), (now, query.stale_after_ms, *query.statuses)
+    ).fetchone()
+    if row is None:
+        return None
+    run_id, updated_at = row[0], row[1]
+    state, lease = rules.claim(
+        run_id,
+        RunState._make(row[2:]),
+        updated_at,
+        query.holder,
+        query.ttl_ms,
+        query.stale_after_ms,
+        now,
+    )
+    connection.execute(
+        _SET_LEASE,
+        (state.lease, state.lease_holder, state.lease_expires_at, state.lease_ttl_ms, now, run_id),
+    )
+    run = stored_run(connection.execute(_GET, (run_id,)).fetchone())
+    assert run is not None
+    return ClaimedRun(run, lease)
 
 
 def _delete_many(
@@ -123,19 +174,44 @@ class SQLiteEngine:
     # Writes: each an op queued to the writer thread.
 
     def put_run(
-        self, record: SnapshotRecord, *, if_match: int | None = None, if_none_match: bool = False
+        self,
+        record: SnapshotRecord,
+        *,
+        if_match: int | None = None,
+        if_none_match: bool = False,
+        lease: int | None = None,
     ) -> WriteResult:
-        result: WriteResult = self._writer.write(PutRun(record, if_match, if_none_match))
+        result: WriteResult = self._writer.write(PutRun(record, if_match, if_none_match, lease))
         return result
 
     def patch_run(
-        self, run_id: str, patch: PatchRecord, *, if_match: int | None = None
+        self,
+        run_id: str,
+        patch: PatchRecord,
+        *,
+        if_match: int | None = None,
+        lease: int | None = None,
     ) -> WriteResult:
-        result: WriteResult = self._writer.write(PatchRun(run_id, patch, if_match))
+        result: WriteResult = self._writer.write(PatchRun(run_id, patch, if_match, lease))
         return result
 
-    def delete_run(self, run_id: str, *, if_match: int | None = None) -> None:
-        self._writer.write(partial(_delete, run_id, if_match))
+    def delete_run(
+        self, run_id: str, *, if_match: int | None = None, lease: int | None = None
+    ) -> None:
+        self._writer.write(partial(_delete, run_id, if_match, lease))
+
+    def acquire_lease(
+        self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
+    ) -> Lease:
+        granted: Lease = self._writer.write(AcquireLease(run_id, holder, ttl_ms, lease))
+        return granted
+
+    def release_lease(self, run_id: str, lease: int) -> None:
+        self._writer.write(ReleaseLease(run_id, lease))
+
+    def claim_run(self, query: ClaimQuery) -> ClaimedRun | None:
+        claimed: ClaimedRun | None = self._writer.write(partial(_claim, query))
+        return claimed
 
     def delete_runs(
         self, *, completed_before: int | None = None, started_before: int | None = None
@@ -176,7 +252,7 @@ class SQLiteEngine:
         return None if row is None else int(row[0])
 
     def list_runs(self, query: RunQuery) -> RunPage:
-        sql, params = list_sql(query, "?")
+        sql, params = list_sql(query, "?", "?", (now_ms(),))
         return run_page(self._read(lambda c: c.execute(sql, params).fetchall()), query)
 
     def check_readable(self) -> None:
@@ -236,23 +312,50 @@ class SQLiteStore(RunStore):
         return await asyncio.get_running_loop().run_in_executor(self._readers, read, *args)
 
     async def put_run(
-        self, record: SnapshotRecord, *, if_match: int | None = None, if_none_match: bool = False
+        self,
+        record: SnapshotRecord,
+        *,
+        if_match: int | None = None,
+        if_none_match: bool = False,
+        lease: int | None = None,
     ) -> WriteResult:
         result: WriteResult = await self.engine.writer.write_async(
-            PutRun(record, if_match, if_none_match)
+            PutRun(record, if_match, if_none_match, lease)
         )
         return result
 
     async def patch_run(
-        self, run_id: str, patch: PatchRecord, *, if_match: int | None = None
+        self,
+        run_id: str,
+        patch: PatchRecord,
+        *,
+        if_match: int | None = None,
+        lease: int | None = None,
     ) -> WriteResult:
         result: WriteResult = await self.engine.writer.write_async(
-            PatchRun(run_id, patch, if_match)
+            PatchRun(run_id, patch, if_match, lease)
         )
         return result
 
-    async def delete_run(self, run_id: str, *, if_match: int | None = None) -> None:
-        await self.engine.writer.write_async(partial(_delete, run_id, if_match))
+    async def delete_run(
+        self, run_id: str, *, if_match: int | None = None, lease: int | None = None
+    ) -> None:
+        await self.engine.writer.write_async(partial(_delete, run_id, if_match, lease))
+
+    async def acquire_lease(
+        self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
+    ) -> Lease:
+        granted: Lease = await self.engine.writer.write_async(
+            AcquireLease(run_id, holder, ttl_ms, lease)
+        )
+        return granted
+
+    async def release_lease(self, run_id: str, lease: int) -> None:
+        await self.engine.writer.write_async(ReleaseLease(run_id, lease))
+
+    async def claim_run(self, query: ClaimQuery) -> ClaimedRun | None:
+        claimed: ClaimedRun | None = await self.engine.writer.write_async(partial(_claim, query))
+        return claimed
 
     async def delete_runs(
         self, *, completed_before: int | None = None, started_before: int | None = None

@@ -25,11 +25,11 @@ from typing import Final
 from runstore.client.problems import RunStoreError
 
 from . import rules
-from .base import WriteResult
+from .base import Lease, WriteResult
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunChange, RunState
 
-__all__ = ["PatchRun", "PutRun", "apply_writes", "now_ms"]
+__all__ = ["AcquireLease", "PatchRun", "PutRun", "ReleaseLease", "apply_writes", "now_ms"]
 
 # Rows in one INSERT: well under SQLite's limit of bound parameters.
 ROWS_PER_INSERT: Final = 64
@@ -43,6 +43,7 @@ _CONTENT_COLUMNS: Final = (
     "version",
     "trace_length",
     "history_length",
+    *rules.LEASE_COLUMNS,
     "doc",
     "plan",
     "updated_at",
@@ -50,8 +51,18 @@ _CONTENT_COLUMNS: Final = (
 _ITEM_COLUMNS: Final = ("run_id", "idx", "item")
 
 
+# The store's clock follows the wall clock but never goes back: a step back of the system clock
+# (NTP, an operator) holds it still until the wall clock catches up, so a lease never expires
+# twice and expiry times only grow. Fencing goes by lease number, so no clock step can let a
+# superseded writer in.
+_last_ms = 0
+
+
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    """The store's clock, in ms since the Unix epoch."""
+    global _last_ms
+    _last_ms = max(_last_ms, time.time_ns() // 1_000_000)
+    return _last_ms
 
 
 @dataclass(slots=True)
@@ -88,6 +99,10 @@ class _Run:
             state.version,
             state.trace_length,
             state.history_length,
+            state.lease,
+            state.lease_holder,
+            state.lease_expires_at,
+            state.lease_ttl_ms,
             self.doc,
             self.plan,
             updated_at,
@@ -154,16 +169,17 @@ class RunWrites:
             f"WHERE run_id IN ({', '.join('?' * len(ids))})",
             ids,
         ).fetchall()
-        self.runs: dict[str, _Run] = {
-            run_id: _Run(
-                run_id,
-                RunState(version, status, started, completed, steps, turns),
-                doc,
-                plan,
-                indexed=(status, started, completed),
+        width = len(RunState._fields)
+        self.runs: dict[str, _Run] = {}
+        for row in rows:
+            state = RunState._make(row[1 : 1 + width])
+            self.runs[row[0]] = _Run(
+                row[0],
+                state,
+                row[1 + width],
+                row[2 + width],
+                indexed=(state.status, state.started_at, state.completed_at),
             )
-            for run_id, version, status, started, completed, steps, turns, doc, plan in rows
-        }
         # Pending items, flat: run id, position, JSON text, run id, ... (bound as they are).
         self.items: dict[str, list[object]] = {"steps": [], "turns": []}
 
@@ -171,6 +187,12 @@ class RunWrites:
         """The run's state and doc as the group has left them so far; Nones for no run."""
         run = self.runs.get(run_id)
         return (None, None) if run is None else (run.state, run.doc)
+
+    def store_lease(self, run_id: str, state: RunState) -> None:
+        """The run's new lease (``state`` differs from the stored one in its lease only)."""
+        run = self.runs[run_id]
+        run.state = state
+        run.changed = True
 
     def store(self, run_id: str, change: RunChange) -> WriteResult:
         """Apply a change the rules accepted to the run's row; its items are queued."""
@@ -260,12 +282,10 @@ class _GroupedWrite:
     __slots__ = ()
 
     @staticmethod
-    def group(
-        connection: sqlite3.Connection, writes: Sequence[RunWrite]
-    ) -> list[WriteResult | RunStoreError]:
+    def group(connection: sqlite3.Connection, writes: Sequence[RunWrite]) -> list[object]:
         return apply_writes(connection, writes)
 
-    def __call__(self, connection: sqlite3.Connection) -> WriteResult:
+    def __call__(self, connection: sqlite3.Connection) -> object:
         (outcome,) = apply_writes(connection, [self])  # type: ignore[list-item]
         if isinstance(outcome, RunStoreError):
             raise outcome
@@ -279,6 +299,7 @@ class PutRun(_GroupedWrite):
     record: SnapshotRecord
     if_match: int | None = None
     if_none_match: bool = False
+    lease: int | None = None
 
     @property
     def run_id(self) -> str:
@@ -287,7 +308,9 @@ class PutRun(_GroupedWrite):
     def apply(self, writes: RunWrites) -> WriteResult:
         run_id = self.record.run_id
         stored, _ = writes.stored(run_id)
-        change = rules.put(stored, self.record, self.if_match, self.if_none_match)
+        change = rules.put(
+            stored, self.record, self.if_match, self.if_none_match, self.lease, writes.now
+        )
         return writes.store(run_id, change)
 
 
@@ -298,22 +321,53 @@ class PatchRun(_GroupedWrite):
     run_id: str
     patch: PatchRecord
     if_match: int | None = None
+    lease: int | None = None
 
     def apply(self, writes: RunWrites) -> WriteResult:
         stored, doc = writes.stored(self.run_id)
-        change = rules.patch(self.run_id, stored, doc, self.patch, self.if_match)
+        change = rules.patch(
+            self.run_id, stored, doc, self.patch, self.if_match, self.lease, writes.now
+        )
         return writes.store(self.run_id, change)
 
 
-RunWrite = PutRun | PatchRun
+@dataclass(frozen=True, slots=True)
+class AcquireLease(_GroupedWrite):
+    """Take or renew a lease on a run (rules.acquire)."""
+
+    run_id: str
+    holder: str
+    ttl_ms: int
+    lease: int | None = None
+
+    def apply(self, writes: RunWrites) -> Lease:
+        stored, _ = writes.stored(self.run_id)
+        state, granted = rules.acquire(
+            self.run_id, stored, self.holder, self.ttl_ms, self.lease, writes.now
+        )
+        writes.store_lease(self.run_id, state)
+        return granted
 
 
-def apply_writes(
-    connection: sqlite3.Connection, writes: Sequence[RunWrite]
-) -> list[WriteResult | RunStoreError]:
+@dataclass(frozen=True, slots=True)
+class ReleaseLease(_GroupedWrite):
+    """End a lease now (rules.release)."""
+
+    run_id: str
+    lease: int
+
+    def apply(self, writes: RunWrites) -> None:
+        stored, _ = writes.stored(self.run_id)
+        writes.store_lease(self.run_id, rules.release(self.run_id, stored, self.lease, writes.now))
+
+
+RunWrite = PutRun | PatchRun | AcquireLease | ReleaseLease
+
+
+def apply_writes(connection: sqlite3.Connection, writes: Sequence[RunWrite]) -> list[object]:
     """Apply ``writes`` in order inside the caller's transaction; a result or error each."""
     state = RunWrites(connection, {write.run_id for write in writes})
-    outcomes: list[WriteResult | RunStoreError] = []
+    outcomes: list[object] = []
     for write in writes:
         try:
             outcomes.append(write.apply(state))

@@ -66,8 +66,17 @@ ALTER TABLE {table}_v2 RENAME TO {table};
 
 _V2: Final = _as_rowid_table("steps") + _as_rowid_table("turns")
 
+# Leases (issue 12): columns of the run's row, so the write they guard reads them with the row it
+# reads anyway, in the same transaction, and a claim selects and updates one row.
+_V3: Final = """
+ALTER TABLE runs ADD COLUMN lease INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN lease_holder TEXT;
+ALTER TABLE runs ADD COLUMN lease_expires_at INTEGER;
+ALTER TABLE runs ADD COLUMN lease_ttl_ms INTEGER;
+"""
+
 # MIGRATIONS[n] takes a database from user_version n to n + 1.
-MIGRATIONS: Final = (_V1, _V2)
+MIGRATIONS: Final = (_V1, _V2, _V3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

@@ -196,7 +196,9 @@ async def test_a_summary_is_the_snapshot_without_trace_history_and_plan(
     assert summary["version"] == 2
     assert type(summary["updatedAt"]) is int
     assert before <= summary["updatedAt"] <= after
-    rest = {k: v for k, v in summary.items() if k not in ("traceLength", "version", "updatedAt")}
+    assert summary["lease"] is None
+    store_fields = ("traceLength", "version", "updatedAt", "lease")
+    rest = {k: v for k, v in summary.items() if k not in store_fields}
     assert rest == {k: v for k, v in snapshot.items() if k not in ("trace", "history", "plan")}
 
 

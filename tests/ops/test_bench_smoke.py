@@ -48,6 +48,8 @@ def test_http_load_runs_every_scenario_and_pairs_the_rounds(tmp_path: Path) -> N
         ("runstore", "PUT 50 steps"),
         ("naive", "GET 50 steps"),
         ("runstore", "GET 50 steps"),
+        ("runstore", "PATCH unleased"),
+        ("runstore", "PATCH leased"),
     }
     for round_number in (0, 1):
         measured = [row for row in rows if row["round"] == round_number]
@@ -60,7 +62,8 @@ def test_http_load_runs_every_scenario_and_pairs_the_rounds(tmp_path: Path) -> N
         for n in (0, 1)
     ]
     assert firsts == ["floor", "runstore", "naive", "runstore"]
-    for name in ("patch_vs_floor", "put_vs_naive", "get_p99_over_p50"):
+    names = ("patch_vs_floor", "put_vs_naive", "get_p99_over_p50", "leased_patch_vs_unleased")
+    for name in names:
         verdict = report["summary"][name]
         assert len(verdict["rounds"]) == 2
         # The median of two rounds is their mean.

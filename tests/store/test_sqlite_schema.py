@@ -11,7 +11,6 @@ from support import make_snapshot
 
 from runstore.service.store.records import patch_record, snapshot_record
 from runstore.service.store.sqlite import SQLiteEngine
-from runstore.service.store.sqlite_batch import PatchRun, PutRun, apply_writes
 from runstore.service.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
 
 
@@ -22,26 +21,49 @@ def _table_sql(connection: sqlite3.Connection, name: str) -> str:
     return str(sql)
 
 
-def _v1_database(path: Path) -> None:
-    """A file as runstore with schema version 1 left it, holding two runs."""
+def old_database(path: Path, version: int) -> None:
+    """A file as runstore with schema ``version`` left it, holding two runs, written as that
+    version wrote rows (the columns of version 1, which later versions only add to)."""
     connection = connect(str(path))
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("BEGIN IMMEDIATE")
-    for statement in MIGRATIONS[0].split(";"):
-        if statement.strip():
-            connection.execute(statement)
-    connection.execute("PRAGMA user_version = 1")
-    first = make_snapshot("first", steps=3) | {"history": [{"role": "user", "content": "hi"}]}
-    apply_writes(
-        connection,
-        [
-            PutRun(snapshot_record(first)),
-            PutRun(snapshot_record(make_snapshot("second", steps=2))),
-            PatchRun("first", patch_record({"trace": [{"n": 3}], "traceFrom": 3})),
-        ],
-    )
+    for step in MIGRATIONS[:version]:
+        for statement in step.split(";"):
+            if statement.strip():
+                connection.execute(statement)
+    connection.execute(f"PRAGMA user_version = {version}")
+    first = make_snapshot("first", steps=4) | {"history": [{"role": "user", "content": "hi"}]}
+    first["trace"][3] = {"n": 3}
+    for snapshot, version_of_run in ((first, 2), (make_snapshot("second", steps=2), 1)):
+        record = snapshot_record(snapshot)
+        history = record.history
+        connection.execute(
+            "INSERT INTO runs (run_id, status, started_at, completed_at, version, updated_at, "
+            "trace_length, history_length, doc, plan) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+            (
+                record.run_id,
+                record.status,
+                record.started_at,
+                record.completed_at,
+                version_of_run,
+                len(record.trace),
+                None if history is None else len(history),
+                record.doc,
+                record.plan,
+            ),
+        )
+        for table, items in (("steps", record.trace), ("turns", history or [])):
+            connection.executemany(
+                f"INSERT INTO {table} (run_id, idx, item) VALUES (?, ?, ?)",
+                [(record.run_id, index, item) for index, item in enumerate(items)],
+            )
     connection.execute("COMMIT")
     connection.close()
+
+
+def _v1_database(path: Path) -> None:
+    """A file as runstore with schema version 1 left it, holding two runs."""
+    old_database(path, 1)
 
 
 def test_a_new_database_is_created_at_the_current_version(tmp_path: Path) -> None:
