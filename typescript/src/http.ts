@@ -74,7 +74,8 @@ export const check = (answer: Answer): void => {
   }
 }
 
-const jsonOf = (answer: Answer): unknown => {
+/** The JSON of a success; the typed error of anything else. */
+export const jsonOf = (answer: Answer): unknown => {
   check(answer)
   try {
     return JSON.parse(answer.text) as unknown

@@ -11,7 +11,8 @@ export {
   makeHttpPersistence,
 } from './persistence.js'
 export { DEFAULT_RETRY_POLICY, type RetryPolicy, retryPolicy } from './retry.js'
-export type { RunPatch, RunSnapshot, SnapshotInput, WriteAck } from './wire.js'
+export type { ClaimedRun, Lease, RunPatch, RunSnapshot, SnapshotInput, WriteAck } from './wire.js'
+export type { ClaimOptions } from './leases.js'
 export {
   BadRequest,
   BodyTooLarge,
@@ -19,6 +20,8 @@ export {
   Forbidden,
   InternalError,
   InvalidRun,
+  LeaseHeld,
+  LeaseLost,
   MalformedJson,
   MethodNotAllowed,
   PROBLEM_TYPE_PREFIX,

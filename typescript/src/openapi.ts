@@ -4,6 +4,28 @@
  */
 
 export interface paths {
+    "/claims": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Take over one orphaned run
+         * @description The orphaned run (unfinished, with a status in ``status``, whose last lease expired, or
+         *     that never had one and was last written ``staleAfterMs`` ago) that has waited longest, with
+         *     a new lease for ``holder``; 204 when none qualifies. Two claimers never get the same run.
+         */
+        post: operations["claim_run_claims_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/healthz": {
         parameters: {
             query?: never;
@@ -97,10 +119,64 @@ export interface paths {
         patch: operations["patch_run_runs__runId__patch"];
         trace?: never;
     };
+    "/runs/{runId}/lease": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Take or renew the lease on a run
+         * @description Without ``lease``: a new lease (number previous + 1) when none is live. With ``lease``:
+         *     renew that lease, which must be the holder's and the run's latest. ``ttlMs`` from now.
+         */
+        post: operations["acquire_lease_runs__runId__lease_post"];
+        /**
+         * Release a lease
+         * @description End lease ``Runstore-Lease`` now; safe to repeat while it is the run's latest lease.
+         */
+        delete: operations["release_lease_runs__runId__lease_delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * ClaimRequest
+         * @description The body of ``POST /claims``: take over the orphaned run that has waited longest.
+         */
+        ClaimRequest: {
+            /** Holder */
+            holder: string;
+            /**
+             * Staleafterms
+             * @description A run that never had a lease is orphaned once unwritten for this long.
+             * @default 60000
+             */
+            staleAfterMs?: number;
+            /** Status */
+            status?: string[];
+            /**
+             * Ttlms
+             * @description 1,000 to 3,600,000 ms.
+             */
+            ttlMs: number;
+        };
+        /**
+         * ClaimedRun
+         * @description What ``POST /claims`` answers: the run as stored and the new lease on it.
+         */
+        ClaimedRun: {
+            lease: components["schemas"]["Lease"];
+            run: components["schemas"]["RunSnapshot"];
+        };
         /** Deleted */
         Deleted: {
             /**
@@ -129,6 +205,46 @@ export interface components {
             } | null;
             /** Status */
             status: string;
+        };
+        /**
+         * Lease
+         * @description A lease: ``holder`` owns run ``run_id`` until ``expires_at`` (ms by the store's clock;
+         *     reason with ``ttl_ms``, never by comparing clocks). ``lease`` is the fencing token, sent as
+         *     ``Runstore-Lease`` with every write under it.
+         */
+        Lease: {
+            /** Expiresat */
+            expiresAt: number;
+            /** Holder */
+            holder: string;
+            /**
+             * Lease
+             * @description The fencing token: +1 with every lease granted.
+             */
+            lease: number;
+            /** Runid */
+            runId: string;
+            /** Ttlms */
+            ttlMs: number;
+        };
+        /**
+         * LeaseRequest
+         * @description The body of ``POST /runs/{runId}/lease``: take a lease, or renew lease ``lease``.
+         */
+        LeaseRequest: {
+            /** Holder */
+            holder: string;
+            /**
+             * Lease
+             * @description Renew this lease (the holder's current one) instead of taking one.
+             * @default null
+             */
+            lease?: number | null;
+            /**
+             * Ttlms
+             * @description 1,000 to 3,600,000 ms.
+             */
+            ttlMs: number;
         };
         /**
          * Problem
@@ -316,6 +432,8 @@ export interface components {
              * @default 0
              */
             iterations?: number;
+            /** @description The live lease on the run, or null. */
+            lease?: components["schemas"]["Lease"] | null;
             /**
              * Revisions
              * @default 0
@@ -371,6 +489,109 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    claim_run_claims_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ClaimRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClaimedRun"];
+                };
+            };
+            /** @description No run qualifies */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request Timeout */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unsupported Media Type */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     healthz_healthz_get: {
         parameters: {
             query?: never;
@@ -656,6 +877,8 @@ export interface operations {
                 "If-Match"?: string;
                 /** @description * creates the run only if it does not exist yet (412 if it does). */
                 "If-None-Match"?: "*";
+                /** @description The writer's lease on the run (its number). 409 lease-lost unless it is the run's latest lease; without it, 409 lease-held while another lease is live. */
+                "Runstore-Lease"?: number;
             };
             path: {
                 /** @description 1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, starting with a letter or digit. */
@@ -785,6 +1008,8 @@ export interface operations {
             header?: {
                 /** @description Write only if the stored version is one of these tags ("7"); * if it exists. */
                 "If-Match"?: string;
+                /** @description The writer's lease on the run (its number). 409 lease-lost unless it is the run's latest lease; without it, 409 lease-held while another lease is live. */
+                "Runstore-Lease"?: number;
             };
             path: {
                 /** @description 1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, starting with a letter or digit. */
@@ -830,6 +1055,15 @@ export interface operations {
             };
             /** @description Not Found */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -959,6 +1193,8 @@ export interface operations {
             header?: {
                 /** @description Write only if the stored version is one of these tags ("7"); * if it exists. */
                 "If-Match"?: string;
+                /** @description The writer's lease on the run (its number). 409 lease-lost unless it is the run's latest lease; without it, 409 lease-held while another lease is live. */
+                "Runstore-Lease"?: number;
             };
             path: {
                 /** @description 1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, starting with a letter or digit. */
@@ -1056,6 +1292,214 @@ export interface operations {
             /** @description Unsupported Media Type */
             415: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    acquire_lease_runs__runId__lease_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description 1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, starting with a letter or digit. */
+                runId: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LeaseRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Lease"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request Timeout */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description lease-held (another holder's lease is live: the problem names holder and expiresAt, and Retry-After says when it expires) or lease-lost (a newer lease exists) */
+            409: {
+                headers: {
+                    /** @description With lease-held. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unsupported Media Type */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    release_lease_runs__runId__lease_delete: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description The writer's lease on the run (its number). 409 lease-lost unless it is the run's latest lease; without it, 409 lease-held while another lease is live. */
+                "Runstore-Lease": number;
+            };
+            path: {
+                /** @description 1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, starting with a letter or digit. */
+                runId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description lease-held (another holder's lease is live: the problem names holder and expiresAt, and Retry-After says when it expires) or lease-lost (a newer lease exists) */
+            409: {
+                headers: {
+                    /** @description With lease-held. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {

@@ -11,7 +11,10 @@
  *     ├── RunNotFound               404  not-found
  *     ├── WriteConflict             409  conflict
  *     │   ├── StaleWrite            409  stale-write: would un-finish the run or shorten its trace
- *     │   └── TraceGap              409  trace-gap: traceFrom / historyFrom past the stored end
+ *     │   ├── TraceGap              409  trace-gap: traceFrom / historyFrom past the stored end
+ *     │   ├── LeaseHeld             409  lease-held: another holder's lease is live (`holder`,
+ *     │   │                              `expiresAt`)
+ *     │   └── LeaseLost             409  lease-lost: a newer lease fenced this one off
  *     ├── PreconditionFailed        412  precondition-failed
  *     ├── BodyTooLarge              413  body-too-large
  *     ├── InvalidRun                422  invalid-fields: `errors` names each bad field
@@ -133,6 +136,31 @@ export class TraceGap extends WriteConflict {
   static override readonly defaultTitle: string | null = 'Trace gap'
 }
 
+/** Another holder's lease on the run is live: it is not this worker's to write or take. */
+export class LeaseHeld extends WriteConflict {
+  static override readonly slug: string | null = 'lease-held'
+  static override readonly defaultTitle: string | null = 'Lease held'
+
+  /** Who holds the lease. */
+  get holder(): string | null {
+    return typeof this.problem.holder === 'string' ? this.problem.holder : null
+  }
+
+  /** When the lease expires unless renewed, in ms by the store's clock. */
+  get expiresAt(): number | null {
+    return Number.isInteger(this.problem.expiresAt) ? Number(this.problem.expiresAt) : null
+  }
+}
+
+/**
+ * The lease this write or renewal names is not the run's latest: another worker took the run
+ * over (fencing). Stop working on the run; nothing was written.
+ */
+export class LeaseLost extends WriteConflict {
+  static override readonly slug: string | null = 'lease-lost'
+  static override readonly defaultTitle: string | null = 'Lease lost'
+}
+
 /** `If-Match` did not hold: another writer changed the run. Not retried. */
 export class PreconditionFailed extends RunStoreError {
   static override readonly slug: string | null = 'precondition-failed'
@@ -211,6 +239,8 @@ const CLASSES: readonly ProblemClass[] = [
   WriteConflict,
   StaleWrite,
   TraceGap,
+  LeaseHeld,
+  LeaseLost,
   PreconditionFailed,
   BodyTooLarge,
   InvalidRun,

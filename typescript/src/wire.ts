@@ -15,6 +15,14 @@ import { InvalidRun } from './problems.js'
 export type RunSnapshot = components['schemas']['RunSnapshot']
 export type RunPatch = components['schemas']['RunPatch']
 export type WriteAck = components['schemas']['WriteAck']
+/** A lease: `holder` owns run `runId` until `expiresAt` (ms by the store's clock: reason with
+ * `ttlMs`); `lease` is the fencing token every write under it carries. */
+export type Lease = components['schemas']['Lease']
+/** A run taken over by a claim, and the new lease on it. */
+export interface ClaimedRun<T = RunSnapshot> {
+  readonly run: T
+  readonly lease: Lease
+}
 
 /**
  * A run as an agent framework hands it to the hooks: the whole run each time, in the camelCase
@@ -177,6 +185,8 @@ export interface Write {
   historyFrom: number
   clearHistory: boolean
   readonly ifMatch: number | null
+  /** The writer's lease on the run, sent as `Runstore-Lease`. */
+  lease: number | null
   traceFingerprints: string[]
   historyFingerprints: string[] | null
   readonly fieldFingerprints: Map<string, unknown>

@@ -77,7 +77,10 @@ type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ?
 type Named<T> = keyof { [K in keyof T as string extends K ? never : K]: T[K] }
 // The hooks' input names exactly the fields of the generated wire type.
 export const sameFields: Equal<keyof SnapshotInput, Named<RunSnapshot>> = true
-export const hooksShape: Equal<keyof HttpPersistence, keyof ISqlitePersistence> = true
+export const hooksShape: Equal<
+  keyof HttpPersistence,
+  keyof ISqlitePersistence | 'claim' | 'resume' | 'lease'
+> = true
 
 // ------------------------------------------------------------- problem types
 
