@@ -32,6 +32,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from runstore.client.models import (
     REQUIRED_FIELDS,
@@ -44,6 +45,7 @@ from runstore.client.models import (
 
 from .api.auth import BearerAuth
 from .api.leases import lease_router
+from .api.openapi import for_generators, operation_id
 from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from .api.routes import RUN_ENDPOINTS, router
 from .api.run_route import RunRoute
@@ -55,6 +57,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("runstore")
 
 VERSION = "0.1.0"
+DOCS_ASSETS = "/docs/assets"
 DESCRIPTION = (
     "Durable, shared storage for AI-agent run snapshots. Every error is application/problem+json "
     "(RFC 9457). Writes are on stable storage when answered."
@@ -84,7 +87,11 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
         async with opened:
             yield {"store": opened, "settings": settings}
 
-    app = FastAPI(
+    # /docs and /redoc with their assets served from the fastapi-offline wheel, not a CDN: the
+    # pages work on a machine with no internet access (issue 15).
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
+        generate_unique_id_function=operation_id,
         title="runstore",
         version=VERSION,
         description=DESCRIPTION,
@@ -108,7 +115,8 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document, with the snapshot schemas and bearer auth added."""
+    """The OpenAPI document, with the snapshot schemas and bearer auth added, made what client
+    generators need (:mod:`.api.openapi`)."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     schema = get_openapi(
@@ -138,6 +146,7 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
         }
     }
     schema["security"] = [{"bearer": []}, {}]
+    for_generators(schema)
     app.openapi_schema = schema
     return schema
 

@@ -5,26 +5,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import logging
 import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
 
-from .config import Settings
-
 if TYPE_CHECKING:
+    from .config import Settings
     from .store import RunStore
     from .store.importer import ImportReport
 
 __all__ = ["main"]
 
 
+# What ``pip install "runstore[server]"`` adds to a client-only install; every command needs
+# them (settings read by pydantic-settings, the store's JSON by orjson and msgspec).
+SERVER_MODULES: Final = ("pydantic_settings", "fastapi", "uvicorn", "orjson", "msgspec")
+INSTALL_SERVER: Final = (
+    'install the server: pip install "runstore[server]" (in a checkout: pip install ".[server]")'
+)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
+    from .config import Settings
+
     # Flags win over the environment: pydantic-settings lets init arguments override it.
     overrides: dict[str, Any] = {
         name: value
@@ -250,6 +260,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        # A client-only install (issue 15): say what to do in one line, not a traceback.
+        print(f"runstore: {', '.join(missing)} not installed; {INSTALL_SERVER}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:  %(name)s: %(message)s")
     handler: Any = args.handler
     code: int = handler(args)

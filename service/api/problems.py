@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -65,7 +65,8 @@ def problem_response(
     if isinstance(error, _CLOSES_CONNECTION):
         all_headers.setdefault("Connection", "close")
     return Response(
-        json.dumps(body, ensure_ascii=False).encode(),
+        # Compact, as success bodies are.
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
         status_code=status,
         media_type=PROBLEM_MEDIA_TYPE,
         headers=all_headers,
@@ -87,6 +88,33 @@ def _allowed_methods(request: Request, routes: Iterable[BaseRoute] | None = None
         if match is not Match.NONE and route_methods:
             methods |= route_methods
     return methods
+
+
+def _parameter_path(loc: Iterable[object]) -> str:
+    """A parameter's path as the body's paths are written: ``query.status[0]``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+# FastAPI's parameter errors in the words the body's field errors use (json_body, records).
+_MESSAGES: Final = {
+    "string_pattern_mismatch": "must match {pattern}",
+    "string_too_long": "must be at most {max_length} characters",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than_equal": "must be <= {le}",
+    "int_parsing": "must be an integer",
+    "missing": "is required",
+}
+
+
+def _parameter_message(error: Mapping[str, Any]) -> str:
+    template = _MESSAGES.get(error.get("type", ""))
+    try:
+        return template.format(**error.get("ctx", {})) if template else str(error.get("msg"))
+    except (KeyError, IndexError):
+        return str(error.get("msg"))
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -118,8 +146,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         errors: list[FieldError] = [
             {
-                "path": ".".join(str(part) for part in error.get("loc", ())),
-                "message": error.get("msg", "invalid"),
+                "path": _parameter_path(error.get("loc", ())),
+                "message": _parameter_message(error),
                 "type": error.get("type", "invalid"),
             }
             for error in exc.errors()

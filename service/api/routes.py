@@ -28,6 +28,7 @@ from ..store.records import SnapshotRecord, patch_record, snapshot_record, writt
 from .body import read_body
 from .headers import LEASE_HEADER, header, parse_etags, parse_if_match, parse_lease
 from .json_body import parse_json, parse_json_as
+from .openapi import ETAG_HEADER
 from .schemas import Deleted, Health, Problem, RunList
 
 __all__ = ["LEASE_PARAM", "RUN_ENDPOINTS", "router"]
@@ -168,7 +169,7 @@ _JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
     "/runs/{runId}",
     summary="Append steps and update fields of a run",
     response_model=WriteAck,
-    responses=_problems(*_JSON_BODY_ERRORS, 404),
+    responses={200: {"headers": ETAG_HEADER}, **_problems(*_JSON_BODY_ERRORS, 404)},
     openapi_extra={
         "parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM, LEASE_PARAM],
         "requestBody": {
@@ -199,8 +200,8 @@ async def patch_run(request: Request) -> Response:
     status_code=200,
     response_model=WriteAck,
     responses={
-        201: {"model": WriteAck, "description": "Created"},
-        200: {"description": "Replaced"},
+        201: {"model": WriteAck, "description": "Created", "headers": ETAG_HEADER},
+        200: {"description": "Replaced", "headers": ETAG_HEADER},
         **_problems(*_JSON_BODY_ERRORS),
     },
     openapi_extra={
@@ -250,8 +251,9 @@ _GET_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {
         "description": "The snapshot as last written",
         "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunSnapshot"}}},
+        "headers": ETAG_HEADER,
     },
-    304: {"description": "Not modified (If-None-Match)"},
+    304: {"description": "Not modified (If-None-Match)", "headers": ETAG_HEADER},
     **_problems(400, *_AUTH, 404, 422, 503),
 }
 _IF_NONE_MATCH: Final = {"parameters": [_RUN_ID_PARAM, _IF_NONE_MATCH_PARAM]}
@@ -400,7 +402,7 @@ async def delete_runs(
     return Response(json.dumps({"deleted": deleted}).encode(), media_type=JSON)
 
 
-@router.get("/healthz", summary="The process is alive", response_model=Health)
+@router.get("/healthz", summary="The process is alive", tags=["health"], response_model=Health)
 async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type=JSON)
 
@@ -408,6 +410,7 @@ async def healthz() -> Response:
 @router.get(
     "/readyz",
     summary="The store can read and write",
+    tags=["health"],
     response_model=Health,
     responses=_problems(*_AUTH, 503),
 )

@@ -316,3 +316,30 @@ class TestBodyLimit:
 
         assert_problem(response, 400, "bad-request")
         assert await state(client) == stored
+
+
+async def test_problem_bodies_are_compact_like_success_bodies(client: httpx.AsyncClient) -> None:
+    response = await client.get("/runs/absent")
+
+    assert response.status_code == 404
+    compact = json.dumps(response.json(), ensure_ascii=False, separators=(",", ":"))
+    assert response.content == compact.encode()
+
+
+@pytest.mark.parametrize(
+    ("query", "path", "message"),
+    [
+        ("status=Bad", "query.status[0]", "must match ^[a-z][a-z0-9_-]{0,31}$"),
+        ("status=running&status=Bad", "query.status[1]", "must match ^[a-z][a-z0-9_-]{0,31}$"),
+        ("limit=0", "query.limit", "must be >= 1"),
+        ("limit=ten", "query.limit", "must be an integer"),
+    ],
+)
+async def test_parameter_errors_are_written_like_body_errors(
+    client: httpx.AsyncClient, query: str, path: str, message: str
+) -> None:
+    response = await client.get(f"/runs?{query}")
+
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert (error["path"], error["message"]) == (path, message)

@@ -130,3 +130,40 @@ def test_import_writes_to_runstore_db_without_db_flag(tmp_path: Path) -> None:
     assert "imported 1" in result.stdout
     assert store.exists()
     assert not (tmp_path / "runs.db").exists()
+
+
+# The console script's entry point, run as if pydantic-settings and the other server extras
+# were not installed (a client-only install: ``pip install .``); None in sys.modules makes
+# their import fail as a missing module does.
+CLIENT_ONLY = """
+import sys
+from importlib.metadata import entry_points
+for name in ("pydantic_settings", "fastapi", "uvicorn", "orjson", "msgspec"):
+    sys.modules[name] = None
+(command,) = entry_points(group="console_scripts", name="runstore")
+raise SystemExit(command.load()(sys.argv[1:]))
+"""
+
+
+def test_help_works_in_a_client_only_install() -> None:
+    result = run(sys.executable, "-c", CLIENT_ONLY, "--help")
+
+    assert result.returncode == 0, result.stderr
+    assert "backup" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [("serve",), ("backup", "copy.db"), ("import", "agent_runs.db")],
+    ids=["serve", "backup", "import"],
+)
+def test_a_client_only_install_says_in_one_line_what_to_install(
+    arguments: tuple[str, ...], tmp_path: Path
+) -> None:
+    result = run(sys.executable, "-c", CLIENT_ONLY, *arguments, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "pydantic_settings" in result.stderr
+    assert 'pip install "runstore[server]"' in result.stderr
+    assert list(tmp_path.iterdir()) == []

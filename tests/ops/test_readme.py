@@ -1,4 +1,4 @@
-"""The README and docs/client.md run as written, against a real server on a free port.
+"""The README and every page of docs/ run as written, against a real server on a free port.
 
 Their ``console`` blocks are one shell session: every ``$`` command runs, in order, in one bash,
 and must print what the page shows under it (``updatedAt`` is the server's clock, so its value
@@ -23,7 +23,13 @@ from support import ServerProcess
 pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ("README.md", "docs/client.md")
+_RUNNABLE = re.compile(r"^```(console|python)$", re.MULTILINE)
+# Every page with a block the test runs: a block added to any page of docs/ runs too.
+PAGES = tuple(
+    str(page.relative_to(ROOT))
+    for page in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+    if _RUNNABLE.search(page.read_text(encoding="utf-8"))
+)
 # The address the pages use; the tests substitute their own server's.
 DOCUMENTED_URL = "http://127.0.0.1:8000"
 
@@ -121,6 +127,10 @@ def test_the_page_runs_as_written(page: str, tmp_path: Path) -> None:
             assert len(printed) >= len(promised), code
             for line, comment in zip(printed, promised, strict=False):
                 assert comment.startswith(line), (line, comment)
+
+
+def test_the_pages_a_newcomer_follows_are_run() -> None:
+    assert {"README.md", "docs/client.md"} <= set(PAGES)
 
 
 def test_the_readme_is_a_short_page() -> None:
