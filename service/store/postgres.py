@@ -225,12 +225,12 @@ class PostgresStore(RunStore):
             except psycopg.Error as exc:
                 await self._retry_or_raise(exc, attempt, until)
 
-    async def _write(self, op: Callable[[Connection], Awaitable[tuple[T, str]]]) -> T:
+    async def _write(self, op: Callable[[Connection], Awaitable[tuple[T, str | None]]]) -> T:
         until = monotonic() + self._deadline
         attempt = 0
         while True:
             attempt += 1
-            outcome: tuple[T, str] | None = None
+            outcome: tuple[T, str | None] | None = None
             try:
                 # In a pipeline, BEGIN travels with the first statement, and the last write
                 # with COMMIT: two round trips for a PATCH instead of four.
@@ -244,16 +244,22 @@ class PostgresStore(RunStore):
                 # queued write or of COMMIT was raised there.
                 return outcome[0]
             except psycopg.Error as exc:
-                if outcome is not None and _connection_lost(exc):
-                    committed = await self._commit_outcome(outcome[1], until)
-                    if committed:
-                        return outcome[0]
-                    if committed is None:
-                        raise StoreUnavailable(
-                            "The connection to PostgreSQL was lost while the write was "
-                            "committing, and the database cannot tell yet whether it did; read "
-                            "the run before writing again."
-                        ) from exc
+                if outcome is not None:
+                    answer, xid = outcome
+                    if xid is None:
+                        # The operation wrote nothing (a claim that found no run): its answer
+                        # stands whatever became of COMMIT.
+                        return answer
+                    if _connection_lost(exc):
+                        committed = await self._commit_outcome(xid, until)
+                        if committed:
+                            return answer
+                        if committed is None:
+                            raise StoreUnavailable(
+                                "The connection to PostgreSQL was lost while the write was "
+                                "committing, and the database cannot tell yet whether it did; "
+                                "read the run before writing again."
+                            ) from exc
                 await self._retry_or_raise(exc, attempt, until)
 
     async def _retry_or_raise(self, exc: psycopg.Error, attempt: int, until: float) -> None:

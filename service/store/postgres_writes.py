@@ -299,14 +299,17 @@ async def release_lease(connection: Connection, run_id: str, lease: int) -> tupl
     return None, _xid(row)
 
 
-async def claim_run(connection: Connection, query: ClaimQuery) -> tuple[ClaimedRun | None, str]:
-    """Lock the orphaned run that has waited longest (skipping locked ones), grant the lease."""
+async def claim_run(
+    connection: Connection, query: ClaimQuery
+) -> tuple[ClaimedRun | None, str | None]:
+    """Lock the orphaned run that has waited longest (skipping locked ones), grant the lease;
+    no transaction id when no run qualifies (nothing is written)."""
     cursor = await connection.execute(
         _CLAIM, {"statuses": list(query.statuses), "stale": query.stale_after_ms}
     )
     row = await cursor.fetchone()
     if row is None:
-        return None, ""
+        return None, None
     run_id, updated_at, rest = row[0], row[1], row[2:]
     now = int(rest[_STATE_WIDTH + 1])
     state, lease = rules.claim(

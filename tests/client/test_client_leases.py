@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +205,19 @@ def test_resuming_a_run_someone_holds_is_lease_held(kind: Kind) -> None:
         kind.hooks("someone-else").resume(run_id)
     with pytest.raises(LeaseHeld):  # starting it again elsewhere, too
         kind.hooks("someone-else").on_run_start(agent_snapshot(run_id))
+
+
+@pytest.mark.slow
+def test_the_lease_workers_example_finishes_the_crashed_run_once() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "lease_workers.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--workers", "3", "--steps", "6", "--lease-ttl", "1"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "worker-0 crashes after step 3" in done.stdout
+    assert done.stdout.count("claimed it at step 3 (lease 2)") == 1
+    assert done.stdout.count(": ok, steps by") == 3
