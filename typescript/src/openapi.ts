@@ -15,11 +15,11 @@ export interface paths {
         put?: never;
         /**
          * Take over one orphaned run
-         * @description The orphaned run (unfinished, with a status in ``status``, whose last lease expired, or
-         *     that never had one and was last written ``staleAfterMs`` ago) that has waited longest, with
-         *     a new lease for ``holder``; 204 when none qualifies. Two claimers never get the same run.
+         * @description The orphaned run (unfinished, with a status in `status`, whose last lease expired, or
+         *     that never had one and was last written `staleAfterMs` ago) that has waited longest, with
+         *     a new lease for `holder`; 204 when none qualifies. Two claimers never get the same run.
          */
-        post: operations["claim_run_claims_post"];
+        post: operations["claimRun"];
         delete?: never;
         options?: never;
         head?: never;
@@ -34,7 +34,7 @@ export interface paths {
             cookie?: never;
         };
         /** The process is alive */
-        get: operations["healthz_healthz_get"];
+        get: operations["healthz"];
         put?: never;
         post?: never;
         delete?: never;
@@ -51,7 +51,7 @@ export interface paths {
             cookie?: never;
         };
         /** The store can read and write */
-        get: operations["readyz_readyz_get"];
+        get: operations["readyz"];
         put?: never;
         post?: never;
         delete?: never;
@@ -70,16 +70,16 @@ export interface paths {
         /**
          * List runs, newest first
          * @description Summaries (snapshot without trace, history, plan; with traceLength, version, updatedAt),
-         *     newest ``startedAt`` first, ties by ``runId`` descending.
+         *     newest `startedAt` first, ties by `runId` descending.
          */
-        get: operations["list_runs_runs_get"];
+        get: operations["listRuns"];
         put?: never;
         post?: never;
         /**
          * Delete finished or old runs (retention)
          * @description Delete every run that matches all the given bounds; needs the admin scope.
          */
-        delete: operations["delete_runs_runs_delete"];
+        delete: operations["deleteRuns"];
         options?: never;
         head?: never;
         patch?: never;
@@ -96,27 +96,27 @@ export interface paths {
          * Read a run
          * @description The snapshot, with its version as the ETag.
          */
-        get: operations["get_run_runs__runId__get"];
+        get: operations["getRun"];
         /**
          * Create or replace a run
          * @description Store a whole snapshot. 201 when the run is new, 200 when it replaced one.
          */
-        put: operations["put_run_runs__runId__put"];
+        put: operations["putRun"];
         post?: never;
         /** Delete a run */
-        delete: operations["delete_run_runs__runId__delete"];
+        delete: operations["deleteRun"];
         options?: never;
         /**
          * Headers of a run's GET
          * @description The headers GET would send (ETag, Content-Length), without the body.
          */
-        head: operations["head_run_runs__runId__head"];
+        head: operations["headRun"];
         /**
          * Append steps and update fields of a run
-         * @description Send only what is new: ``trace`` from ``traceFrom``, ``history`` from ``historyFrom``,
+         * @description Send only what is new: `trace` from `traceFrom`, `history` from `historyFrom`,
          *     and any fields to replace.
          */
-        patch: operations["patch_run_runs__runId__patch"];
+        patch: operations["patchRun"];
         trace?: never;
     };
     "/runs/{runId}/lease": {
@@ -130,15 +130,15 @@ export interface paths {
         put?: never;
         /**
          * Take or renew the lease on a run
-         * @description Without ``lease``: a new lease (number previous + 1) when none is live. With ``lease``:
-         *     renew that lease, which must be the holder's and the run's latest. ``ttlMs`` from now.
+         * @description Without `lease`: a new lease (number previous + 1) when none is live. With `lease`:
+         *     renew that lease, which must be the holder's and the run's latest. `ttlMs` from now.
          */
-        post: operations["acquire_lease_runs__runId__lease_post"];
+        post: operations["acquireLease"];
         /**
          * Release a lease
-         * @description End lease ``Runstore-Lease`` now; safe to repeat while it is the run's latest lease.
+         * @description End lease `Runstore-Lease` now; safe to repeat while it is the run's latest lease.
          */
-        delete: operations["release_lease_runs__runId__lease_delete"];
+        delete: operations["releaseLease"];
         options?: never;
         head?: never;
         patch?: never;
@@ -153,25 +153,17 @@ export interface components {
          * @description The body of ``POST /claims``: take over the orphaned run that has waited longest.
          */
         ClaimRequest: {
-            /** Holder */
             holder: string;
-            /**
-             * Staleafterms
-             * @description A run that never had a lease is orphaned once unwritten for this long.
-             * @default 60000
-             */
+            /** @description A run that never had a lease is orphaned once unwritten for this long. */
             staleAfterMs?: number;
-            /** Status */
             status?: string[];
-            /**
-             * Ttlms
-             * @description 1,000 to 3,600,000 ms.
-             */
+            /** @description 1,000 to 3,600,000 ms. */
             ttlMs: number;
         };
         /**
          * ClaimedRun
-         * @description What ``POST /claims`` answers: the run as stored and the new lease on it.
+         * @description What ``POST /claims`` answers: the run as stored and the new lease on it (the run's
+         *     version comes as the answer's ETag).
          */
         ClaimedRun: {
             lease: components["schemas"]["Lease"];
@@ -179,31 +171,21 @@ export interface components {
         };
         /** Deleted */
         Deleted: {
-            /**
-             * Deleted
-             * @description How many runs were deleted.
-             */
+            /** @description How many runs were deleted. */
             deleted: number;
         };
         /** FieldProblem */
         FieldProblem: {
-            /** Message */
             message: string;
-            /**
-             * Path
-             * @description JSON path of the bad field, such as $.trace[3] or query.limit.
-             */
+            /** @description JSON path of the bad field, such as $.trace[3] or query.limit. */
             path: string;
-            /** Type */
             type: string;
         };
         /** Health */
         Health: {
-            /** Details */
             details?: {
                 [key: string]: unknown;
             } | null;
-            /** Status */
             status: string;
         };
         /**
@@ -213,18 +195,11 @@ export interface components {
          *     ``Runstore-Lease`` with every write under it.
          */
         Lease: {
-            /** Expiresat */
             expiresAt: number;
-            /** Holder */
             holder: string;
-            /**
-             * Lease
-             * @description The fencing token: +1 with every lease granted.
-             */
+            /** @description The fencing token: +1 with every lease granted. */
             lease: number;
-            /** Runid */
             runId: string;
-            /** Ttlms */
             ttlMs: number;
         };
         /**
@@ -232,18 +207,10 @@ export interface components {
          * @description The body of ``POST /runs/{runId}/lease``: take a lease, or renew lease ``lease``.
          */
         LeaseRequest: {
-            /** Holder */
             holder: string;
-            /**
-             * Lease
-             * @description Renew this lease (the holder's current one) instead of taking one.
-             * @default null
-             */
+            /** @description Renew this lease (the holder's current one) instead of taking one. */
             lease?: number | null;
-            /**
-             * Ttlms
-             * @description 1,000 to 3,600,000 ms.
-             */
+            /** @description 1,000 to 3,600,000 ms. */
             ttlMs: number;
         };
         /**
@@ -251,96 +218,55 @@ export interface components {
          * @description RFC 9457 problem details.
          */
         Problem: {
-            /** Detail */
             detail: string;
-            /**
-             * Errors
-             * @description With 422: each bad field.
-             */
+            /** @description With 422: each bad field. */
             errors?: components["schemas"]["FieldProblem"][] | null;
-            /** Instance */
             instance?: string | null;
-            /** Status */
             status: number;
-            /** Title */
             title: string;
-            /**
-             * Type
-             * @description urn:runstore:problem:<slug>; the slugs are in the docs.
-             */
+            /** @description urn:runstore:problem:<slug>; the slugs are in the docs. */
             type: string;
         } & {
             [key: string]: unknown;
         };
         /** RunList */
         RunList: {
-            /**
-             * Nextcursor
-             * @description Pass as cursor for the next page; null on the last.
-             */
+            /** @description Pass as cursor for the next page; null on the last. */
             nextCursor: string | null;
-            /** Runs */
             runs: components["schemas"]["RunSummary"][];
         };
         /**
          * RunPatch
-         * @description The body of a PATCH: any subset of the snapshot's fields, plus where appends start.
-         *
-         *     Fields not sent stay as stored; ``None`` on an optional field clears it. ``trace`` needs
-         *     ``trace_from`` and ``history`` needs ``history_from`` (unless it clears the history).
-         *     Only the fields that were set (``model_fields_set``) and the extra fields are sent.
+         * @description The body of a PATCH: any subset of the snapshot's fields, plus where appends start. A field left out keeps its stored value; null clears an optional field (completedAt, history, plan, text, error). trace appends the steps from index traceFrom; history appends the turns from index historyFrom (or, with null, clears the history).
          */
         RunPatch: {
-            /**
-             * Completedat
-             * @default null
-             */
+            /** @description Set when the run finished (ms); a finished run stays finished. Absent: the stored value stays. null: the field is cleared (removed from the run). */
             completedAt?: number | null;
-            /**
-             * Error
-             * @default null
-             */
+            /** @description Why the run failed. Absent: the stored value stays. null: the field is cleared (removed from the run). */
             error?: string | null;
-            /**
-             * History
-             * @default null
-             */
+            /** @description With historyFrom: the turns to store from that index on. null (without historyFrom) clears the history. */
             history?: {
                 [key: string]: unknown;
             }[] | null;
-            /** Historyfrom */
+            /** @description Index in the stored history where the sent turns start. */
             historyFrom?: number;
-            /** Input */
             input?: string;
-            /** Iterations */
             iterations?: number;
-            /**
-             * Plan
-             * @default null
-             */
+            /** @description The agent's plan. Absent: the stored value stays. null: the field is cleared (removed from the run). */
             plan?: {
                 [key: string]: unknown;
             } | null;
-            /** Revisions */
             revisions?: number;
-            /** Runid */
             runId?: string;
-            /** Startedat */
             startedAt?: number;
-            /** Status */
             status?: string;
-            /** Stepindex */
             stepIndex?: number;
-            /**
-             * Text
-             * @default null
-             */
+            /** @description The run's final text. Absent: the stored value stays. null: the field is cleared (removed from the run). */
             text?: string | null;
-            /** Trace */
+            /** @description With traceFrom: the steps to store from that index on. */
             trace?: unknown[];
-            /** Tracefrom */
+            /** @description Index in the stored trace where the sent steps start (the trace length the client last saw). */
             traceFrom?: number;
-            /** Usage */
             usage?: {
                 [key: string]: unknown;
             };
@@ -349,67 +275,26 @@ export interface components {
         };
         /**
          * RunSnapshot
-         * @description A whole run as the agent framework holds it.
-         *
-         *     Unknown fields are kept (``model_extra``) and sent back as they came, so that a newer
-         *     framework does not lose data through an older client or store.
+         * @description A whole run, the camelCase JSON of the agent framework's IRunSnapshot. Fields this document does not name are kept as sent and returned on reads. completedAt, history, plan, text and error may be left out (or null): the run does not have them.
          */
         RunSnapshot: {
-            /**
-             * Completedat
-             * @default null
-             */
             completedAt?: number | null;
-            /**
-             * Error
-             * @default null
-             */
             error?: string | null;
-            /**
-             * History
-             * @default null
-             */
             history?: {
                 [key: string]: unknown;
             }[] | null;
-            /** Input */
             input: string;
-            /**
-             * Iterations
-             * @default 0
-             */
             iterations: number;
-            /**
-             * Plan
-             * @default null
-             */
             plan?: {
                 [key: string]: unknown;
             } | null;
-            /**
-             * Revisions
-             * @default 0
-             */
             revisions: number;
-            /** Runid */
             runId: string;
-            /** Startedat */
             startedAt: number;
-            /** Status */
             status: string;
-            /**
-             * Stepindex
-             * @default 0
-             */
             stepIndex: number;
-            /**
-             * Text
-             * @default null
-             */
             text?: string | null;
-            /** Trace */
             trace: unknown[];
-            /** Usage */
             usage: {
                 [key: string]: unknown;
             };
@@ -418,66 +303,38 @@ export interface components {
         };
         /**
          * RunSummary
-         * @description One row of ``GET /runs``: the snapshot without trace, history and plan.
+         * @description One row of GET /runs: the snapshot without trace, history and plan, with traceLength, version and updatedAt (ms). Optional fields the run lacks are left out.
          */
         RunSummary: {
-            /** Completedat */
             completedAt?: number | null;
-            /** Error */
             error?: string | null;
-            /** Input */
             input: string;
-            /**
-             * Iterations
-             * @default 0
-             */
             iterations?: number;
             /** @description The live lease on the run, or null. */
             lease?: components["schemas"]["Lease"] | null;
-            /**
-             * Revisions
-             * @default 0
-             */
             revisions?: number;
-            /** Runid */
             runId: string;
-            /** Startedat */
             startedAt: number;
-            /** Status */
             status: string;
-            /**
-             * Stepindex
-             * @default 0
-             */
             stepIndex?: number;
-            /** Text */
             text?: string | null;
-            /** Tracelength */
             traceLength: number;
-            /** Updatedat */
             updatedAt: number;
-            /** Usage */
             usage?: {
                 [key: string]: unknown;
             };
-            /** Version */
             version: number;
         } & {
             [key: string]: unknown;
         };
         /**
          * WriteAck
-         * @description What a PUT or PATCH left stored: the run's new version and its trace length.
+         * @description What a PUT or PATCH left stored.
          */
         WriteAck: {
-            /** Runid */
             runId: string;
-            /** Tracelength */
             traceLength: number;
-            /**
-             * Version
-             * @description Raised by one on every write of the run; also the ETag.
-             */
+            /** @description Raised by one on every write of the run; also the ETag. */
             version: number;
         };
     };
@@ -489,7 +346,7 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
-    claim_run_claims_post: {
+    claimRun: {
         parameters: {
             query?: never;
             header?: never;
@@ -530,6 +387,8 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -584,6 +443,8 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -592,7 +453,7 @@ export interface operations {
             };
         };
     };
-    healthz_healthz_get: {
+    healthz: {
         parameters: {
             query?: never;
             header?: never;
@@ -612,7 +473,7 @@ export interface operations {
             };
         };
     };
-    readyz_readyz_get: {
+    readyz: {
         parameters: {
             query?: never;
             header?: never;
@@ -633,6 +494,8 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -651,6 +514,8 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -659,16 +524,16 @@ export interface operations {
             };
         };
     };
-    list_runs_runs_get: {
+    listRuns: {
         parameters: {
             query?: {
                 /** @description Only runs with this status; repeat for several. */
-                status?: string[] | null;
-                startedAfter?: number | null;
-                startedBefore?: number | null;
+                status?: string[];
+                startedAfter?: number;
+                startedBefore?: number;
                 limit?: number;
                 /** @description nextCursor of the previous page. */
-                cursor?: string | null;
+                cursor?: string;
             };
             header?: never;
             path?: never;
@@ -688,6 +553,8 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -715,6 +582,8 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -723,11 +592,11 @@ export interface operations {
             };
         };
     };
-    delete_runs_runs_delete: {
+    deleteRuns: {
         parameters: {
             query?: {
-                completedBefore?: number | null;
-                startedBefore?: number | null;
+                completedBefore?: number;
+                startedBefore?: number;
             };
             header?: never;
             path?: never;
@@ -747,6 +616,8 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -774,6 +645,8 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -782,7 +655,7 @@ export interface operations {
             };
         };
     };
-    get_run_runs__runId__get: {
+    getRun: {
         parameters: {
             query?: never;
             header?: {
@@ -800,6 +673,8 @@ export interface operations {
             /** @description The snapshot as last written */
             200: {
                 headers: {
+                    /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -809,6 +684,8 @@ export interface operations {
             /** @description Not modified (If-None-Match) */
             304: {
                 headers: {
+                    /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -825,6 +702,8 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -861,6 +740,8 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -869,7 +750,7 @@ export interface operations {
             };
         };
     };
-    put_run_runs__runId__put: {
+    putRun: {
         parameters: {
             query?: never;
             header?: {
@@ -895,6 +776,8 @@ export interface operations {
             /** @description Replaced */
             200: {
                 headers: {
+                    /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -904,6 +787,10 @@ export interface operations {
             /** @description Created */
             201: {
                 headers: {
+                    /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
+                    ETag?: string;
+                    /** @description The path of the run just created. */
+                    Location?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -922,6 +809,8 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -994,6 +883,8 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1002,7 +893,7 @@ export interface operations {
             };
         };
     };
-    delete_run_runs__runId__delete: {
+    deleteRun: {
         parameters: {
             query?: never;
             header?: {
@@ -1038,6 +929,8 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1092,6 +985,8 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1100,7 +995,7 @@ export interface operations {
             };
         };
     };
-    head_run_runs__runId__head: {
+    headRun: {
         parameters: {
             query?: never;
             header?: {
@@ -1118,15 +1013,17 @@ export interface operations {
             /** @description The snapshot as last written */
             200: {
                 headers: {
+                    /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/json": components["schemas"]["RunSnapshot"];
-                };
+                content?: never;
             };
             /** @description Not modified (If-None-Match) */
             304: {
                 headers: {
+                    /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1136,58 +1033,50 @@ export interface operations {
                 headers: {
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
+                content?: never;
             };
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
+                content?: never;
             };
             /** @description Forbidden */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
+                content?: never;
             };
             /** @description Not Found */
             404: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
+                content?: never;
             };
             /** @description Unprocessable Entity */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
+                content?: never;
             };
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/problem+json": components["schemas"]["Problem"];
-                };
+                content?: never;
             };
         };
     };
-    patch_run_runs__runId__patch: {
+    patchRun: {
         parameters: {
             query?: never;
             header?: {
@@ -1211,6 +1100,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1229,6 +1120,8 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1310,6 +1203,8 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1318,7 +1213,7 @@ export interface operations {
             };
         };
     };
-    acquire_lease_runs__runId__lease_post: {
+    acquireLease: {
         parameters: {
             query?: never;
             header?: never;
@@ -1355,6 +1250,8 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1429,6 +1326,8 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1437,7 +1336,7 @@ export interface operations {
             };
         };
     };
-    release_lease_runs__runId__lease_delete: {
+    releaseLease: {
         parameters: {
             query?: never;
             header: {
@@ -1471,6 +1370,8 @@ export interface operations {
             /** @description Unauthorized */
             401: {
                 headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1518,6 +1419,8 @@ export interface operations {
             /** @description Service Unavailable */
             503: {
                 headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
