@@ -161,9 +161,17 @@ export class HttpSender {
       ;(init.headers as Record<string, string>)['content-type'] = 'application/json'
     }
     for (;;) {
-      let failure: { description: string; answer: Answer | null; error: unknown; retryAfter: number | null }
+      let failure: {
+        description: string
+        answer: Answer | null
+        error: unknown
+        retryAfter: number | null
+      }
       try {
-        const response = await this.fetch(url, { ...init, signal: AbortSignal.timeout(this.timeoutMs) })
+        const response = await this.fetch(url, {
+          ...init,
+          signal: AbortSignal.timeout(this.timeoutMs),
+        })
         const answer: Answer = {
           status: response.status,
           statusText: response.statusText,

@@ -134,7 +134,11 @@ export class HeldRun {
           }
         })
         .catch((error: unknown) => {
-          if (error instanceof LeaseLost || error instanceof LeaseHeld || error instanceof RunNotFound) {
+          if (
+            error instanceof LeaseLost ||
+            error instanceof LeaseHeld ||
+            error instanceof RunNotFound
+          ) {
             this.lost = lostBecause(this.lease, error)
             this.stop()
           }

@@ -35,12 +35,19 @@ interface RunState {
 }
 
 const fieldFingerprints = (fields: Record<string, unknown>): Map<string, unknown> =>
-  new Map(Object.entries(fields).map(([name, value]) => [name, fieldFingerprint(value, `$.${name}`)]))
+  new Map(
+    Object.entries(fields).map(([name, value]) => [name, fieldFingerprint(value, `$.${name}`)]),
+  )
 
 const itemFingerprint = (item: unknown, path: string): string => fingerprintOf(encode(item, path))
 
 /** The index of the first of `items[:limit]` that differs from `known`, else `limit`. */
-const firstChange = (items: readonly unknown[], known: string[], limit: number, name: string): number => {
+const firstChange = (
+  items: readonly unknown[],
+  known: string[],
+  limit: number,
+  name: string,
+): number => {
   for (let index = 0; index < limit; index += 1) {
     if (itemFingerprint(items[index], `$.${name}[${index}]`) !== known[index]) {
       return index

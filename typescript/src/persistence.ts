@@ -16,12 +16,7 @@
  * closed worker's runs become claimable when their leases expire.
  */
 import { HttpSender, ackOf, check, storedOf } from './http.js'
-import {
-  type ClaimOptions,
-  DEFAULT_LEASE_TTL_MS,
-  HeldRun,
-  LeaseRequests,
-} from './leases.js'
+import { type ClaimOptions, DEFAULT_LEASE_TTL_MS, HeldRun, LeaseRequests } from './leases.js'
 import { DEFAULT_CAPACITY, RunLedger } from './ledger.js'
 import { LeaseLost, RunNotFound, RunStoreError, StoreUnavailable, TraceGap } from './problems.js'
 import { type RetryPolicy, retryPolicy } from './retry.js'
@@ -257,7 +252,9 @@ export const makeHttpPersistence = (
       held.clear()
       ledger.clear()
     },
-    claim: async <T = RunSnapshot>(claimOptions: ClaimOptions = {}): Promise<ClaimedRun<T> | null> => {
+    claim: async <T = RunSnapshot>(
+      claimOptions: ClaimOptions = {},
+    ): Promise<ClaimedRun<T> | null> => {
       const claimed = await needLeases().claim(claimOptions)
       if (claimed === null) {
         return null

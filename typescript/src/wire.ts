@@ -209,7 +209,9 @@ export const bodyOf = (write: Write): string => {
     parts.push(`${separator}"trace":[${write.trace.join(',')}]`)
   } else {
     if (write.traceFrom !== null) {
-      parts.push(`${separator}"${TRACE_FROM}":${write.traceFrom},"trace":[${write.trace.join(',')}]`)
+      parts.push(
+        `${separator}"${TRACE_FROM}":${write.traceFrom},"trace":[${write.trace.join(',')}]`,
+      )
       separator = ','
     }
     if (write.clearHistory) {

@@ -71,9 +71,8 @@ interface ISqlitePersistence extends IPersistence {
 // The drop-in: what makeHttpPersistence returns is what the framework takes.
 export const dropIn: ISqlitePersistence = makeHttpPersistence('http://runstore:8000')
 
-type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2
-  ? true
-  : false
+type Equal<A, B> =
+  (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false
 type Named<T> = keyof { [K in keyof T as string extends K ? never : K]: T[K] }
 // The hooks' input names exactly the fields of the generated wire type.
 export const sameFields: Equal<keyof SnapshotInput, Named<RunSnapshot>> = true
@@ -117,8 +116,16 @@ test('an answer becomes the class its problem type names, else the one its statu
 
 test('backoff doubles from the first delay up to the cap, with jitter in the upper half', () => {
   const policy = retryPolicy({ maxAttempts: 5, firstDelayMs: 100, maxDelayMs: 400, totalMs: 1e9 })
-  const lowest = new RetrySchedule(policy, () => 0, () => 0)
-  const highest = new RetrySchedule(policy, () => 0, () => 1)
+  const lowest = new RetrySchedule(
+    policy,
+    () => 0,
+    () => 0,
+  )
+  const highest = new RetrySchedule(
+    policy,
+    () => 0,
+    () => 1,
+  )
   const low = [1, 2, 3, 4, 5].map(() => lowest.nextDelay())
   const high = [1, 2, 3, 4, 5].map(() => highest.nextDelay())
   assert.deepEqual(low, [50, 100, 200, 200, null])
@@ -128,7 +135,11 @@ test('backoff doubles from the first delay up to the cap, with jitter in the upp
 test('Retry-After is waited for when longer, and no retry starts past the total', () => {
   let now = 0
   const policy = retryPolicy({ maxAttempts: 10, firstDelayMs: 10, maxDelayMs: 10, totalMs: 5000 })
-  const schedule = new RetrySchedule(policy, () => now, () => 0)
+  const schedule = new RetrySchedule(
+    policy,
+    () => now,
+    () => 0,
+  )
   assert.equal(schedule.nextDelay(3000), 3000)
   now = 3000
   assert.equal(schedule.nextDelay(3000), null)

@@ -215,7 +215,10 @@ describe('when the store holds less than the hooks think', () => {
     await rig.hooks.onStepComplete(takeStep(snapshot))
     assert.deepEqual(await rig.stored('deleted'), wire(snapshot))
     assert.deepEqual(
-      rig.writes('deleted').slice(-2).map((w) => [w.method, w.status]),
+      rig
+        .writes('deleted')
+        .slice(-2)
+        .map((w) => [w.method, w.status]),
       [
         ['PATCH', 404],
         ['PUT', 201],
@@ -231,7 +234,10 @@ describe('when the store holds less than the hooks think', () => {
     await rig.hooks.onStepComplete(takeStep(snapshot))
     assert.deepEqual(await rig.stored('gap'), wire(snapshot))
     assert.deepEqual(
-      rig.writes('gap').slice(-2).map((w) => [w.method, w.status]),
+      rig
+        .writes('gap')
+        .slice(-2)
+        .map((w) => [w.method, w.status]),
       [
         ['PATCH', 409],
         ['PUT', 200],
@@ -346,7 +352,10 @@ describe('retries', () => {
     // Behaviour, not timing: the retry did not start before the second the answer asked for.
     assert.ok(performance.now() - began >= 1000)
     assert.deepEqual(
-      rig.writes('slow-down').slice(-2).map((w) => w.status),
+      rig
+        .writes('slow-down')
+        .slice(-2)
+        .map((w) => w.status),
       [429, 200],
     )
   })

@@ -182,7 +182,13 @@ test('resume goes on with deltas under the lease', async () => {
   assert.equal((await traceOf(runId)).length, 2)
   assert.deepEqual(
     recorder.sent.map((s) => `${s.method} ${s.path.replace(runId, 'R')} ${s.status}`),
-    ['POST /runs/R/lease 200', 'GET /runs/R 200', 'PATCH /runs/R 200', 'PATCH /runs/R 200', 'DELETE /runs/R/lease 204'],
+    [
+      'POST /runs/R/lease 200',
+      'GET /runs/R 200',
+      'PATCH /runs/R 200',
+      'PATCH /runs/R 200',
+      'DELETE /runs/R/lease 204',
+    ],
   )
 })
 
