@@ -23,7 +23,7 @@ TS_TESTS ?= auto
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@if [ "$(TS_TESTS)" = off ]; then exit 0; fi; \
-	if command -v npm >/dev/null && node -e 'process.exit(+process.versions.node.split(".")[0] < 20)' 2>/dev/null; then \
+	if command -v npm >/dev/null && node -e 'process.exit(parseInt(process.versions.node) >= 20 ? 0 : 1)' 2>/dev/null; then \
 		$(MAKE) --no-print-directory test-ts; \
 	elif [ "$(TS_TESTS)" = required ]; then \
 		echo "typescript/ tests need Node 20+ and npm"; exit 1; \
