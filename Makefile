@@ -55,8 +55,14 @@ format: $(STAMP)
 sync-clients: $(STAMP)
 	$(BIN)/python scripts/generate_sync.py
 
+# Also the TypeScript client's wire types (typescript/src/openapi.ts), once its dev tools are in.
 openapi: $(STAMP)
 	$(BIN)/python scripts/generate_openapi.py
+	@if [ -x typescript/node_modules/.bin/openapi-typescript ]; then \
+		cd typescript && npm run --silent generate; \
+	else \
+		echo "typescript/src/openapi.ts not regenerated: make test-ts once (npm ci), then again"; \
+	fi
 
 # Builds the Dockerfile with buildah and runs the image (root; see scripts/container-test).
 container-test:
