@@ -36,11 +36,18 @@ from runstore.service.store.base import WriteResult
 class InstantStore:
     """Answers writes at once, as if committed."""
 
-    async def patch_run(self, run_id: str, patch: Any, *, if_match: int | None = None) -> Any:
+    async def patch_run(
+        self, run_id: str, patch: Any, *, if_match: int | None = None, lease: int | None = None
+    ) -> Any:
         return WriteResult(run_id, 7, 6)
 
     async def put_run(
-        self, record: Any, *, if_match: int | None = None, if_none_match: bool = False
+        self,
+        record: Any,
+        *,
+        if_match: int | None = None,
+        if_none_match: bool = False,
+        lease: int | None = None,
     ) -> Any:
         return WriteResult(record.run_id, 7, 50)
 

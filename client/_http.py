@@ -12,7 +12,13 @@ import httpx
 from ._retry import RetrySchedule, parse_retry_after
 from ._wire import StoredSnapshot
 from .models import ClaimedRun, Lease, RunSnapshot, RunSummary, WriteAck
-from .problems import RunStoreError, StoreUnavailable, UnexpectedResponse, error_for_problem
+from .problems import (
+    LeaseHeld,
+    RunStoreError,
+    StoreUnavailable,
+    UnexpectedResponse,
+    error_for_problem,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -77,7 +83,11 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
 def check(response: httpx.Response) -> None:
     """Raise the typed error for an answer that is not a success."""
     if response.status_code >= 400:
-        raise error_for_problem(response.status_code, _problem(response))
+        error = error_for_problem(response.status_code, _problem(response))
+        if isinstance(error, LeaseHeld):
+            retry_after = parse_retry_after(response.headers)
+            error.retry_after = None if retry_after is None else round(retry_after)
+        raise error
 
 
 def _json(response: httpx.Response) -> Any:

@@ -25,7 +25,7 @@ from .routes import _RUN_ID_PARAM, JSON, LEASE_PARAM, _problems, _run_id, _setti
 
 __all__ = ["lease_router"]
 
-lease_router = APIRouter()
+lease_router = APIRouter(tags=["leases"])
 
 _BODY_ERRORS: Final = (400, 401, 403, 408, 413, 415, 422, 503)
 _LEASE_HELD: Final[dict[str, Any]] = {

@@ -61,6 +61,11 @@ HEADERS_BY_STATUS: Final[dict[str, dict[str, Any]]] = {
 
 TAGS: Final = [
     {"name": "runs", "description": "Store, read, list and delete run snapshots."},
+    {
+        "name": "leases",
+        "description": "One owner per run: take, renew and release a run's lease (a fencing "
+        "token), and claim orphaned runs.",
+    },
     {"name": "health", "description": "Liveness and readiness probes."},
 ]
 
@@ -77,7 +82,17 @@ SCHEMA_DESCRIPTIONS: Final = {
     "history, plan, text, error). trace appends the steps from index traceFrom; history "
     "appends the turns from index historyFrom (or, with null, clears the history).",
     "RunSummary": "One row of GET /runs: the snapshot without trace, history and plan, with "
-    "traceLength, version and updatedAt (ms). Optional fields the run lacks are left out.",
+    "traceLength, version, updatedAt (ms) and lease (the live lease, or null). Optional fields "
+    "the run lacks are left out.",
+    "Lease": "A lease: holder owns run runId until expiresAt (ms, by the store's clock; reason "
+    "with ttlMs, never by comparing clocks). lease is the fencing token, sent as Runstore-Lease "
+    "with every write under it.",
+    "LeaseRequest": "The body of POST /runs/{runId}/lease: take a lease (no lease), or renew "
+    "lease n (the holder's, and the run's latest).",
+    "ClaimRequest": "The body of POST /claims: take over the orphaned run that has waited "
+    "longest, among the unfinished runs with one of these statuses.",
+    "ClaimedRun": "What POST /claims answers: the run as stored (its version is the ETag) and "
+    "the new lease on it.",
     "WriteAck": "What a PUT or PATCH left stored.",
 }
 PATCH_FIELD_DESCRIPTIONS: Final = {

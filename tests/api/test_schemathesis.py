@@ -79,7 +79,19 @@ def _rule_beyond_the_schema(case: schemathesis.Case) -> bool:
 
 
 _INTEGER_FIELDS = frozenset(
-    {"startedAt", "completedAt", "stepIndex", "iterations", "revisions", "traceFrom", "historyFrom"}
+    {
+        "startedAt",
+        "completedAt",
+        "stepIndex",
+        "iterations",
+        "revisions",
+        "traceFrom",
+        "historyFrom",
+        # Of lease requests and claims.
+        "ttlMs",
+        "lease",
+        "staleAfterMs",
+    }
 )
 
 

@@ -130,6 +130,7 @@ def test_hooks_take_the_lease_write_under_it_and_release_it(kind: Kind) -> None:
     with pytest.raises(LeaseHeld) as held:
         other.acquire_lease(run_id, "intruder", 30.0)
     assert held.value.holder == "worker-7"
+    assert 1 <= held.value.retry_after <= 30
     hooks.on_step_complete(take_step(run))
     hooks.on_run_complete(finish(take_step(run)))
     assert hooks.lease(run_id) is None

@@ -150,7 +150,7 @@ export interface components {
     schemas: {
         /**
          * ClaimRequest
-         * @description The body of ``POST /claims``: take over the orphaned run that has waited longest.
+         * @description The body of POST /claims: take over the orphaned run that has waited longest, among the unfinished runs with one of these statuses.
          */
         ClaimRequest: {
             holder: string;
@@ -162,8 +162,7 @@ export interface components {
         };
         /**
          * ClaimedRun
-         * @description What ``POST /claims`` answers: the run as stored and the new lease on it (the run's
-         *     version comes as the answer's ETag).
+         * @description What POST /claims answers: the run as stored (its version is the ETag) and the new lease on it.
          */
         ClaimedRun: {
             lease: components["schemas"]["Lease"];
@@ -190,9 +189,7 @@ export interface components {
         };
         /**
          * Lease
-         * @description A lease: ``holder`` owns run ``run_id`` until ``expires_at`` (ms by the store's clock;
-         *     reason with ``ttl_ms``, never by comparing clocks). ``lease`` is the fencing token, sent as
-         *     ``Runstore-Lease`` with every write under it.
+         * @description A lease: holder owns run runId until expiresAt (ms, by the store's clock; reason with ttlMs, never by comparing clocks). lease is the fencing token, sent as Runstore-Lease with every write under it.
          */
         Lease: {
             expiresAt: number;
@@ -204,7 +201,7 @@ export interface components {
         };
         /**
          * LeaseRequest
-         * @description The body of ``POST /runs/{runId}/lease``: take a lease, or renew lease ``lease``.
+         * @description The body of POST /runs/{runId}/lease: take a lease (no lease), or renew lease n (the holder's, and the run's latest).
          */
         LeaseRequest: {
             holder: string;
@@ -303,7 +300,7 @@ export interface components {
         };
         /**
          * RunSummary
-         * @description One row of GET /runs: the snapshot without trace, history and plan, with traceLength, version and updatedAt (ms). Optional fields the run lacks are left out.
+         * @description One row of GET /runs: the snapshot without trace, history and plan, with traceLength, version, updatedAt (ms) and lease (the live lease, or null). Optional fields the run lacks are left out.
          */
         RunSummary: {
             completedAt?: number | null;
