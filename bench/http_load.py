@@ -4,6 +4,7 @@ with the two references measured in the same invocation (see bench/reference_app
     .venv/bin/python bench/http_load.py                      # SQLite, 16 connections, 5 rounds
     .venv/bin/python bench/http_load.py --backend postgres --database-url postgresql://...
     .venv/bin/python bench/http_load.py --backend postgres --database-url ... --replicas 2
+    .venv/bin/python bench/http_load.py --backend postgres --database-url ... --versus-sqlite
 
 It starts every server itself on 127.0.0.1 (free ports, temporary databases), pins the servers to
 CPU 0 and itself to CPU 1 where it can, drives them with a minimal keep-alive HTTP/1.1 client
@@ -19,6 +20,13 @@ then the ratios the targets are stated in:
 Each round measures every scenario on runstore and on its reference back to back; a ratio is
 the median of the rounds' ratios, which are printed too. On a shared machine whose speed drifts
 by tens of percent within minutes, one round's ratio says little.
+
+With ``--versus-sqlite`` the reference of every scenario is a runstore on SQLite instead, and the
+ratios are PostgreSQL's throughput over SQLite's (targets: PATCH >= 0.5, PUT >= 0.4; issue 19).
+
+Each runstore line also gives the CPU time per request of the runstore processes ("cpu") and,
+on PostgreSQL, of the database backends serving them ("db cpu", read from /proc for the
+backends whose application_name this benchmark set): what sizing for separate machines rests on.
 """
 
 from __future__ import annotations
@@ -57,6 +65,9 @@ class Result:
     seconds: float
     errors: int
     latencies_ms: list[float] = field(repr=False)
+    # CPU seconds over the measured time: the servers', and the database backends' (PostgreSQL).
+    server_cpu: float | None = None
+    database_cpu: float | None = None
 
     @property
     def throughput(self) -> float:
@@ -78,7 +89,13 @@ class Result:
             "throughput": round(self.throughput, 1),
             "p50_ms": round(self.percentile(0.50), 3),
             "p99_ms": round(self.percentile(0.99), 3),
+            "cpu_ms_per_request": _per_request(self.server_cpu, self.requests),
+            "db_cpu_ms_per_request": _per_request(self.database_cpu, self.requests),
         }
+
+
+def _per_request(cpu: float | None, requests: int) -> float | None:
+    return None if cpu is None or not requests else round(cpu * 1000 / requests, 3)
 
 
 # ---------------------------------------------------------------- servers
@@ -139,9 +156,43 @@ def start_server(name: str, command: list[str], env: dict[str, str], pin: bool) 
     raise RuntimeError(f"{name} did not start:\n{output.decode(errors='replace')}")
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of ``pids`` so far (those gone count nothing)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            # Fields after the command's closing parenthesis start at the third (state);
+            # utime and stime are the 14th and 15th.
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+APPLICATION_NAME = f"runstore-bench-{os.getpid()}"
+
+
+def _tagged(database_url: str) -> str:
+    """The URL, naming this benchmark's connections so their backends can be found."""
+    return f"{database_url}{'&' if '?' in database_url else '?'}application_name={APPLICATION_NAME}"
+
+
+def _database_pids(database_url: str) -> list[int]:
+    """The PostgreSQL backends serving this benchmark's runstore servers."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (APPLICATION_NAME,)
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
 def start_runstore(db: str, database_url: str | None, pin: bool) -> Server:
     command = [sys.executable, "-m", "runstore.service", "serve", "--port", "0"]
-    command += ["--database-url", database_url] if database_url else ["--db", db]
+    command += ["--database-url", _tagged(database_url)] if database_url else ["--db", db]
     return start_server(
         "runstore", command, {"RUNSTORE_ACCESS_LOG": "false", "RUNSTORE_TOKENS": ""}, pin
     )
@@ -188,8 +239,11 @@ async def drive(
     seconds: float,
     warmup: float,
     ok: frozenset[int],
-) -> tuple[int, float, int, list[float]]:
-    """Run ``connections`` keep-alive loops for ``warmup + seconds``; count only after warm-up."""
+    cpu: Callable[[], tuple[float, float | None]],
+) -> tuple[int, float, int, list[float], tuple[float, float | None]]:
+    """Run ``connections`` keep-alive loops for ``warmup + seconds``; count only after warm-up.
+    ``cpu()`` (servers' and database's CPU seconds so far) is sampled as the count starts and
+    ends."""
     latencies: list[float] = []
     counted = 0
     errors = 0
@@ -217,8 +271,21 @@ async def drive(
         finally:
             writer.close()
 
+    async def sample_cpu() -> tuple[float, float | None]:
+        await asyncio.sleep(warmup)
+        server_before, database_before = await asyncio.to_thread(cpu)
+        await asyncio.sleep(seconds)
+        server_after, database_after = await asyncio.to_thread(cpu)
+        database = (
+            None
+            if database_before is None or database_after is None
+            else database_after - database_before
+        )
+        return server_after - server_before, database
+
+    sampler = asyncio.create_task(sample_cpu())
     await asyncio.gather(*(loop(n) for n in range(connections)))
-    return counted, seconds, errors, latencies
+    return counted, seconds, errors, latencies, await sampler
 
 
 # ---------------------------------------------------------------- workloads
@@ -335,8 +402,11 @@ async def lease_runs(port: int, prefix: str, count: int) -> None:
 def servers(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, list[Server]]]:
     started: dict[str, list[Server]] = {}
     try:
-        started["floor"] = [start_reference("floor", str(workdir / "floor.db"), args.pin)]
-        started["naive"] = [start_reference("naive", str(workdir / "naive.db"), args.pin)]
+        if args.versus_sqlite:
+            started["sqlite"] = [start_runstore(str(workdir / "sqlite.db"), None, args.pin)]
+        else:
+            started["floor"] = [start_reference("floor", str(workdir / "floor.db"), args.pin)]
+            started["naive"] = [start_reference("naive", str(workdir / "naive.db"), args.pin)]
         started["runstore"] = [
             start_runstore(str(workdir / "runstore.db"), args.database_url, args.pin)
             for _ in range(args.replicas)
@@ -364,18 +434,38 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> list[Result]:
         async def measure(
             target: str, scenario: str, factory: RequestFactory, round_number: int
         ) -> None:
-            counted, seconds, errors, latencies = await drive(
+            pids = [server.process.pid for server in running[target]]
+
+            def cpu() -> tuple[float, float | None]:
+                database = None
+                if target == "runstore" and args.database_url:
+                    database = _cpu_seconds(_database_pids(args.database_url))
+                return _cpu_seconds(pids), database
+
+            counted, seconds, errors, latencies, (server_cpu, database_cpu) = await drive(
                 ports[target],
                 factory,
                 connections=args.connections,
                 seconds=args.seconds,
                 warmup=args.warmup,
                 ok=frozenset({200, 201, 204}),
+                cpu=cpu,
             )
-            result = Result(target, scenario, round_number, counted, seconds, errors, latencies)
+            result = Result(
+                target,
+                scenario,
+                round_number,
+                counted,
+                seconds,
+                errors,
+                latencies,
+                server_cpu,
+                database_cpu,
+            )
             results.append(result)
             print(_format(result), flush=True)
 
+        versus = "sqlite" if args.versus_sqlite else None
         for round_number in range(args.rounds):
             prefix = f"{tag}-r{round_number}"
 
@@ -394,14 +484,16 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> list[Result]:
                 continue
 
             # PATCH: every connection appends to its own run, created first with 5 steps.
-            await seed_runs(ports["runstore"][0], f"{prefix}-patch", args.connections, 5)
-            for target in _paired("floor", round_number):
+            for target in _paired(versus or "floor", round_number):
+                if target in ("runstore", "sqlite"):
+                    await seed_runs(ports[target][0], f"{prefix}-patch", args.connections, 5)
+            for target in _paired(versus or "floor", round_number):
                 factory = patch_factory(f"{prefix}-patch", 5)
                 await measure(target, "PATCH 1 step", factory, round_number)
-            for target in _paired("naive", round_number):
+            for target in _paired(versus or "naive", round_number):
                 factory = put_factory(f"{prefix}-put-{target}", 50, 50)
                 await measure(target, "PUT 50 steps", factory, round_number)
-            for target in _paired("naive", round_number):
+            for target in _paired(versus or "naive", round_number):
                 await seed_runs(ports[target][0], f"{prefix}-get", 200, 50)
                 factory = get_factory(f"{prefix}-get", 200, 7)
                 await measure(target, "GET 50 steps", factory, round_number)
@@ -410,10 +502,15 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> list[Result]:
 
 def _format(result: Result) -> str:
     row = result.row()
-    return (
+    line = (
         f"{row['target']:>9}  {row['scenario']:<15} {row['throughput']:>9.1f} req/s   "
         f"p50 {row['p50_ms']:>7.2f} ms   p99 {row['p99_ms']:>7.2f} ms   errors {row['errors']}"
     )
+    if row["cpu_ms_per_request"] is not None:
+        line += f"   cpu {row['cpu_ms_per_request']:.3f} ms/req"
+    if row["db_cpu_ms_per_request"] is not None:
+        line += f"   db cpu {row['db_cpu_ms_per_request']:.3f} ms/req"
+    return line
 
 
 def _metric(results: list[Result], target: str, scenario: str, metric: str) -> dict[int, float]:
@@ -434,19 +531,35 @@ def _ratios(
     return statistics.median(ratios), ratios
 
 
+def verdict(ratio: float, rounds: list[float], target: str, met: bool) -> dict[str, object]:
+    return {
+        "ratio": round(ratio, 3),
+        "rounds": [round(value, 3) for value in rounds],
+        "target": target,
+        "met": met,
+    }
+
+
+def summarize_versus_sqlite(results: list[Result]) -> dict[str, dict[str, object]]:
+    """PostgreSQL's throughput over SQLite's, per scenario."""
+    throughput = functools.partial(_metric, results, metric="throughput")
+    targets = {"PATCH 1 step": 0.5, "PUT 50 steps": 0.4, "GET 50 steps": None}
+    summary = {}
+    for scenario, floor in targets.items():
+        ratio, rounds = _ratios(throughput("runstore", scenario), throughput("sqlite", scenario))
+        name = scenario.split()[0].lower() + "_postgres_vs_sqlite"
+        if floor is None:
+            summary[name] = verdict(ratio, rounds, "-", True)
+        else:
+            summary[name] = verdict(ratio, rounds, f">= {floor}", ratio >= floor)
+    return summary
+
+
 def summarize(results: list[Result]) -> dict[str, dict[str, object]]:
     throughput = functools.partial(_metric, results, metric="throughput")
     leased, leased_rounds = _ratios(
         throughput("runstore", "PATCH leased"), throughput("runstore", "PATCH unleased")
     )
-
-    def verdict(ratio: float, rounds: list[float], target: str, met: bool) -> dict[str, object]:
-        return {
-            "ratio": round(ratio, 3),
-            "rounds": [round(value, 3) for value in rounds],
-            "target": target,
-            "met": met,
-        }
 
     lease_verdict = {
         "leased_patch_vs_unleased": verdict(leased, leased_rounds, ">= 0.90", leased >= 0.90)
@@ -482,6 +595,11 @@ def main() -> int:
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--database-url", help="PostgreSQL URL (with --backend postgres)")
     parser.add_argument("--replicas", type=int, default=1, help="runstore servers to spread over")
+    parser.add_argument(
+        "--versus-sqlite",
+        action="store_true",
+        help="with --backend postgres: compare with a runstore on SQLite, not the references",
+    )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="don't pin CPUs")
     parser.add_argument(
         "--scenarios",
@@ -495,6 +613,8 @@ def main() -> int:
         parser.error("--backend postgres needs --database-url")
     if args.backend == "sqlite":
         args.database_url = None
+        if args.versus_sqlite:
+            parser.error("--versus-sqlite compares PostgreSQL with SQLite: use --backend postgres")
     if args.replicas > 1 and args.backend == "sqlite":
         parser.error("replicas share one database: use --backend postgres")
     try:
@@ -511,7 +631,7 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="runstore-bench-") as workdir:
         results = asyncio.run(run_all(args, Path(workdir)))
-    summary = summarize(results)
+    summary = summarize_versus_sqlite(results) if args.versus_sqlite else summarize(results)
     print()
     for name, verdict in summary.items():
         rounds = " ".join(f"{value:.2f}" for value in verdict["rounds"])  # type: ignore[attr-defined]

@@ -1,19 +1,24 @@
 """The PostgreSQL backend: any number of stateless replicas on one database.
 
-Every write is one short transaction on a pooled connection. It locks the run's row
-(``SELECT ... FOR UPDATE``), judges the write against what the database holds (version,
-stale-write rule, preconditions, gaps), then writes the row and only the items that changed in
-one statement. No replica trusts its memory: versions and trace lengths are the locked row's, so
-two replicas racing on one run take turns and neither loses the other's update. The
-transactions themselves are in :mod:`.postgres_writes`; this module runs them (and the reads)
-on pooled connections, with retries.
+Concurrent writes are grouped (:mod:`.postgres_group`) and each group is one short
+transaction on a pooled connection: it locks the group's rows (``SELECT ... FOR UPDATE``),
+judges each write against what the database holds (version, stale-write rule, preconditions,
+gaps), then writes the rows and only the items that changed. No replica trusts its memory:
+versions and trace lengths are the locked rows', so two replicas racing on one run take turns
+and neither loses the other's update. The transactions themselves are in
+:mod:`.postgres_writes`; this module runs them (and the reads) on pooled connections, with
+retries.
 
 Transient failures (a lost connection, a serialization failure or deadlock, an administrator's
 shutdown) are retried a bounded number of times within a deadline; past it the operation raises
 :class:`StoreUnavailable` (503). A connection lost while ``COMMIT`` was in flight leaves the
-outcome unknown to the client library, so the store asks the database with
-``pg_xact_status(xid)`` instead of guessing: a committed write is answered as done, an aborted
-one is retried, and only a database that cannot say gives a 503.
+outcome unknown to the client library, so the store reads it from the data: every write
+transaction inserts a row with a fresh token into ``commit_marks``, and once the transaction is
+no longer running the token's row is there exactly when it committed. (Its transaction id alone
+cannot tell: after crash recovery an id whose assignment never reached the WAL is handed out
+again, and another transaction's "committed" would answer for the lost one; issue 19.) A
+committed write is answered as done, one that did not commit is retried, and only a database
+that cannot say before the deadline gives a 503.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from time import monotonic
 from typing import Any, Final, TypeVar
+from uuid import UUID, uuid4
 
 import psycopg
 from psycopg import AsyncConnection
@@ -36,8 +42,18 @@ from runstore.client.problems import StoreUnavailable
 
 from . import postgres_writes as writes
 from .base import ClaimedRun, ClaimQuery, Lease, RunPage, RunQuery, RunStore, StoredRun, WriteResult
+from .postgres_group import WriteGroups
 from .postgres_schema import migrate
-from .postgres_writes import Connection
+from .postgres_writes import (
+    AcquireLease,
+    Connection,
+    DeleteRun,
+    Outcome,
+    PatchRun,
+    PutRun,
+    ReleaseLease,
+    Write,
+)
 from .reads import list_sql, run_page, stored_run
 from .records import PatchRecord, SnapshotRecord
 
@@ -77,7 +93,21 @@ _PROBE: Final = (
     f"INSERT INTO probe (id, at) VALUES (1, {writes.NOW_MS}) "
     "ON CONFLICT (id) DO UPDATE SET at = excluded.at RETURNING at"
 )
-_XACT_STATUS: Final = "SELECT pg_xact_status(%s::xid8)"
+# The first statement of every write transaction: its commit mark, and its id.
+_MARK: Final = (
+    f"INSERT INTO commit_marks (token, at) VALUES (%s, {writes.NOW_MS}) "
+    "RETURNING pg_current_xact_id()::text"
+)
+# Whether the transaction still runs, then (in a later statement, so a later snapshot) whether
+# its mark is stored. Only "in progress" is taken from the id: after a crash that may be another
+# transaction holding a reused id, which only makes this wait, never decide (issue 19). An id
+# not handed out since the crash is "in the future", an error: not running either.
+_STATUS: Final = "SELECT pg_xact_status(%s::xid8)"
+_MARKED: Final = "SELECT EXISTS (SELECT FROM commit_marks WHERE token = %s)"
+_FORGET_MARKS: Final = f"DELETE FROM commit_marks WHERE at < {writes.NOW_MS} - %s"
+# Marks are read within an operation's deadline; kept for minutes, deleted every minute.
+MARK_LIFETIME_MS: Final = 600_000
+FORGET_MARKS_EVERY: Final = 60.0
 
 
 def _connection_lost(exc: psycopg.Error) -> bool:
@@ -95,6 +125,12 @@ def _transient(exc: psycopg.Error) -> bool:
     state = exc.sqlstate or ""
     # Out of disk or memory does not pass in milliseconds; too many connections may.
     return not state.startswith("53") or state == "53300"
+
+
+def _retryable(exc: psycopg.Error) -> bool:
+    # A unique violation can only be a run another transaction created after the group's lock
+    # found none: the next attempt finds and locks it.
+    return _transient(exc) or isinstance(exc, psycopg.errors.UniqueViolation)
 
 
 def _describe(exc: psycopg.Error) -> str:
@@ -128,6 +164,8 @@ class PostgresStore(RunStore):
         self._startup_timeout = startup_timeout
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._pool_check: asyncio.Task[None] | None = None
+        self._groups: WriteGroups | None = None
+        self._forget_marks: asyncio.Task[None] | None = None
 
     @property
     def target(self) -> str:
@@ -164,6 +202,10 @@ class PostgresStore(RunStore):
                 f"Cannot fill the connection pool for PostgreSQL at {self.target}: {exc}"
             ) from exc
         self._pool = pool
+        self._groups = WriteGroups(self._apply_group)
+        self._forget_marks = asyncio.create_task(
+            self._forget_marks_now_and_then(), name="runstore-pg-marks"
+        )
         log.info("serving runs from PostgreSQL at %s", self.target)
 
     async def _prepare_schema(self) -> None:
@@ -197,6 +239,12 @@ class PostgresStore(RunStore):
             log.info("created the runstore schema in %s", self.target)
 
     async def close(self) -> None:
+        groups, forget = self._groups, self._forget_marks
+        self._groups = self._forget_marks = None
+        if groups is not None:
+            await groups.close()
+        if forget is not None:
+            forget.cancel()
         pool, check = self._pool, self._pool_check
         self._pool = self._pool_check = None
         if check is not None:
@@ -225,48 +273,51 @@ class PostgresStore(RunStore):
             except psycopg.Error as exc:
                 await self._retry_or_raise(exc, attempt, until)
 
-    async def _write(self, op: Callable[[Connection], Awaitable[tuple[T, str | None]]]) -> T:
+    async def _write(self, op: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``op`` in one transaction, again after a transient failure, until committed."""
         until = monotonic() + self._deadline
         attempt = 0
         while True:
             attempt += 1
-            outcome: tuple[T, str | None] | None = None
+            token = uuid4()
+            # Set once COMMIT may have been sent: the transaction id and the result.
+            sent: tuple[str, T] | None = None
             try:
-                # In a pipeline, BEGIN travels with the first statement, and the last write
-                # with COMMIT: two round trips for a PATCH instead of four.
+                # In a pipeline, BEGIN and the mark travel with the first statement, and the
+                # queued writes with COMMIT: two round trips for a group instead of several
+                # per write.
                 async with (
                     self._connection(until) as connection,
                     connection.pipeline(),
                     connection.transaction(),
                 ):
-                    outcome = await op(connection)
+                    marked = await connection.execute(_MARK, (token,))
+                    result = await op(connection)
+                    # op waited for an answer after the mark's, so this one is in already.
+                    xid = await marked.fetchone()
+                    assert xid is not None
+                    sent = (str(xid[0]), result)
                 # Leaving the pipeline sent COMMIT and read every answer: any error of the
-                # queued write or of COMMIT was raised there.
-                return outcome[0]
+                # queued writes or of COMMIT was raised there.
+                return result
             except psycopg.Error as exc:
-                if outcome is not None:
-                    answer, xid = outcome
-                    if xid is None:
-                        # The operation wrote nothing (a claim that found no run): its answer
-                        # stands whatever became of COMMIT.
-                        return answer
-                    if _connection_lost(exc):
-                        committed = await self._commit_outcome(xid, until)
-                        if committed:
-                            return answer
-                        if committed is None:
-                            raise StoreUnavailable(
-                                "The connection to PostgreSQL was lost while the write was "
-                                "committing, and the database cannot tell yet whether it did; "
-                                "read the run before writing again."
-                            ) from exc
+                if sent is not None and _connection_lost(exc):
+                    committed = await self._commit_outcome(sent[0], token, until)
+                    if committed:
+                        return sent[1]
+                    if committed is None:
+                        raise StoreUnavailable(
+                            "The connection to PostgreSQL was lost while the write was "
+                            "committing, and the database cannot tell yet whether it did; read "
+                            "the run before writing again."
+                        ) from exc
                 await self._retry_or_raise(exc, attempt, until)
 
     async def _retry_or_raise(self, exc: psycopg.Error, attempt: int, until: float) -> None:
         delay = FIRST_BACKOFF * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
         if _connection_lost(exc) or isinstance(exc, PoolTimeout):
             self._check_pool_soon()
-        if not _transient(exc):
+        if not _retryable(exc):
             log.error("PostgreSQL refused an operation: %s", _describe(exc), exc_info=exc)
         elif attempt < MAX_ATTEMPTS and monotonic() + delay < until:
             log.info("retrying after %s (attempt %d)", _describe(exc), attempt)
@@ -285,31 +336,44 @@ class PostgresStore(RunStore):
             return
         self._pool_check = asyncio.create_task(_check_pool(pool), name="runstore-pool-check")
 
-    async def _commit_outcome(self, xid: str, until: float) -> bool | None:
-        """Whether transaction ``xid`` committed: True, False, or None if it cannot be told
-        before ``until``."""
+    async def _commit_outcome(self, xid: str, token: UUID, until: float) -> bool | None:
+        """Whether the transaction that wrote mark ``token`` committed: True, False, or None if
+        it cannot be told before ``until``."""
         attempt = 0
         while monotonic() < until:
             attempt += 1
             try:
                 async with self._connection(until) as connection:
-                    cursor = await connection.execute(_XACT_STATUS, (xid,))
-                    row = await cursor.fetchone()
+                    committed = await _committed(connection, xid, token)
+                if committed is not None:
+                    return committed
             except psycopg.Error as exc:
                 log.info("cannot ask whether transaction %s committed yet: %s", xid, exc)
-                row = ("in progress",)
-            status = None if row is None else row[0]
-            if status == "committed":
-                return True
-            if status == "aborted":
-                return False
-            if status is None:
-                return None
-            # "in progress": the server has not yet seen that its client went away.
+                self._check_pool_soon()
             await asyncio.sleep(min(FIRST_BACKOFF * attempt, max(0.0, until - monotonic())))
         return None
 
+    async def _forget_marks_now_and_then(self) -> None:
+        async def forget(connection: Connection) -> None:
+            await connection.execute(_FORGET_MARKS, (MARK_LIFETIME_MS,))
+
+        while True:
+            await asyncio.sleep(FORGET_MARKS_EVERY)
+            try:
+                await self._read(forget, self._deadline)
+            except StoreUnavailable as exc:  # the next round deletes them
+                log.info("cannot delete old commit marks now: %s", exc)
+
     # Writes.
+
+    async def _apply_group(self, group: Sequence[Write]) -> list[Outcome]:
+        return await self._write(lambda c: writes.apply_group(c, group))
+
+    async def _submit(self, write: Write) -> WriteResult | Lease | None:
+        groups = self._groups
+        if groups is None:
+            raise StoreUnavailable("The store is not open.")
+        return await groups.submit(write)
 
     async def put_run(
         self,
@@ -319,9 +383,9 @@ class PostgresStore(RunStore):
         if_none_match: bool = False,
         lease: int | None = None,
     ) -> WriteResult:
-        return await self._write(
-            lambda c: writes.put_run(c, record, if_match, if_none_match, lease)
-        )
+        result = await self._submit(PutRun(record, if_match, if_none_match, lease))
+        assert isinstance(result, WriteResult)
+        return result
 
     async def patch_run(
         self,
@@ -331,20 +395,24 @@ class PostgresStore(RunStore):
         if_match: int | None = None,
         lease: int | None = None,
     ) -> WriteResult:
-        return await self._write(lambda c: writes.patch_run(c, run_id, patch, if_match, lease))
+        result = await self._submit(PatchRun(run_id, patch, if_match, lease))
+        assert isinstance(result, WriteResult)
+        return result
 
     async def delete_run(
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
-        await self._write(lambda c: writes.delete_run(c, run_id, if_match, lease))
+        await self._submit(DeleteRun(run_id, if_match, lease))
 
     async def acquire_lease(
         self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
     ) -> Lease:
-        return await self._write(lambda c: writes.acquire_lease(c, run_id, holder, ttl_ms, lease))
+        granted = await self._submit(AcquireLease(run_id, holder, ttl_ms, lease))
+        assert isinstance(granted, Lease)
+        return granted
 
     async def release_lease(self, run_id: str, lease: int) -> None:
-        await self._write(lambda c: writes.release_lease(c, run_id, lease))
+        await self._submit(ReleaseLease(run_id, lease))
 
     async def claim_run(self, query: ClaimQuery) -> ClaimedRun | None:
         return await self._write(lambda c: writes.claim_run(c, query))
@@ -387,6 +455,19 @@ class PostgresStore(RunStore):
             await writes.fetch_one(connection, _PROBE, ())
 
         await self._read(op, READY_DEADLINE)
+
+
+async def _committed(connection: Connection, xid: str, token: UUID) -> bool | None:
+    """Whether the transaction ``xid`` that wrote mark ``token`` committed; None while it runs
+    (the server has not yet seen that its client went away)."""
+    try:
+        status = await writes.fetch_one(connection, _STATUS, (xid,))
+        if status[0] == "in progress":
+            return None
+    except psycopg.errors.InvalidParameterValue:
+        pass  # "in the future": not handed out again since a crash, so not running
+    marked = await writes.fetch_one(connection, _MARKED, (token,))
+    return bool(marked[0])
 
 
 async def _check_pool(pool: AsyncConnectionPool[Connection]) -> None:

@@ -60,10 +60,19 @@ _V1: Final = (
     "CREATE TABLE probe (id integer PRIMARY KEY CHECK (id = 1), at bigint NOT NULL)",
 )
 
+# Every write transaction inserts a row here with a token of its own, so the outcome of a COMMIT
+# whose connection was lost is read from the data: a transaction id cannot tell it after crash
+# recovery, which may hand a lost transaction's id to another (issue 19). Rows older than a few
+# minutes are deleted: an outcome is asked for within seconds.
+_V2: Final = (
+    "CREATE TABLE commit_marks (token uuid PRIMARY KEY, at bigint NOT NULL)",
+    "CREATE INDEX commit_marks_by_age ON commit_marks (at)",
+)
+
 # Leases (issue 12): columns of the run's row, locked with it by the writes they guard and by
 # claims (FOR UPDATE SKIP LOCKED), so no second lock is taken. Adding columns with constant
 # defaults rewrites no table (PostgreSQL 11 and later).
-_V2: Final = (
+_V3: Final = (
     "ALTER TABLE runs ADD COLUMN lease bigint NOT NULL DEFAULT 0",
     'ALTER TABLE runs ADD COLUMN lease_holder text COLLATE "C"',
     "ALTER TABLE runs ADD COLUMN lease_expires_at bigint",
@@ -71,7 +80,7 @@ _V2: Final = (
 )
 
 # MIGRATIONS[n] takes a database from schema version n to n + 1.
-MIGRATIONS: Final = (_V1, _V2)
+MIGRATIONS: Final = (_V1, _V2, _V3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _VERSION_TABLE: Final = """

@@ -1,22 +1,26 @@
 """The write transactions of the PostgreSQL backend, and their SQL.
 
-Each function runs inside ``BEGIN ... COMMIT`` on one connection in pipeline mode (the store
-opens and ends the transaction) and returns its result with the transaction's id, which tells a
-lost COMMIT's outcome. A statement whose answer decides what comes next (the locked row) is
-fetched at once; the final write is only queued, so it travels with COMMIT, and its errors
-surface when the pipeline ends: a failed statement makes PostgreSQL refuse the COMMIT, so nothing
-half-done is kept. Rows are locked with ``SELECT ... FOR UPDATE`` before :mod:`.rules` judges
-the write, so replicas writing one run take turns and every rule is checked against what the
-database holds; this module only locks, reads and writes rows.
+A replica's concurrent writes are applied as a group in one transaction (:func:`apply_group`),
+run by the store inside ``BEGIN ... COMMIT`` on one connection in pipeline mode. The group's
+rows are locked with one ``SELECT ... FOR UPDATE`` in run id order (so replicas whose groups
+share runs take turns and never deadlock), and that is the only answer waited for: each write is
+then judged by :mod:`.rules` against the locked state as the group has left it, and only queued,
+so every write of the group travels with COMMIT in one round trip. A write the rules refuse
+writes nothing and its neighbours go on; writes to one run in a group see each other, as if they
+had run one after another. A failed statement makes PostgreSQL refuse the COMMIT, so nothing
+half-done is kept. This module only locks, reads and writes rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
-import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
+
+from runstore.client.problems import RunStoreError
 
 from . import rules
 from .base import ClaimedRun, ClaimQuery, Lease, WriteResult, retention_filter
@@ -28,25 +32,27 @@ __all__ = [
     "CLOCK_MS",
     "GET_RUN",
     "NOW_MS",
+    "AcquireLease",
     "Connection",
-    "acquire_lease",
+    "DeleteRun",
+    "PatchRun",
+    "PutRun",
+    "ReleaseLease",
+    "Write",
+    "apply_group",
     "claim_run",
-    "delete_run",
     "delete_runs",
     "fetch_one",
-    "patch_run",
-    "put_run",
-    "release_lease",
 ]
 
 Connection = AsyncConnection[TupleRow]
 
 NOW_MS: Final = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
-XID: Final = "pg_current_xact_id()::text"
+
 # The store's clock for leases: the database's, read when the statement reaches it (not when
-# its transaction began), so replicas with skewed clocks agree. Selected with a locked row, it
-# may be read before a wait for the lock; an early "now" only makes a lease look live longer
-# and a run orphaned later, and fencing itself goes by lease number, not by time.
+# its transaction began), so replicas with skewed clocks agree. Read with the group's lock, it
+# may be read before a wait for a lock; an early "now" only makes a lease look live longer and
+# a run orphaned later, and fencing itself goes by lease number, not by time.
 CLOCK_MS: Final = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 GET_RUN: Final = f"""
@@ -56,14 +62,15 @@ SELECT {GET_COLUMNS},
 FROM runs WHERE run_id = %(run_id)s
 """
 
-# A locked row: the run's state, the transaction id and the clock (STATE_COLUMNS first). A PUT
-# replaces the doc whatever it holds, so only a PATCH reads it.
-_LOCK: Final = (
-    f"SELECT {rules.STATE_COLUMNS}, {XID}, {CLOCK_MS} FROM runs WHERE run_id = %s FOR UPDATE"
-)
-_LOCK_FOR_PATCH: Final = (
-    f"SELECT {rules.STATE_COLUMNS}, {XID}, {CLOCK_MS}, doc FROM runs WHERE run_id = %s FOR UPDATE"
-)
+# The group's runs, locked in run id order, with the clock. A PUT replaces the doc whatever it
+# holds, so only the runs a PATCH writes bring theirs.
+_LOCK: Final = f"""
+SELECT run_id, {rules.STATE_COLUMNS}, CASE WHEN run_id = ANY(%(patched)s) THEN doc END,
+    {CLOCK_MS}
+FROM runs WHERE run_id = ANY(%(run_ids)s) ORDER BY run_id FOR UPDATE
+"""
+# The clock alone, for a group none of whose runs exists.
+_CLOCK: Final = f"SELECT {CLOCK_MS}"
 _SET_LEASE: Final = """
 UPDATE runs SET lease = %(lease)s, lease_holder = %(holder)s, lease_expires_at = %(expires_at)s,
     lease_ttl_ms = %(ttl_ms)s, updated_at = %(now)s
@@ -73,7 +80,7 @@ WHERE run_id = %(run_id)s
 # (or writers) hold, so concurrent claimers take different runs without waiting on each other.
 _CLAIM: Final = f"""
 SELECT runs.run_id, runs.updated_at, {", ".join(f"runs.{c}" for c in rules.RunState._fields)},
-    {XID}, clock.now
+    clock.now
 FROM runs, (SELECT {CLOCK_MS} AS now) AS clock
 WHERE runs.status = ANY(%(statuses)s)
     AND {rules.ORPHANED_SQL.format(now="clock.now", stale="%(stale)s")}
@@ -82,26 +89,29 @@ LIMIT 1
 FOR UPDATE OF runs SKIP LOCKED
 """
 
-# A new run and its items in one statement; nothing is written if another transaction created
-# the run first (the caller then locks that run and replaces it).
+# Item arrays travel in binary (``%(trace)b``): psycopg's text format escapes every item with a
+# regular expression, which was most of a 50-step PUT's CPU in the replica.
+#
+# A new run and its items in one statement. If another transaction created the run after the
+# lock found none, the insert fails (a unique violation) and the store runs the group again,
+# which then finds and locks that run.
 _CREATE: Final = f"""
 WITH run AS (
     INSERT INTO runs (run_id, status, started_at, completed_at, version, updated_at,
                       trace_length, history_length, doc, plan)
     VALUES (%(run_id)s, %(status)s, %(started_at)s, %(completed_at)s, %(version)s, {NOW_MS},
             %(trace_length)s, %(history_length)s, %(doc)s, %(plan)s)
-    ON CONFLICT (run_id) DO NOTHING
     RETURNING run_id
 ), steps_written AS (
     INSERT INTO steps (run_id, idx, item)
     SELECT run.run_id, item.ord - 1, item.text
-    FROM run, unnest(%(trace)s::text[]) WITH ORDINALITY AS item (text, ord)
+    FROM run, unnest(%(trace)b::text[]) WITH ORDINALITY AS item (text, ord)
 ), turns_written AS (
     INSERT INTO turns (run_id, idx, item)
     SELECT run.run_id, item.ord - 1, item.text
-    FROM run, unnest(%(history)s::text[]) WITH ORDINALITY AS item (text, ord)
+    FROM run, unnest(%(history)b::text[]) WITH ORDINALITY AS item (text, ord)
 )
-SELECT {XID} FROM run
+SELECT run_id FROM run
 """
 
 # An update of a locked run. Items from *_from on are upserted (unchanged ones are not
@@ -124,7 +134,7 @@ WITH run AS (
 ), steps_written AS (
     INSERT INTO steps (run_id, idx, item)
     SELECT %(run_id)s, %(trace_from)s + item.ord - 1, item.text
-    FROM unnest(%(trace)s::text[]) WITH ORDINALITY AS item (text, ord)
+    FROM unnest(%(trace)b::text[]) WITH ORDINALITY AS item (text, ord)
     ON CONFLICT (run_id, idx) DO UPDATE SET item = excluded.item
     WHERE steps.item <> excluded.item
 ), steps_cut AS (
@@ -132,7 +142,7 @@ WITH run AS (
 ), turns_written AS (
     INSERT INTO turns (run_id, idx, item)
     SELECT %(run_id)s, %(history_from)s + item.ord - 1, item.text
-    FROM unnest(%(history)s::text[]) WITH ORDINALITY AS item (text, ord)
+    FROM unnest(%(history)b::text[]) WITH ORDINALITY AS item (text, ord)
     ON CONFLICT (run_id, idx) DO UPDATE SET item = excluded.item
     WHERE turns.item <> excluded.item
 ), turns_cut AS (
@@ -141,25 +151,8 @@ WITH run AS (
 SELECT version FROM run
 """
 
-_DELETE: Final = (
-    f"DELETE FROM runs WHERE run_id = %s RETURNING {rules.STATE_COLUMNS}, {XID}, {CLOCK_MS}"
-)
+_DELETE: Final = "DELETE FROM runs WHERE run_id = %s"
 _STATE_WIDTH: Final = len(RunState._fields)
-
-
-def _locked(row: TupleRow | None) -> RunState | None:
-    """The state at the head of a row that selects STATE_COLUMNS first."""
-    return None if row is None else RunState._make(row[:_STATE_WIDTH])
-
-
-def _xid(row: TupleRow) -> str:
-    """The transaction id that follows STATE_COLUMNS in a row."""
-    return str(row[_STATE_WIDTH])
-
-
-def _now(row: TupleRow | None) -> int:
-    """The clock that follows the transaction id in a row (0 for no row: no lease to judge)."""
-    return 0 if row is None else int(row[_STATE_WIDTH + 1])
 
 
 def _values(run_id: str, change: RunChange) -> dict[str, Any]:
@@ -196,75 +189,128 @@ async def fetch_one(connection: Connection, sql: str, params: Any) -> TupleRow:
 
 async def delete_runs(
     connection: Connection, completed_before: int | None, started_before: int | None
-) -> tuple[int, str]:
+) -> int:
     """Bulk retention: delete every run matching all the given bounds; returns how many."""
     where, params = retention_filter(completed_before, started_before, "%s")
-    sql = f"WITH gone AS (DELETE FROM runs {where} RETURNING 1) SELECT count(*), {XID} FROM gone"
-
-    row = await fetch_one(connection, sql, params)
-    return int(row[0]), str(row[1])
+    sql = f"WITH gone AS (DELETE FROM runs {where} RETURNING 1) SELECT count(*) FROM gone"
+    return int((await fetch_one(connection, sql, params))[0])
 
 
-_CREATE_RACE_LIMIT: Final = 8
+@dataclass(frozen=True, slots=True)
+class PutRun:
+    record: SnapshotRecord
+    if_match: int | None
+    if_none_match: bool
+    lease: int | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
 
 
-async def put_run(
-    connection: Connection,
-    record: SnapshotRecord,
-    if_match: int | None,
-    if_none_match: bool,
-    lease: int | None,
-) -> tuple[WriteResult, str]:
-    """PUT: create the run, or replace it under its row lock."""
-    run_id = record.run_id
-    for _ in range(_CREATE_RACE_LIMIT):
-        cursor = await connection.execute(_LOCK, (run_id,))
-        row = await cursor.fetchone()
-        change = rules.put(_locked(row), record, if_match, if_none_match, lease, _now(row))
-        if row is not None:
-            break
-        cursor = await connection.execute(_CREATE, _values(run_id, change))
-        created = await cursor.fetchone()
-        if created is not None:
-            return change.result(run_id), str(created[0])
-        # Another transaction created the run after the lock found nothing: lock that one.
+@dataclass(frozen=True, slots=True)
+class PatchRun:
+    run_id: str
+    patch: PatchRecord
+    if_match: int | None
+    lease: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRun:
+    run_id: str
+    if_match: int | None
+    lease: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireLease:
+    run_id: str
+    holder: str
+    ttl_ms: int
+    lease: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLease:
+    run_id: str
+    lease: int
+
+
+Write = PutRun | PatchRun | DeleteRun | AcquireLease | ReleaseLease
+# What each write of a group answers once the group commits: its result, or its refusal.
+Outcome = WriteResult | Lease | None | RunStoreError
+
+
+@dataclass(slots=True)
+class _Run:
+    """A locked run as the group leaves it: None for no run."""
+
+    state: RunState | None
+    doc: str | None
+
+
+async def apply_group(connection: Connection, group: Sequence[Write]) -> list[Outcome]:
+    """Lock the group's runs, judge each write in order and queue what it writes."""
+    cursor = await connection.execute(
+        _LOCK,
+        {
+            "run_ids": sorted({write.run_id for write in group}),
+            "patched": [write.run_id for write in group if isinstance(write, PatchRun)],
+        },
+    )
+    runs = {run_id: _Run(None, None) for run_id in (write.run_id for write in group)}
+    rows = await cursor.fetchall()
+    for row in rows:
+        runs[row[0]] = _Run(RunState._make(row[1 : _STATE_WIDTH + 1]), row[-2])
+    now = int(rows[0][-1]) if rows else int((await fetch_one(connection, _CLOCK, ()))[0])
+    outcomes: list[Outcome] = []
+    for write in group:
+        run = runs[write.run_id]
+        try:
+            outcomes.append(await _apply(connection, write, run, now))
+        except RunStoreError as refusal:
+            outcomes.append(refusal)
+    return outcomes
+
+
+async def _apply(
+    connection: Connection, write: Write, run: _Run, now: int
+) -> WriteResult | Lease | None:
+    """Judge one write against ``run``, queue its statement and move ``run`` on."""
+    run_id = write.run_id
+    if isinstance(write, DeleteRun):
+        rules.delete(run_id, run.state, write.if_match, write.lease, now)
+        await connection.execute(_DELETE, (run_id,))
+        run.state = run.doc = None
+        return None
+    if isinstance(write, AcquireLease | ReleaseLease):
+        granted: Lease | None = None
+        if isinstance(write, AcquireLease):
+            state, granted = rules.acquire(
+                run_id, run.state, write.holder, write.ttl_ms, write.lease, now
+            )
+        else:
+            state = rules.release(run_id, run.state, write.lease, now)
+        await connection.execute(_SET_LEASE, _lease_values(run_id, state, now))
+        run.state = state
+        return granted
+    if isinstance(write, PutRun):
+        change = rules.put(
+            run.state, write.record, write.if_match, write.if_none_match, write.lease, now
+        )
     else:
-        raise psycopg.errors.SerializationFailure("the run was created and deleted repeatedly")
-    # The row is locked: no other write can come between, so the new version is the rules'.
-    await connection.execute(_UPDATE, _values(run_id, change))
-    return change.result(run_id), _xid(row)
+        change = rules.patch(
+            run_id, run.state, run.doc, write.patch, write.if_match, write.lease, now
+        )
+    await connection.execute(_CREATE if run.state is None else _UPDATE, _values(run_id, change))
+    run.state = change.state
+    if change.doc is not None:
+        run.doc = change.doc
+    return change.result(run_id)
 
 
-async def patch_run(
-    connection: Connection,
-    run_id: str,
-    patch: PatchRecord,
-    if_match: int | None,
-    lease: int | None,
-) -> tuple[WriteResult, str]:
-    """PATCH: judge the patch against the locked row, then write only what it sends."""
-    cursor = await connection.execute(_LOCK_FOR_PATCH, (run_id,))
-    row = await cursor.fetchone()
-    doc = None if row is None else row[-1]
-    change = rules.patch(run_id, _locked(row), doc, patch, if_match, lease, _now(row))
-    assert row is not None
-    await connection.execute(_UPDATE, _values(run_id, change))
-    return change.result(run_id), _xid(row)
-
-
-async def delete_run(
-    connection: Connection, run_id: str, if_match: int | None, lease: int | None
-) -> tuple[None, str]:
-    """DELETE one run; a refused precondition rolls the delete back."""
-    cursor = await connection.execute(_DELETE, (run_id,))
-    row = await cursor.fetchone()
-    # A refusal raises here, and leaving the transaction rolls the delete back.
-    rules.delete(run_id, _locked(row), if_match, lease, _now(row))
-    assert row is not None
-    return None, _xid(row)
-
-
-def _lease_values(run_id: str, state: rules.RunState, now: int) -> dict[str, Any]:
+def _lease_values(run_id: str, state: RunState, now: int) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "lease": state.lease,
@@ -275,46 +321,18 @@ def _lease_values(run_id: str, state: rules.RunState, now: int) -> dict[str, Any
     }
 
 
-async def acquire_lease(
-    connection: Connection, run_id: str, holder: str, ttl_ms: int, lease: int | None
-) -> tuple[Lease, str]:
-    """Take or renew a lease under the run's row lock."""
-    cursor = await connection.execute(_LOCK, (run_id,))
-    row = await cursor.fetchone()
-    now = _now(row)
-    state, granted = rules.acquire(run_id, _locked(row), holder, ttl_ms, lease, now)
-    assert row is not None
-    await connection.execute(_SET_LEASE, _lease_values(run_id, state, now))
-    return granted, _xid(row)
-
-
-async def release_lease(connection: Connection, run_id: str, lease: int) -> tuple[None, str]:
-    """End a lease now, under the run's row lock."""
-    cursor = await connection.execute(_LOCK, (run_id,))
-    row = await cursor.fetchone()
-    now = _now(row)
-    state = rules.release(run_id, _locked(row), lease, now)
-    assert row is not None
-    await connection.execute(_SET_LEASE, _lease_values(run_id, state, now))
-    return None, _xid(row)
-
-
-async def claim_run(
-    connection: Connection, query: ClaimQuery
-) -> tuple[ClaimedRun | None, str | None]:
-    """Lock the orphaned run that has waited longest (skipping locked ones), grant the lease;
-    no transaction id when no run qualifies (nothing is written)."""
+async def claim_run(connection: Connection, query: ClaimQuery) -> ClaimedRun | None:
+    """Lock the orphaned run that has waited longest (skipping locked ones), grant the lease."""
     cursor = await connection.execute(
         _CLAIM, {"statuses": list(query.statuses), "stale": query.stale_after_ms}
     )
     row = await cursor.fetchone()
     if row is None:
-        return None, None
-    run_id, updated_at, rest = row[0], row[1], row[2:]
-    now = int(rest[_STATE_WIDTH + 1])
+        return None
+    run_id, updated_at, now = row[0], row[1], int(row[-1])
     state, lease = rules.claim(
         run_id,
-        RunState._make(rest[:_STATE_WIDTH]),
+        RunState._make(row[2 : 2 + _STATE_WIDTH]),
         updated_at,
         query.holder,
         query.ttl_ms,
@@ -325,4 +343,4 @@ async def claim_run(
     run = stored_run(await cursor.fetchone())
     assert run is not None
     await connection.execute(_SET_LEASE, _lease_values(run_id, state, now))
-    return ClaimedRun(run, lease), str(rest[_STATE_WIDTH])
+    return ClaimedRun(run, lease)

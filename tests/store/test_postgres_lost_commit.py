@@ -3,14 +3,16 @@
 A small TCP proxy sits between runstore and PostgreSQL and cuts one connection at the chunk
 that carries ``COMMIT``: either after forwarding it (PostgreSQL commits, runstore never hears
 back) or before (PostgreSQL sees its client vanish mid-transaction and rolls back). Either way
-the write's outcome is unknown to runstore until it asks ``pg_xact_status``; the answer must be
-a 2xx exactly when the write is stored once, and a 503 otherwise. The writes carry If-Match, so
-a committed write retried as if it had failed would be refused (412), and one counted as done
-without being committed would leave the old version stored.
+the write's outcome is unknown to runstore until it reads the transaction's commit mark; the
+answer must be a 2xx exactly when the write is stored once, and a 503 otherwise. A group of
+writes in one transaction is answered the same way, each write by what is stored. The writes
+carry If-Match, so a committed write retried as if it had failed would be refused (412), and one
+counted as done without being committed would leave the old version stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -25,6 +27,8 @@ from pydantic import SecretStr
 from support import in_process_app, make_snapshot
 
 from runstore.service import Settings
+from runstore.service.store.postgres import PostgresStore
+from runstore.service.store.records import patch_record, snapshot_record
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
@@ -203,3 +207,34 @@ async def test_a_write_whose_every_commit_is_lost_is_a_503_and_stores_nothing(
     assert proxy.cuts > 1, "the write was not retried"
     assert response.status_code == 503, response.text
     assert await stored(http) == ('"1"', 0)
+
+
+@pytest.mark.parametrize("cut", ["after", "before"])
+async def test_a_group_whose_commit_is_lost_answers_every_write_by_what_is_stored(
+    cutter: tuple[CommitCutter, str], cut: Cut
+) -> None:
+    proxy, url = cutter
+    runs = [f"run-{n}" for n in range(8)]
+    async with PostgresStore(url) as store:
+        for run_id in runs:
+            await store.put_run(snapshot_record(make_snapshot(run_id)))
+        proxy.arm(cut)
+        # Submitted together, so applied as one group: one transaction, one COMMIT cut.
+        results = await asyncio.gather(
+            *(
+                store.patch_run(
+                    run_id,
+                    patch_record({"trace": [{"step": 0}], "traceFrom": 0}),
+                    if_match=1,
+                )
+                for run_id in runs
+            )
+        )
+        assert proxy.cuts == 1, "the proxy never saw the COMMIT"
+        # Each write is stored once and answered as such: a committed group retried as if it
+        # had failed would meet If-Match 1 at version 2 and be refused.
+        assert [(r.version, r.trace_length) for r in results] == [(2, 1)] * len(runs)
+        for run_id in runs:
+            stored = await store.get_run(run_id)
+            assert stored is not None
+            assert stored.version == 2

@@ -2,8 +2,14 @@
 
 Two replicas serve writers that append steps to their own runs, retrying each write until it
 is acknowledged (a retried PATCH with ``traceFrom`` is idempotent). Mid-load the database is
-stopped as a crash stops it and started again; afterwards every acknowledged step is stored,
-and both replicas serve writes again without being restarted.
+stopped as a crash stops it and started again, several times; afterwards every acknowledged
+step is stored, and both replicas serve writes again without being restarted.
+
+A write whose connection dies at COMMIT is the case this guards: after crash recovery a
+transaction id whose assignment never reached the WAL is handed out again, so asking
+``pg_xact_status`` about the lost write's id answered for another transaction, and about one
+crash in seven acknowledged a write that was lost (issue 19). Each restart is one more chance
+to catch that; with the outcome judged by its id alone, this test failed in 6 runs of 8.
 
 The cluster is a private, throwaway one (initdb into a temporary directory, a free port): the
 machine's own cluster serves other test sessions, which a restart would break.
@@ -28,9 +34,10 @@ from support import ServerProcess, make_snapshot
 
 pytestmark = [pytest.mark.postgres, pytest.mark.server, pytest.mark.slow]
 
-WRITERS = 4
+WRITERS = 6
 WRITES_BEFORE = 10
 WRITES_AFTER = 10
+RESTARTS = 10
 RETRY_SECONDS = 60.0
 
 
@@ -139,13 +146,6 @@ def wait_for(condition: object, what: str, bound: float = RETRY_SECONDS) -> None
         time.sleep(0.05)
 
 
-# Found by this test: now and then an acknowledged PATCH is missing after the restart ("15
-# acknowledged, 14 stored"). Suspected cause: a write whose connection died at COMMIT is judged
-# by pg_xact_status(xid) after crash recovery, when an xid never flushed to WAL may have been
-# handed to a new transaction, so the new one's "committed" answers for the lost one.
-@pytest.mark.xfail(
-    strict=False, reason="an acknowledged write is sometimes lost across an immediate stop"
-)
 def test_every_acknowledged_write_survives_an_immediate_stop_and_replicas_recover(
     cluster: PrivateCluster,
 ) -> None:
@@ -167,13 +167,18 @@ def test_every_acknowledged_write_survives_an_immediate_stop_and_replicas_recove
         for thread in threads:
             thread.start()
         wait_for(lambda: min(len(a) for a in acked.values()) > WRITES_BEFORE, "no progress")
-        cluster.stop("immediate")
-        before_restart = {run_id: len(lengths) for run_id, lengths in acked.items()}
-        cluster.start()
-        wait_for(
-            lambda: all(len(acked[r]) > before_restart[r] + WRITES_AFTER for r in acked) or errors,
-            "the replicas did not serve writes again after the restart",
-        )
+        for _ in range(RESTARTS):
+            cluster.stop("immediate")
+            before = {run_id: len(lengths) for run_id, lengths in acked.items()}
+            cluster.start()
+            wait_for(
+                lambda before=before: (
+                    all(len(acked[r]) > before[r] + WRITES_AFTER for r in acked) or errors
+                ),
+                "the replicas did not serve writes again after a restart",
+            )
+            if errors:
+                break
         stop.set()
         for thread in threads:
             thread.join(RETRY_SECONDS)

@@ -1,0 +1,99 @@
+"""Group commit for the PostgreSQL backend: a replica's concurrent writes in one transaction.
+
+Writes that reach a replica together wait in one queue; a few writer tasks each take what is
+waiting (up to :data:`MAX_GROUP` writes) and apply it as one transaction
+(:func:`.postgres_writes.apply_group`), so one COMMIT and one WAL flush serve the whole group,
+and the next group gathers while this one commits. Each write is answered only after its
+group's transaction committed, in :meth:`WriteGroups._answer`, the one place that sees every
+accepted change after commit. A write its own rules refuse is answered with its refusal alone;
+a group that cannot be committed answers every write of it with the same error (a 503).
+
+The queue is asyncio's; the grouping mirrors the SQLite writer thread's (:mod:`.sqlite_writer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+from runstore.client.problems import StoreUnavailable
+
+from .base import Lease, WriteResult
+from .postgres_writes import Outcome, Write
+
+__all__ = ["GROUP_WRITERS", "MAX_GROUP", "WriteGroups"]
+
+# Two groups in flight: one gathering and locking while the other commits. More would mostly
+# wait on each other's row locks and on the two cores.
+GROUP_WRITERS: Final = 2
+# Enough to fill a WAL flush; a group's statements are queued in one pipeline.
+MAX_GROUP: Final = 64
+
+ApplyGroup = Callable[[Sequence[Write]], Awaitable[list[Outcome]]]
+_Pending = tuple[Write, "asyncio.Future[WriteResult | Lease | None]"]
+
+
+class WriteGroups:
+    """Collects concurrent writes into groups and applies each with ``apply`` (which runs one
+    transaction, with the store's retries, and returns each write's outcome)."""
+
+    def __init__(self, apply: ApplyGroup, *, writers: int = GROUP_WRITERS) -> None:
+        self._apply = apply
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"runstore-pg-writer-{n}") for n in range(writers)
+        ]
+
+    async def submit(self, write: Write) -> WriteResult | Lease | None:
+        """Apply ``write`` in the next group; its result once that group committed."""
+        if not self._tasks:
+            raise StoreUnavailable("The store is not open.")
+        future: asyncio.Future[WriteResult | Lease | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.put_nowait((write, future))
+        return await future
+
+    async def close(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(StoreUnavailable("The store closed."))
+
+    async def _run(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < MAX_GROUP and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            try:
+                outcomes = await self._apply([write for write, _ in group])
+            except asyncio.CancelledError:
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(StoreUnavailable("The store closed."))
+                raise
+            except Exception as exc:  # every write of a group that did not commit shares it
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self._answer(group, outcomes)
+
+    @staticmethod
+    def _answer(group: list[_Pending], outcomes: list[Outcome]) -> None:
+        """After commit, for each write of the group: its result or its refusal."""
+        for (_, future), outcome in zip(group, outcomes, strict=True):
+            if future.done():  # its request went away; the write stands
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)

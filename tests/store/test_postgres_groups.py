@@ -1,0 +1,100 @@
+"""Group commit in the PostgreSQL store: concurrent writes to one replica share a transaction.
+
+Every write transaction stores one commit mark, so the marks a batch of concurrent writes left
+behind count its transactions. A write the rules refuse fails alone; writes to one run in a
+group see each other; every write is answered after its group committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from support import make_snapshot
+
+from runstore.client.problems import PreconditionFailed, RunNotFound, TraceGap
+from runstore.service.store.postgres import PostgresStore
+from runstore.service.store.records import patch_record, snapshot_record
+
+pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
+
+WRITES = 20
+
+
+@pytest.fixture
+async def store(postgres_database: str) -> AsyncIterator[PostgresStore]:
+    async with PostgresStore(postgres_database) as opened:
+        yield opened
+
+
+def marks(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as connection:
+        row = connection.execute("SELECT count(*) FROM commit_marks").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def stored(store: PostgresStore, run_id: str) -> tuple[int, int]:
+    """The run's version and trace length."""
+    run = await store.get_run(run_id)
+    assert run is not None
+    return run.version, len(json.loads(run.body)["trace"])
+
+
+def append(run_id: str, index: int) -> Any:
+    return patch_record({"trace": [{"run": run_id, "step": index}], "traceFrom": index})
+
+
+async def test_concurrent_writes_share_transactions_and_a_refused_one_fails_alone(
+    store: PostgresStore, postgres_database: str
+) -> None:
+    for n in range(WRITES):
+        await store.put_run(snapshot_record(make_snapshot(f"run-{n}")))
+    before = marks(postgres_database)
+
+    def write(n: int) -> Any:
+        # Refused by its own rules, among the others: a stale If-Match, a gap, no run.
+        if n == 5:
+            return store.patch_run("run-5", append("run-5", 0), if_match=7)
+        if n == 9:
+            return store.patch_run("run-9", append("run-9", 3))
+        if n == WRITES:
+            return store.patch_run("absent", append("absent", 0))
+        return store.patch_run(f"run-{n}", append(f"run-{n}", 0))
+
+    outcomes = await asyncio.gather(*map(write, range(WRITES + 1)), return_exceptions=True)
+
+    assert isinstance(outcomes[5], PreconditionFailed)
+    assert isinstance(outcomes[9], TraceGap)
+    assert isinstance(outcomes[-1], RunNotFound)
+    for n in set(range(WRITES)) - {5, 9}:
+        result = outcomes[n]
+        assert not isinstance(result, BaseException), result
+        assert (result.version, result.trace_length) == (2, 1)
+    assert marks(postgres_database) - before < WRITES, "every write had its own transaction"
+    for n in range(WRITES):
+        assert await stored(store, f"run-{n}") == ((1, 0) if n in (5, 9) else (2, 1))
+
+
+async def test_writes_to_one_run_in_a_group_see_each_other(store: PostgresStore) -> None:
+    await store.put_run(snapshot_record(make_snapshot("shared")))
+    results = await asyncio.gather(
+        *(store.patch_run("shared", append("shared", index)) for index in range(WRITES))
+    )
+    assert sorted(result.version for result in results) == list(range(2, WRITES + 2))
+    assert await stored(store, "shared") == (WRITES + 1, WRITES)
+
+    # Deleted and created again, then written, all at once.
+    deleted, created, patched = await asyncio.gather(
+        store.delete_run("shared"),
+        store.put_run(snapshot_record(make_snapshot("shared", steps=2))),
+        store.patch_run("shared", append("shared", 2)),
+    )
+    assert deleted is None
+    assert (created.version, created.created) == (1, True)
+    assert (patched.version, patched.trace_length) == (2, 3)
+    assert await stored(store, "shared") == (2, 3)
