@@ -325,6 +325,18 @@ def measure(
             worker.join(30)
             if worker.is_alive():
                 worker.kill()
+    return summarise(name, processes, runs, steps, collected, read_back)
+
+
+def summarise(
+    name: str,
+    processes: int,
+    runs: int,
+    steps: int,
+    collected: list[WorkerResult],
+    read_back: Callable[[str], dict[str, Any] | None],
+) -> Figures:
+    """The figures of one target from its processes' results; every run is read back."""
     errors = [r.error for r in collected if r.error]
     hooks = [h for r in collected for h in r.hooks]
     early = [h for r in collected for h in r.early_steps]
