@@ -95,6 +95,18 @@ export class MalformedJson extends BadRequest {
   static override readonly defaultTitle: string | null = 'Malformed JSON'
 }
 
+export class NestingTooDeep extends MalformedJson {
+  static override readonly slug: string | null = 'nesting-too-deep'
+  static override readonly defaultTitle: string | null = 'JSON nested too deeply'
+}
+
+/** The request line and headers are over the server's limit (431). */
+export class HeadTooLarge extends BadRequest {
+  static override readonly slug: string | null = 'head-too-large'
+  static override readonly defaultStatus: number | null = 431
+  static override readonly defaultTitle: string | null = 'Request header fields too large'
+}
+
 export class RunIdMismatch extends BadRequest {
   static override readonly slug: string | null = 'run-id-mismatch'
   static override readonly defaultTitle: string | null = 'Run id mismatch'
@@ -174,6 +186,12 @@ export class BodyTooLarge extends RunStoreError {
   static override readonly defaultTitle: string | null = 'Request body too large'
 }
 
+/** One write sends more `trace` and `history` items than the server's limit (413). */
+export class TooManyItems extends BodyTooLarge {
+  static override readonly slug: string | null = 'too-many-items'
+  static override readonly defaultTitle: string | null = 'Too many items in one write'
+}
+
 /** A field breaks the snapshot's rules; `errors` lists each by JSON path. */
 export class InvalidRun extends RunStoreError {
   static override readonly slug: string | null = 'invalid-fields'
@@ -205,6 +223,12 @@ export class RequestTimeout extends StoreUnavailable {
   static override readonly defaultTitle: string | null = 'Request timeout'
 }
 
+/** The server is at its connection cap or its body memory budget (503, `Retry-After`); retried. */
+export class ServerBusy extends StoreUnavailable {
+  static override readonly slug: string | null = 'server-busy'
+  static override readonly defaultTitle: string | null = 'Server busy'
+}
+
 /** An answer the contract does not lead the client to expect (405, 415, 500, not JSON). */
 export class UnexpectedResponse extends RunStoreError {}
 
@@ -232,6 +256,8 @@ type ProblemClass = typeof RunStoreError
 const CLASSES: readonly ProblemClass[] = [
   BadRequest,
   MalformedJson,
+  NestingTooDeep,
+  HeadTooLarge,
   RunIdMismatch,
   Unauthorized,
   Forbidden,
@@ -243,9 +269,11 @@ const CLASSES: readonly ProblemClass[] = [
   LeaseLost,
   PreconditionFailed,
   BodyTooLarge,
+  TooManyItems,
   InvalidRun,
   StoreUnavailable,
   RequestTimeout,
+  ServerBusy,
   MethodNotAllowed,
   UnsupportedMediaType,
   InternalError,
