@@ -7,6 +7,7 @@ writes one row and reading a run concatenates stored JSON text in order.
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Final
 
 __all__ = ["SCHEMA_VERSION", "CorruptDatabase", "ForeignDatabase", "connect", "migrate", "verify"]
@@ -120,11 +121,28 @@ def _refuse_foreign(connection: sqlite3.Connection) -> None:
         )
 
 
+def _switch_to_wal(connection: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode = WAL``, retried while another connection holds the lock it needs.
+
+    The switch needs an exclusive lock, and when several processes open a new file at once SQLite
+    can answer "database is locked" without waiting in the busy handler, so the wait is here.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode: str = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            return mode
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def migrate(connection: sqlite3.Connection) -> None:
     """Turn on WAL and bring the schema up to SCHEMA_VERSION (creating it on first open);
     ForeignDatabase, with the file left as it was, if it holds tables of something else."""
     _refuse_foreign(connection)
-    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    mode = _switch_to_wal(connection)
     if mode.lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch the database to WAL (journal_mode={mode})")
     if connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
