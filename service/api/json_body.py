@@ -65,9 +65,15 @@ def maybe_too_small(raw: bytes) -> bool:
     body a byte at a time, several times slower than parsing it."""
     if _ZEROS in raw:
         return True
-    if b"e-" not in raw and b"E-" not in raw:
-        return False
-    return _LOW_EXPONENT.search(raw) is not None
+    # Prose holds "e-" often ("one-off", "time-out"), so the expression is tried only where the
+    # marker stands, not scanned over the whole body.
+    for marker in (b"e-", b"E-"):
+        at = raw.find(marker)
+        while at != -1:
+            if _LOW_EXPONENT.match(raw, at) is not None:
+                return True
+            at = raw.find(marker, at + 2)
+    return False
 
 
 def _nesting_over(value: Any, limit: int) -> bool:
