@@ -295,6 +295,15 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def measure_reference(directory: str, shape: tuple[int, int, int]) -> Figures:
+    """The original design's figures: every process upserting whole snapshots into one SQLite
+    file in ``directory``."""
+    path = f"{directory}/reference.db"
+    return measure(
+        "reference (whole JSON)", "reference", path, *shape, lambda run: reference_read(path, run)
+    )
+
+
 def measure(
     name: str,
     target: str,
@@ -491,16 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 close()
         if not args.no_reference:
-            path = f"{directory}/reference.db"
-            rows.append(
-                measure(
-                    "reference (whole JSON)",
-                    "reference",
-                    path,
-                    *shape,
-                    lambda run: reference_read(path, run),
-                )
-            )
+            rows.append(measure_reference(directory, shape))
 
     print()
     print_table(rows)

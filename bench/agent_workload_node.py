@@ -35,8 +35,8 @@ from agent_workload import (
     WorkerResult,
     http_reader,
     measure,
+    measure_reference,
     print_table,
-    reference_read,
     runstore_server,
     summarise,
 )
@@ -118,16 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 stack.callback(close)
                 rows.append(measure("runstore (python client)", "runstore", url, *shape, read))
         if not args.no_reference:
-            path = f"{directory}/reference.db"
-            rows.append(
-                measure(
-                    "reference (whole JSON)",
-                    "reference",
-                    path,
-                    *shape,
-                    lambda run: reference_read(path, run),
-                )
-            )
+            rows.append(measure_reference(directory, shape))
 
     print()
     print_table(rows)

@@ -26,9 +26,10 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from .base import Lease, StoredRun
+from .base import StoredRun
 from .changes import Change, ChangeListener
 from .postgres_writes import CHANNEL, CLOCK_MS
+from .reads import live_lease_json
 from .records import is_finished, render_summary
 
 __all__ = ["ChangeFollower"]
@@ -52,14 +53,6 @@ _EVENTS: Final = (
 
 # How the follower reads: an operation on a pooled connection, with the store's retries.
 Read = Callable[[Callable[[Connection], Awaitable[Any]]], Awaitable[Any]]
-
-
-def _lease_json(run_id: str, row: TupleRow) -> str:
-    """The live lease of a _SUMMARY row as JSON, or null."""
-    lease, holder, expires_at, ttl_ms, now = row[6:]
-    if not lease or expires_at is None or expires_at <= now:
-        return "null"
-    return Lease(run_id, holder, lease, expires_at, ttl_ms).to_json()
 
 
 class ChangeFollower:
@@ -159,7 +152,7 @@ class ChangeFollower:
         summary: str | None = None
         if wants_summary and self._summarized.get(run_id, 0) < current:
             summary = render_summary(
-                doc, trace_length, current, updated_at, _lease_json(run_id, row)
+                doc, trace_length, current, updated_at, live_lease_json(run_id, *row[6:])
             )
             self._summarized[run_id] = current
             self._summarized.move_to_end(run_id)

@@ -47,9 +47,11 @@ def list_sql(
     return sql, [*clock_params, *params, query.limit + 1]
 
 
-def _lease_json(row: Sequence[Any]) -> str:
-    """The live lease of a :func:`list_sql` row as JSON, or null."""
-    run_id, lease, holder, expires_at, ttl_ms, now = (row[0], *row[6:])
+def live_lease_json(
+    run_id: str, lease: int | None, holder: str, expires_at: int | None, ttl_ms: int, now: int
+) -> str:
+    """A run's lease columns (and the store's clock) as the summary's ``lease``: the lease
+    object's JSON while it is live, else null."""
     if not lease or expires_at is None or expires_at <= now:
         return "null"
     return Lease(run_id, holder, lease, expires_at, ttl_ms).to_json()
@@ -62,6 +64,9 @@ def run_page(rows: Sequence[Sequence[Any]], query: RunQuery) -> RunPage:
         rows = rows[: query.limit]
         next_cursor = Cursor(int(rows[-1][1]), str(rows[-1][0]))
     return RunPage(
-        [render_summary(row[2], row[3], row[4], row[5], _lease_json(row)) for row in rows],
+        [
+            render_summary(row[2], row[3], row[4], row[5], live_lease_json(row[0], *row[6:]))
+            for row in rows
+        ],
         next_cursor,
     )
