@@ -265,6 +265,7 @@ def agent_process(
         hooks.close()
     except Exception as exc:  # reported by the parent, which then fails the bench
         result.error = f"{type(exc).__name__}: {exc}"
+        barrier.abort()  # the other processes stop waiting for this one
     results.put((worker, result))
 
 
@@ -299,6 +300,9 @@ def measure_reference(directory: str, shape: tuple[int, int, int]) -> Figures:
     """The original design's figures: every process upserting whole snapshots into one SQLite
     file in ``directory``."""
     path = f"{directory}/reference.db"
+    # The file, WAL mode and table made here, once: processes switching a new file to WAL at the
+    # same moment can get "database is locked" without SQLite's busy wait.
+    ReferencePersistence(path).close()
     return measure(
         "reference (whole JSON)", "reference", path, *shape, lambda run: reference_read(path, run)
     )

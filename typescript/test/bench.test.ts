@@ -18,7 +18,11 @@ test('bench/agent_workload_node.py runs and reads every run back', async () => {
     const results = join(directory, 'workload.json')
     const script = join(ROOT, 'bench', 'agent_workload_node.py')
     const args = [script, '-P', '2', '-R', '1', '-S', '5', '--python-client', '--json', results]
-    const done = await promisify(execFile)(PYTHON, args, { cwd: ROOT })
+    const done = await promisify(execFile)(PYTHON, args, { cwd: ROOT }).catch((error: unknown) => {
+      // The bench prints its table and every error on stdout: show it with the failure.
+      const stdout = (error as { stdout?: string }).stdout ?? ''
+      throw new Error(`${String(error)}\n${stdout}`)
+    })
     assert.match(done.stdout, /node client \/ reference hooks per second/)
     const summary = JSON.parse(readFileSync(results, 'utf8')) as {
       figures: { target: string; hooks: number; runs_wrong: number; errors: string[] }[]
