@@ -18,9 +18,9 @@ from runstore.client.problems import InvalidRun
 
 from ..store.base import ClaimQuery
 from ..store.records import validated
+from ..strict_json import parse_json
 from .body import read_body
 from .headers import LEASE_HEADER, header, parse_lease
-from .json_body import parse_json
 from .routes import (
     _RUN_ID_PARAM,
     JSON,
