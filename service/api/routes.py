@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request
@@ -30,7 +29,7 @@ from ..strict_json import parse_json, parse_json_as
 from .body import read_body
 from .headers import LEASE_HEADER, header, parse_etags, parse_if_match, parse_lease
 from .limits import BodyBudget, check_items
-from .offload import parse_body
+from .offload import THREAD_PARSE_BYTES, on_thread
 from .openapi import ETAG_HEADER
 from .schemas import Deleted, Health, Problem, RunList
 
@@ -195,7 +194,10 @@ async def patch_run(request: Request) -> Response:
         raw = await read_body(
             request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
         )
-        patch = await parse_body(raw, partial(_patch_of, run_id=run_id, settings=settings))
+        if len(raw) < THREAD_PARSE_BYTES:
+            patch = _patch_of(raw, run_id, settings)
+        else:
+            patch = await on_thread(_patch_of, raw, run_id, settings)
         del raw
         lease = parse_lease(header(request, b"runstore-lease"))
         store = _store(request)
@@ -230,7 +232,10 @@ async def put_run(request: Request) -> Response:
         raw = await read_body(
             request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
         )
-        record = await parse_body(raw, partial(_snapshot_of, run_id=run_id, settings=settings))
+        if len(raw) < THREAD_PARSE_BYTES:
+            record = _snapshot_of(raw, run_id, settings)
+        else:
+            record = await on_thread(_snapshot_of, raw, run_id, settings)
         del raw
         lease = parse_lease(header(request, b"runstore-lease"))
         store = _store(request)

@@ -25,13 +25,19 @@ pytestmark = pytest.mark.anyio
 HOLD_SECONDS = 30
 
 
-def held(parse: Callable[..., Any], entered: threading.Event, released: threading.Event) -> Any:
-    def parse_held(raw: bytes, **kwargs: Any) -> Any:
-        entered.set()
-        released.wait(HOLD_SECONDS)
-        return parse(raw, **kwargs)
+def held(
+    parse: Callable[..., Any], entered: threading.Event, answered: threading.Event
+) -> tuple[Callable[..., Any], dict[str, bool]]:
+    """``parse`` made to wait, once entered, until the small request was answered; the outcome
+    says whether it was, before the parser gave up waiting."""
+    outcome: dict[str, bool] = {}
 
-    return parse_held
+    def parse_held(*args: Any) -> Any:
+        entered.set()
+        outcome["answered_meanwhile"] = answered.wait(HOLD_SECONDS)
+        return parse(*args)
+
+    return parse_held, outcome
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
@@ -40,9 +46,10 @@ async def test_small_request_is_answered_while_a_large_body_is_parsed(
 ) -> None:
     assert (await client.put("/runs/other", json=make_snapshot("other"))).status_code == 201
     assert (await client.put("/runs/big", json=make_snapshot("big"))).status_code == 201
-    entered, released = threading.Event(), threading.Event()
+    entered, answered = threading.Event(), threading.Event()
     name = "_snapshot_of" if method == "PUT" else "_patch_of"
-    monkeypatch.setattr(routes, name, held(getattr(routes, name), entered, released))
+    parse_held, outcome = held(getattr(routes, name), entered, answered)
+    monkeypatch.setattr(routes, name, parse_held)
     filler = "x" * (offload.THREAD_PARSE_BYTES + 1)
     if method == "PUT":
         body = make_snapshot("big", steps=1, result=filler)
@@ -58,23 +65,29 @@ async def test_small_request_is_answered_while_a_large_body_is_parsed(
     )
     assert await asyncio.to_thread(entered.wait, HOLD_SECONDS)
     small = await client.get("/runs/other")
-    # Answered while the large body's parse is still held.
-    assert not released.is_set()
+    answered.set()
     assert small.status_code == 200
-    released.set()
     assert (await large).status_code == 200
+    assert outcome == {"answered_meanwhile": True}
     assert len((await client.get("/runs/big")).json()["trace"]) == 1
 
 
-async def test_only_a_large_body_goes_to_a_thread() -> None:
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+async def test_a_small_body_is_parsed_on_the_loop(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
     loop_thread = threading.get_ident()
     seen: list[int] = []
+    name = "_snapshot_of" if method == "PUT" else "_patch_of"
+    parse = getattr(routes, name)
 
-    def parse(raw: bytes) -> bytes:
+    def parse_seen(*args: Any) -> Any:
         seen.append(threading.get_ident())
-        return raw
+        return parse(*args)
 
-    await offload.parse_body(b"{}", parse)
-    await offload.parse_body(b" " * offload.THREAD_PARSE_BYTES, parse)
-    assert seen[0] == loop_thread
-    assert seen[1] != loop_thread
+    monkeypatch.setattr(routes, name, parse_seen)
+    body = make_snapshot("small", steps=1) if method == "PUT" else {"status": "completed"}
+    if method == "PATCH":
+        assert (await client.put("/runs/small", json=make_snapshot("small"))).status_code == 201
+    assert (await client.request(method, "/runs/small", json=body)).status_code in (200, 201)
+    assert seen == [loop_thread]
