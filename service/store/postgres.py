@@ -196,6 +196,8 @@ class PostgresStore(RunStore):
         self._forget_marks = asyncio.create_task(
             self._forget_marks_now_and_then(), name="runstore-pg-marks"
         )
+        # Items of runs deleted before a replica stopped in the middle of purging them.
+        await self._purge()
         log.info("serving runs from PostgreSQL at %s", self.target)
 
     async def _prepare_schema(self) -> None:
@@ -393,6 +395,13 @@ class PostgresStore(RunStore):
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
         await self._submit(DeleteRun(run_id, if_match, lease))
+        await self._purge()
+
+    async def _purge(self) -> None:
+        """Delete the items deleted runs left, a batch per transaction, so that other writes
+        go between the batches."""
+        while await self._write(writes.purge_batch):
+            pass
 
     async def acquire_lease(
         self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
@@ -418,6 +427,7 @@ class PostgresStore(RunStore):
                 lambda c: writes.delete_runs_batch(c, completed_before, started_before)
             )
             deleted += batch
+        await self._purge()
         return deleted
 
     # Reads.

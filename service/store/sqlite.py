@@ -21,6 +21,7 @@ from runstore.client.problems import StoreUnavailable
 
 from . import rules
 from .base import (
+    PURGE_BATCH_ROWS,
     RETENTION_BATCH_ROWS,
     ClaimedRun,
     ClaimQuery,
@@ -50,20 +51,58 @@ READER_THREADS: Final = 2
 
 _GET: Final = f"""
 SELECT {GET_COLUMNS},
-    (SELECT group_concat(item, ',') FROM (SELECT item FROM steps WHERE run_id = ?1 ORDER BY idx)),
-    (SELECT group_concat(item, ',') FROM (SELECT item FROM turns WHERE run_id = ?1 ORDER BY idx))
+    (SELECT group_concat(item, ',') FROM
+        (SELECT item FROM steps WHERE steps.run_key = runs.run_key ORDER BY idx)),
+    (SELECT group_concat(item, ',') FROM
+        (SELECT item FROM turns WHERE turns.run_key = runs.run_key ORDER BY idx))
 FROM runs WHERE run_id = ?1
 """
+
+
+def _drop_runs(connection: sqlite3.Connection, runs: list[tuple[int, int]]) -> None:
+    """Delete the runs of ``runs`` (key, rows held): their rows at once, and the items of each
+    that holds at most PURGE_BATCH_ROWS too; a larger one's key goes to ``deleted_runs``, whose
+    items :func:`_purge_batch` deletes in batches."""
+    connection.executemany("DELETE FROM runs WHERE run_key = ?", [(key,) for key, _ in runs])
+    small = [(key,) for key, held in runs if held <= PURGE_BATCH_ROWS]
+    for table in ("steps", "turns"):
+        connection.executemany(f"DELETE FROM {table} WHERE run_key = ?", small)
+    connection.executemany(
+        "INSERT INTO deleted_runs (run_key) VALUES (?)",
+        [(key,) for key, held in runs if held > PURGE_BATCH_ROWS],
+    )
+
+
+_PURGE_ITEMS: Final = (
+    "DELETE FROM {table} WHERE run_key = ?1 "
+    "AND idx < (SELECT min(idx) FROM {table} WHERE run_key = ?1) + ?2"
+)
+
+
+def _purge_batch(connection: sqlite3.Connection) -> bool:
+    """Delete up to PURGE_BATCH_ROWS items of a deleted run; False when none was left."""
+    row = connection.execute("SELECT run_key FROM deleted_runs LIMIT 1").fetchone()
+    if row is None:
+        return False
+    left = PURGE_BATCH_ROWS
+    for table in ("steps", "turns"):
+        left -= connection.execute(_PURGE_ITEMS.format(table=table), (row[0], left)).rowcount
+        if left == 0:
+            return True
+    connection.execute("DELETE FROM deleted_runs WHERE run_key = ?", row)
+    return True
 
 
 def _delete(
     run_id: str, if_match: int | None, lease: int | None, connection: sqlite3.Connection
 ) -> Committed:
     row = connection.execute(
-        f"SELECT {rules.STATE_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+        f"SELECT run_key, {rules.STATE_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
     ).fetchone()
-    rules.delete(run_id, None if row is None else RunState._make(row), if_match, lease, now_ms())
-    connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+    state = None if row is None else RunState._make(row[1:])
+    rules.delete(run_id, state, if_match, lease, now_ms())
+    assert state is not None
+    _drop_runs(connection, [(row[0], state.trace_length + (state.history_length or 0))])
     return Committed(None, [Change.of_delete(run_id)])
 
 
@@ -116,7 +155,7 @@ def _delete_batch(
         retention_candidates_sql(where, "?"), (*params, RETENTION_BATCH_ROWS)
     ).fetchall()
     picked = retention_batch(candidates, RETENTION_BATCH_ROWS)
-    connection.executemany("DELETE FROM runs WHERE run_id = ?", [(run_id,) for run_id in picked])
+    _drop_runs(connection, [(key, held - 1) for _, held, key in candidates[: len(picked)]])
     return Committed(len(picked), [Change.of_delete(run_id) for run_id in picked])
 
 
@@ -149,6 +188,9 @@ class SQLiteEngine:
         )
         self._closed = False
         self._writer.start_and_wait()
+        # Items of runs deleted while the store last ran, if it stopped before purging them.
+        if self._read(lambda c: c.execute("SELECT 1 FROM deleted_runs LIMIT 1").fetchone()):
+            self.purge()
 
     def _open_writer(self) -> sqlite3.Connection:
         connection = connect(self.path)
@@ -211,6 +253,13 @@ class SQLiteEngine:
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
         self._writer.write(partial(_delete, run_id, if_match, lease))
+        self.purge()
+
+    def purge(self) -> None:
+        """Delete the items deleted runs left, a batch per transaction, so that other writes
+        go between the batches."""
+        while self._writer.write(_purge_batch):
+            pass
 
     def acquire_lease(
         self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
@@ -231,6 +280,7 @@ class SQLiteEngine:
         deleted = 0
         while batch := self._writer.write(partial(_delete_batch, completed_before, started_before)):
             deleted += batch
+        self.purge()
         return deleted
 
     @property
@@ -355,6 +405,12 @@ class SQLiteStore(RunStore):
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
         await self.engine.writer.write_async(partial(_delete, run_id, if_match, lease))
+        await self._purge()
+
+    async def _purge(self) -> None:
+        # Each batch is queued after the writes waiting now: they go between the batches.
+        while await self.engine.writer.write_async(_purge_batch):
+            pass
 
     async def acquire_lease(
         self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
@@ -380,6 +436,7 @@ class SQLiteStore(RunStore):
             partial(_delete_batch, completed_before, started_before)
         ):
             deleted += batch
+        await self._purge()
         return deleted
 
     async def get_run(self, run_id: str) -> StoredRun | None:
