@@ -177,12 +177,13 @@ PURGE_BATCH_ROWS: Final = RETENTION_BATCH_ROWS
 
 
 def retention_candidates_sql(where: str, mark: str) -> str:
-    """The runs a retention batch may take, each with the rows it holds and its key; ``LIMIT``
+    """The runs a retention batch may take, each with the rows it holds, its key, its steps and
+    its turns; ``LIMIT``
     is the last parameter (a run holds at least one row, so no more than the batch's rows are
     read)."""
     return (
-        "SELECT run_id, 1 + trace_length + coalesce(history_length, 0), run_key "
-        f"FROM runs {where} LIMIT {mark}"
+        "SELECT run_id, 1 + trace_length + coalesce(history_length, 0), run_key, "
+        f"trace_length, coalesce(history_length, 0) FROM runs {where} LIMIT {mark}"
     )
 
 

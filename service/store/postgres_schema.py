@@ -115,7 +115,8 @@ def _keyed_by_run(table: str, columns: str, copied: str, key: str = "") -> tuple
 # the table and in its index). An identity never gives a key twice, so a run re-created under
 # the id of a deleted one never meets rows of the old run still waiting to be purged. Deleting
 # the run row no longer cascades to its items: a large run's are purged in bounded batches
-# (``deleted_runs`` holds the keys whose items remain), so the delete holds no writer for long.
+# (``deleted_runs`` holds the keys whose items remain, and the positions below which they
+# do), so the delete holds no writer for long.
 _ITEM_COLUMNS: Final = (
     'idx integer NOT NULL, item text COLLATE "C" NOT NULL, PRIMARY KEY (run_key, idx)'
 )
@@ -131,7 +132,8 @@ _V5: Final = (
         "version, kind, finished, data",
         " REFERENCES runs (run_key) ON DELETE CASCADE",
     ),
-    "CREATE TABLE deleted_runs (run_key bigint PRIMARY KEY)",
+    "CREATE TABLE deleted_runs "
+    "(run_key bigint PRIMARY KEY, steps_end integer NOT NULL, turns_end integer NOT NULL)",
 )
 
 # MIGRATIONS[n] takes a database from schema version n to n + 1.

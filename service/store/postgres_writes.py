@@ -195,46 +195,50 @@ SELECT version, {_TOLD} FROM run
 # What follows a ``gone`` CTE of deleted run rows (run_key, run_id, held: the items they held):
 # the items of each run that held at most PURGE_BATCH_ROWS go with it; a larger run's key goes
 # to deleted_runs, whose items _PURGE deletes in batches.
-_GONE: Final = "RETURNING run_key, run_id, trace_length + coalesce(history_length, 0) AS held"
+_GONE: Final = (
+    "RETURNING run_key, run_id, trace_length AS steps, coalesce(history_length, 0) AS turns, "
+    "trace_length + coalesce(history_length, 0) AS held"
+)
 _ITEMS_GONE: Final = f"""
 steps_gone AS (
     DELETE FROM steps WHERE run_key IN (SELECT run_key FROM gone WHERE held <= {PURGE_BATCH_ROWS})
 ), turns_gone AS (
     DELETE FROM turns WHERE run_key IN (SELECT run_key FROM gone WHERE held <= {PURGE_BATCH_ROWS})
 ), purge_later AS (
-    INSERT INTO deleted_runs (run_key)
-    SELECT run_key FROM gone WHERE held > {PURGE_BATCH_ROWS}
+    INSERT INTO deleted_runs (run_key, steps_end, turns_end)
+    SELECT run_key, steps, turns FROM gone WHERE held > {PURGE_BATCH_ROWS}
 )"""
 _DELETE: Final = (
     f"WITH gone AS (DELETE FROM runs WHERE run_id = %s {_GONE}), {_ITEMS_GONE} "
     f"SELECT {_TOLD_DELETED} FROM gone"
 )
-# One purge batch: up to PURGE_BATCH_ROWS steps and as many turns of one deleted run, and its
-# key once nothing is left past what this batch deletes. SKIP LOCKED: replicas purging at once
-# take different runs. Says whether it found a run to purge.
+# One purge batch: up to PURGE_BATCH_ROWS steps and as many turns of one deleted run, the last
+# positions first (a run's items are at positions 0 to its length), by a range of its index
+# that holds only live rows; the run's entry goes once no item is left. SKIP LOCKED: replicas
+# purging at once take different runs. Says whether it found a run to purge.
 _PURGE: Final = f"""
 WITH doomed AS (
-    SELECT run_key FROM deleted_runs ORDER BY run_key LIMIT 1 FOR UPDATE SKIP LOCKED
-), bounds AS (
-    SELECT run_key,
-        (SELECT min(idx) FROM steps WHERE steps.run_key = doomed.run_key)
-            + {PURGE_BATCH_ROWS} AS steps_end,
-        (SELECT min(idx) FROM turns WHERE turns.run_key = doomed.run_key)
-            + {PURGE_BATCH_ROWS} AS turns_end
-    FROM doomed
+    SELECT run_key, steps_end, turns_end,
+        greatest(steps_end - {PURGE_BATCH_ROWS}, 0) AS steps_from,
+        greatest(turns_end - {PURGE_BATCH_ROWS}, 0) AS turns_from
+    FROM deleted_runs ORDER BY run_key LIMIT 1 FOR UPDATE SKIP LOCKED
 ), steps_gone AS (
-    DELETE FROM steps USING bounds
-    WHERE steps.run_key = bounds.run_key AND steps.idx < bounds.steps_end
+    DELETE FROM steps USING doomed
+    WHERE steps.run_key = doomed.run_key
+        AND steps.idx >= doomed.steps_from AND steps.idx < doomed.steps_end
 ), turns_gone AS (
-    DELETE FROM turns USING bounds
-    WHERE turns.run_key = bounds.run_key AND turns.idx < bounds.turns_end
+    DELETE FROM turns USING doomed
+    WHERE turns.run_key = doomed.run_key
+        AND turns.idx >= doomed.turns_from AND turns.idx < doomed.turns_end
 ), finished AS (
-    DELETE FROM deleted_runs USING bounds
-    WHERE deleted_runs.run_key = bounds.run_key
-        AND NOT EXISTS (SELECT FROM steps
-                        WHERE steps.run_key = bounds.run_key AND steps.idx >= bounds.steps_end)
-        AND NOT EXISTS (SELECT FROM turns
-                        WHERE turns.run_key = bounds.run_key AND turns.idx >= bounds.turns_end)
+    DELETE FROM deleted_runs USING doomed
+    WHERE deleted_runs.run_key = doomed.run_key AND doomed.steps_from = 0
+        AND doomed.turns_from = 0
+), moved AS (
+    UPDATE deleted_runs SET steps_end = doomed.steps_from, turns_end = doomed.turns_from
+    FROM doomed
+    WHERE deleted_runs.run_key = doomed.run_key
+        AND (doomed.steps_from > 0 OR doomed.turns_from > 0)
 )
 SELECT count(*) FROM doomed
 """

@@ -59,37 +59,45 @@ FROM runs WHERE run_id = ?1
 """
 
 
-def _drop_runs(connection: sqlite3.Connection, runs: list[tuple[int, int]]) -> None:
-    """Delete the runs of ``runs`` (key, rows held): their rows at once, and the items of each
-    that holds at most PURGE_BATCH_ROWS too; a larger one's key goes to ``deleted_runs``, whose
+def _drop_runs(connection: sqlite3.Connection, runs: list[tuple[int, int, int]]) -> None:
+    """Delete the runs of ``runs`` (key, steps, turns): their rows at once, and the items of
+    each that holds at most PURGE_BATCH_ROWS too; a larger one goes to ``deleted_runs``, whose
     items :func:`_purge_batch` deletes in batches."""
-    connection.executemany("DELETE FROM runs WHERE run_key = ?", [(key,) for key, _ in runs])
-    small = [(key,) for key, held in runs if held <= PURGE_BATCH_ROWS]
+    connection.executemany("DELETE FROM runs WHERE run_key = ?", [(run[0],) for run in runs])
+    small = [(key,) for key, steps, turns in runs if steps + turns <= PURGE_BATCH_ROWS]
     for table in ("steps", "turns"):
         connection.executemany(f"DELETE FROM {table} WHERE run_key = ?", small)
     connection.executemany(
-        "INSERT INTO deleted_runs (run_key) VALUES (?)",
-        [(key,) for key, held in runs if held > PURGE_BATCH_ROWS],
+        "INSERT INTO deleted_runs (run_key, steps_end, turns_end) VALUES (?, ?, ?)",
+        [run for run in runs if run[1] + run[2] > PURGE_BATCH_ROWS],
     )
 
 
-_PURGE_ITEMS: Final = (
-    "DELETE FROM {table} WHERE run_key = ?1 "
-    "AND idx < (SELECT min(idx) FROM {table} WHERE run_key = ?1) + ?2"
-)
-
-
 def _purge_batch(connection: sqlite3.Connection) -> bool:
-    """Delete up to PURGE_BATCH_ROWS items of a deleted run; False when none was left."""
-    row = connection.execute("SELECT run_key FROM deleted_runs LIMIT 1").fetchone()
+    """Delete up to PURGE_BATCH_ROWS items of a deleted run, the last positions first (a run's
+    items are at positions 0 to its length); False when no run had items left."""
+    row = connection.execute(
+        "SELECT run_key, steps_end, turns_end FROM deleted_runs LIMIT 1"
+    ).fetchone()
     if row is None:
         return False
+    key, *ends = row
     left = PURGE_BATCH_ROWS
-    for table in ("steps", "turns"):
-        left -= connection.execute(_PURGE_ITEMS.format(table=table), (row[0], left)).rowcount
-        if left == 0:
-            return True
-    connection.execute("DELETE FROM deleted_runs WHERE run_key = ?", row)
+    for index, table in enumerate(("steps", "turns")):
+        start = max(0, ends[index] - left)
+        connection.execute(
+            f"DELETE FROM {table} WHERE run_key = ? AND idx >= ? AND idx < ?",
+            (key, start, ends[index]),
+        )
+        left -= ends[index] - start
+        ends[index] = start
+    if ends == [0, 0]:
+        connection.execute("DELETE FROM deleted_runs WHERE run_key = ?", (key,))
+    else:
+        connection.execute(
+            "UPDATE deleted_runs SET steps_end = ?, turns_end = ? WHERE run_key = ?",
+            (*ends, key),
+        )
     return True
 
 
@@ -102,7 +110,7 @@ def _delete(
     state = None if row is None else RunState._make(row[1:])
     rules.delete(run_id, state, if_match, lease, now_ms())
     assert state is not None
-    _drop_runs(connection, [(row[0], state.trace_length + (state.history_length or 0))])
+    _drop_runs(connection, [(row[0], state.trace_length, state.history_length or 0)])
     return Committed(None, [Change.of_delete(run_id)])
 
 
@@ -155,7 +163,9 @@ def _delete_batch(
         retention_candidates_sql(where, "?"), (*params, RETENTION_BATCH_ROWS)
     ).fetchall()
     picked = retention_batch(candidates, RETENTION_BATCH_ROWS)
-    _drop_runs(connection, [(key, held - 1) for _, held, key in candidates[: len(picked)]])
+    _drop_runs(
+        connection, [(key, steps, turns) for _, _, key, steps, turns in candidates[: len(picked)]]
+    )
     return Committed(len(picked), [Change.of_delete(run_id) for run_id in picked])
 
 

@@ -82,7 +82,8 @@ ALTER TABLE runs ADD COLUMN lease_ttl_ms INTEGER;
 # and in its index). AUTOINCREMENT: a key is never given again, so a run re-created under the id
 # of a deleted one never meets rows of the old run still waiting to be purged. Deleting the run
 # row no longer cascades: a large run's items are purged in bounded batches (``deleted_runs``
-# holds the keys whose items remain), so the delete does not hold the writer for seconds.
+# holds the keys whose items remain, and the positions below which they do), so the delete
+# does not hold the writer for seconds.
 _V4: Final = """
 CREATE TABLE runs_v4 (
     run_key INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -134,7 +135,11 @@ ALTER TABLE turns_v4 RENAME TO turns;
 CREATE INDEX runs_by_start ON runs (started_at DESC, run_id DESC);
 CREATE INDEX runs_by_status ON runs (status, started_at DESC, run_id DESC);
 CREATE INDEX runs_by_completion ON runs (completed_at) WHERE completed_at IS NOT NULL;
-CREATE TABLE deleted_runs (run_key INTEGER PRIMARY KEY)
+CREATE TABLE deleted_runs (
+    run_key INTEGER PRIMARY KEY,
+    steps_end INTEGER NOT NULL,
+    turns_end INTEGER NOT NULL
+)
 """
 
 # MIGRATIONS[n] takes a database from user_version n to n + 1.
