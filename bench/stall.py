@@ -17,6 +17,8 @@ and meanwhile does one hostile thing:
 - ``retention``: stores ``--runs`` finished runs of 40 steps, then ``DELETE /runs`` them all;
 - ``large-delete``: stores one run of ``--large-steps`` one-digit steps (in writes of 100,000),
   then ``DELETE``s it;
+- ``large-put``: PUTs one valid run of 8 MB, 2,000 steps of 4 KiB each (parsed off the event
+  loop);
 - ``storage``: stores one run of ``--large-steps`` one-digit steps under an id of
   ``--id-chars`` characters, and prints the size of the SQLite file it made (issue 14: a
   200-character id and 2 MB of such steps made a 470 MB file).
@@ -265,6 +267,32 @@ def large_run(url: str, run_id: str, steps: int) -> None:
             http.patch(f"/runs/{run_id}", json=body).raise_for_status()
 
 
+def large_put(url: str, args: argparse.Namespace) -> str:
+    snapshot = {
+        "runId": "large-put",
+        "status": "running",
+        "startedAt": 1,
+        "input": "x",
+        "trace": [{"step": i, "output": "x" * 4096} for i in range(2_000)],
+        "usage": {},
+        "stepIndex": 0,
+        "iterations": 0,
+        "revisions": 0,
+    }
+    body = json.dumps(snapshot).encode()
+
+    def put() -> str:
+        response = httpx.put(
+            url + "/runs/large-put",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=600,
+        )
+        return f"PUT of 2,000 steps of 4 KiB ({len(body)} bytes): {response.status_code}"
+
+    return timed(put)
+
+
 def delete_large(url: str, args: argparse.Namespace) -> str:
     def delete() -> str:
         response = httpx.delete(url + "/runs/large", timeout=600)
@@ -297,7 +325,15 @@ def delete_old(url: str, args: argparse.Namespace) -> str:
     return timed(delete)
 
 
-SCENARIOS = ("head", "connections", "tiny-items", "retention", "large-delete", "storage")
+SCENARIOS = (
+    "head",
+    "connections",
+    "tiny-items",
+    "large-put",
+    "retention",
+    "large-delete",
+    "storage",
+)
 
 
 def main() -> None:
@@ -343,6 +379,8 @@ def main() -> None:
                     outcome = connections(url, args)
                 elif scenario == "tiny-items":
                     outcome = tiny_items(url, args)
+                elif scenario == "large-put":
+                    outcome = large_put(url, args)
                 elif scenario == "large-delete":
                     outcome = delete_large(url, args)
                 else:
