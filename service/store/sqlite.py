@@ -21,8 +21,6 @@ from runstore.client.problems import StoreUnavailable
 
 from . import rules
 from .base import (
-    PURGE_BATCH_ROWS,
-    RETENTION_BATCH_ROWS,
     ClaimedRun,
     ClaimQuery,
     Lease,
@@ -31,15 +29,13 @@ from .base import (
     RunStore,
     StoredRun,
     WriteResult,
-    retention_batch,
-    retention_candidates_sql,
-    retention_filter,
 )
-from .changes import Change, ChangeListener, Committed
+from .changes import ChangeListener
 from .reads import GET_COLUMNS, list_sql, run_page, stored_run
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunState
 from .sqlite_batch import AcquireLease, PatchRun, PutRun, ReleaseLease, now_ms
+from .sqlite_deletes import delete_batch, delete_run, purge_batch
 from .sqlite_schema import connect, migrate, verify
 from .sqlite_writer import WriterThread, storage_error
 
@@ -57,61 +53,6 @@ SELECT {GET_COLUMNS},
         (SELECT item FROM turns WHERE turns.run_key = runs.run_key ORDER BY idx))
 FROM runs WHERE run_id = ?1
 """
-
-
-def _drop_runs(connection: sqlite3.Connection, runs: list[tuple[int, int, int]]) -> None:
-    """Delete the runs of ``runs`` (key, steps, turns): their rows at once, and the items of
-    each that holds at most PURGE_BATCH_ROWS too; a larger one goes to ``deleted_runs``, whose
-    items :func:`_purge_batch` deletes in batches."""
-    connection.executemany("DELETE FROM runs WHERE run_key = ?", [(run[0],) for run in runs])
-    small = [(key,) for key, steps, turns in runs if steps + turns <= PURGE_BATCH_ROWS]
-    for table in ("steps", "turns"):
-        connection.executemany(f"DELETE FROM {table} WHERE run_key = ?", small)
-    connection.executemany(
-        "INSERT INTO deleted_runs (run_key, steps_end, turns_end) VALUES (?, ?, ?)",
-        [run for run in runs if run[1] + run[2] > PURGE_BATCH_ROWS],
-    )
-
-
-def _purge_batch(connection: sqlite3.Connection) -> bool:
-    """Delete up to PURGE_BATCH_ROWS items of a deleted run, the last positions first (a run's
-    items are at positions 0 to its length); False when no run had items left."""
-    row = connection.execute(
-        "SELECT run_key, steps_end, turns_end FROM deleted_runs LIMIT 1"
-    ).fetchone()
-    if row is None:
-        return False
-    key, *ends = row
-    left = PURGE_BATCH_ROWS
-    for index, table in enumerate(("steps", "turns")):
-        start = max(0, ends[index] - left)
-        connection.execute(
-            f"DELETE FROM {table} WHERE run_key = ? AND idx >= ? AND idx < ?",
-            (key, start, ends[index]),
-        )
-        left -= ends[index] - start
-        ends[index] = start
-    if ends == [0, 0]:
-        connection.execute("DELETE FROM deleted_runs WHERE run_key = ?", (key,))
-    else:
-        connection.execute(
-            "UPDATE deleted_runs SET steps_end = ?, turns_end = ? WHERE run_key = ?",
-            (*ends, key),
-        )
-    return True
-
-
-def _delete(
-    run_id: str, if_match: int | None, lease: int | None, connection: sqlite3.Connection
-) -> Committed:
-    row = connection.execute(
-        f"SELECT run_key, {rules.STATE_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
-    ).fetchone()
-    state = None if row is None else RunState._make(row[1:])
-    rules.delete(run_id, state, if_match, lease, now_ms())
-    assert state is not None
-    _drop_runs(connection, [(row[0], state.trace_length, state.history_length or 0)])
-    return Committed(None, [Change.of_delete(run_id)])
 
 
 _CLAIMABLE: Final = (
@@ -151,22 +92,6 @@ def _claim(query: ClaimQuery, connection: sqlite3.Connection) -> ClaimedRun | No
     run = stored_run(connection.execute(_GET, (run_id,)).fetchone())
     assert run is not None
     return ClaimedRun(run, lease)
-
-
-def _delete_batch(
-    completed_before: int | None, started_before: int | None, connection: sqlite3.Connection
-) -> Committed:
-    """One retention batch (see RunStore.delete_runs): how many runs it deleted, with their
-    deletions for the watchers."""
-    where, params = retention_filter(completed_before, started_before, "?")
-    candidates = connection.execute(
-        retention_candidates_sql(where, "?"), (*params, RETENTION_BATCH_ROWS)
-    ).fetchall()
-    picked = retention_batch(candidates, RETENTION_BATCH_ROWS)
-    _drop_runs(
-        connection, [(key, steps, turns) for _, _, key, steps, turns in candidates[: len(picked)]]
-    )
-    return Committed(len(picked), [Change.of_delete(run_id) for run_id in picked])
 
 
 def _probe(connection: sqlite3.Connection) -> None:
@@ -262,13 +187,13 @@ class SQLiteEngine:
     def delete_run(
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
-        self._writer.write(partial(_delete, run_id, if_match, lease))
+        self._writer.write(partial(delete_run, run_id, if_match, lease))
         self.purge()
 
     def purge(self) -> None:
         """Delete the items deleted runs left, a batch per transaction, so that other writes
         go between the batches."""
-        while self._writer.write(_purge_batch):
+        while self._writer.write(purge_batch):
             pass
 
     def acquire_lease(
@@ -288,7 +213,7 @@ class SQLiteEngine:
         self, *, completed_before: int | None = None, started_before: int | None = None
     ) -> int:
         deleted = 0
-        while batch := self._writer.write(partial(_delete_batch, completed_before, started_before)):
+        while batch := self._writer.write(partial(delete_batch, completed_before, started_before)):
             deleted += batch
         self.purge()
         return deleted
@@ -414,12 +339,12 @@ class SQLiteStore(RunStore):
     async def delete_run(
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
-        await self.engine.writer.write_async(partial(_delete, run_id, if_match, lease))
+        await self.engine.writer.write_async(partial(delete_run, run_id, if_match, lease))
         await self._purge()
 
     async def _purge(self) -> None:
         # Each batch is queued after the writes waiting now: they go between the batches.
-        while await self.engine.writer.write_async(_purge_batch):
+        while await self.engine.writer.write_async(purge_batch):
             pass
 
     async def acquire_lease(
@@ -443,7 +368,7 @@ class SQLiteStore(RunStore):
         # Each batch is queued after the writes waiting now: they go between the batches.
         deleted = 0
         while batch := await self.engine.writer.write_async(
-            partial(_delete_batch, completed_before, started_before)
+            partial(delete_batch, completed_before, started_before)
         ):
             deleted += batch
         await self._purge()

@@ -122,9 +122,9 @@ async def stop_after_first_transaction(store: RunStore, run_id: str) -> None:
     """Delete the run as a delete does, without purging its items: as a store stopped right
     after the delete's first transaction leaves it."""
     if isinstance(store, SQLiteStore):
-        from runstore.service.store.sqlite import _delete
+        from runstore.service.store.sqlite_deletes import delete_run
 
-        await store.engine.writer.write_async(lambda c: _delete(run_id, None, None, c))
+        await store.engine.writer.write_async(lambda c: delete_run(run_id, None, None, c))
     else:
         from runstore.service.store.postgres_writes import DeleteRun
 
