@@ -399,9 +399,13 @@ class PostgresStore(RunStore):
 
     async def _purge(self) -> None:
         """Delete the items deleted runs left, a batch per transaction, so that other writes
-        go between the batches."""
-        while await self._write(writes.purge_batch):
-            pass
+        go between the batches. The deletes that left them are done whatever happens here: a
+        purge that fails is left to the next one (the next delete's, or the next start's)."""
+        try:
+            while await self._write(writes.purge_batch):
+                pass
+        except StoreUnavailable as exc:
+            log.warning("items of deleted runs are left for the next purge: %s", exc)
 
     async def acquire_lease(
         self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None

@@ -8,6 +8,7 @@ small thread pool and awaits its writes, so no sqlite call blocks the event loop
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -40,6 +41,8 @@ from .sqlite_schema import connect, migrate, verify
 from .sqlite_writer import WriterThread, storage_error
 
 __all__ = ["SQLiteEngine", "SQLiteStore"]
+
+log = logging.getLogger("runstore.sqlite")
 
 T = TypeVar("T")
 
@@ -192,9 +195,13 @@ class SQLiteEngine:
 
     def purge(self) -> None:
         """Delete the items deleted runs left, a batch per transaction, so that other writes
-        go between the batches."""
-        while self._writer.write(purge_batch):
-            pass
+        go between the batches. The deletes that left them are done whatever happens here: a
+        purge that fails is left to the next one (the next delete's, or the next opening's)."""
+        try:
+            while self._writer.write(purge_batch):
+                pass
+        except StoreUnavailable as exc:
+            log.warning("items of deleted runs are left for the next purge: %s", exc)
 
     def acquire_lease(
         self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
@@ -343,9 +350,13 @@ class SQLiteStore(RunStore):
         await self._purge()
 
     async def _purge(self) -> None:
-        # Each batch is queued after the writes waiting now: they go between the batches.
-        while await self.engine.writer.write_async(purge_batch):
-            pass
+        # Each batch is queued after the writes waiting now: they go between the batches. As
+        # in SQLiteEngine.purge, a failure leaves the rest to the next purge.
+        try:
+            while await self.engine.writer.write_async(purge_batch):
+                pass
+        except StoreUnavailable as exc:
+            log.warning("items of deleted runs are left for the next purge: %s", exc)
 
     async def acquire_lease(
         self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
