@@ -441,6 +441,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -477,6 +479,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -547,6 +551,10 @@ export interface operations {
             /** @description Server-sent events (see docs/api.md, Events) */
             200: {
                 headers: {
+                    /** @description no-store: a live stream is never cached. */
+                    "Cache-Control"?: string;
+                    /** @description no: a proxy that reads it (nginx) passes events on at once. */
+                    "X-Accel-Buffering"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -567,6 +575,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -665,6 +675,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -724,6 +736,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -787,6 +801,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -873,6 +889,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -980,6 +998,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -998,6 +1018,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description With lease-held: seconds until the live lease expires. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1100,6 +1122,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1118,6 +1142,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description With lease-held: seconds until the live lease expires. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1207,6 +1233,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1291,6 +1319,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1318,6 +1348,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description With lease-held: seconds until the live lease expires. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1394,6 +1426,10 @@ export interface operations {
             /** @description Server-sent events (see docs/api.md, Events) */
             200: {
                 headers: {
+                    /** @description no-store: a live stream is never cached. */
+                    "Cache-Control"?: string;
+                    /** @description no: a proxy that reads it (nginx) passes events on at once. */
+                    "X-Accel-Buffering"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1423,6 +1459,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1508,6 +1546,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1535,7 +1575,7 @@ export interface operations {
             /** @description lease-held (another holder's lease is live: the problem names holder and expiresAt, and Retry-After says when it expires) or lease-lost (a newer lease exists) */
             409: {
                 headers: {
-                    /** @description With lease-held. */
+                    /** @description With lease-held: seconds until the live lease expires. */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -1628,6 +1668,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1646,7 +1688,7 @@ export interface operations {
             /** @description lease-held (another holder's lease is live: the problem names holder and expiresAt, and Retry-After says when it expires) or lease-lost (a newer lease exists) */
             409: {
                 headers: {
-                    /** @description With lease-held. */
+                    /** @description With lease-held: seconds until the live lease expires. */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -1688,6 +1730,22 @@ export interface operations {
             /** @description A page of the viewer, or one of its scripts or style sheets */
             200: {
                 headers: {
+                    /** @description bytes */
+                    "Accept-Ranges"?: string;
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1699,6 +1757,20 @@ export interface operations {
             /** @description Not modified (If-None-Match) */
             304: {
                 headers: {
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1720,6 +1792,22 @@ export interface operations {
             /** @description A page of the viewer, or one of its scripts or style sheets */
             200: {
                 headers: {
+                    /** @description bytes */
+                    "Accept-Ranges"?: string;
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1731,6 +1819,20 @@ export interface operations {
             /** @description Not modified (If-None-Match) */
             304: {
                 headers: {
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
