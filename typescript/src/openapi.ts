@@ -300,6 +300,10 @@ export interface components {
             detail: string;
             /** @description With 422: each bad field. */
             errors?: components["schemas"]["FieldProblem"][] | null;
+            /** @description With lease-held: when the live lease expires (ms, by the store's clock). */
+            expiresAt?: number;
+            /** @description With lease-held: who holds the live lease. */
+            holder?: string;
             instance?: string | null;
             status: number;
             title: string;
