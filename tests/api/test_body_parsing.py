@@ -153,6 +153,9 @@ def test_what_the_json_module_refuses_is_refused(raw: bytes) -> None:
         (b'{"n": 1e-299, "m": -1000, "s": "one-off time-out e-30"}', False),
         (b'{"run": "run-1", "n": -12345, "e": 2.5E-10}', False),
         (b"-400", False),
+        (b'{"s": "' + b"-" * 100 + b'", "n": 1e-400}', True),
+        (b'{"s": "' + b"-" * 100 + b'", "n": 1e-40, "m": -400}', False),
+        (b'{"s": "' + b"e-" * 100 + b'300"}', True),
     ],
 )
 def test_numbers_that_may_be_too_small_are_told_apart(raw: bytes, suspect: bool) -> None:
