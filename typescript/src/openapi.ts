@@ -300,6 +300,10 @@ export interface components {
             detail: string;
             /** @description With 422: each bad field. */
             errors?: components["schemas"]["FieldProblem"][] | null;
+            /** @description With lease-held: when the live lease expires (ms, by the store's clock). */
+            expiresAt?: number;
+            /** @description With lease-held: who holds the live lease. */
+            holder?: string;
             instance?: string | null;
             status: number;
             title: string;
@@ -441,6 +445,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
+                    ETag?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -477,6 +483,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -547,6 +555,10 @@ export interface operations {
             /** @description Server-sent events (see docs/api.md, Events) */
             200: {
                 headers: {
+                    /** @description no-store: a live stream is never cached. */
+                    "Cache-Control"?: string;
+                    /** @description no: a proxy that reads it (nginx) passes events on at once. */
+                    "X-Accel-Buffering"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -567,6 +579,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -665,6 +679,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -724,6 +740,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -787,6 +805,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -873,6 +893,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -980,6 +1002,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -998,6 +1022,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description With lease-held: seconds until the live lease expires. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1100,6 +1126,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1118,6 +1146,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description With lease-held: seconds until the live lease expires. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1207,6 +1237,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1291,6 +1323,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1318,6 +1352,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description With lease-held: seconds until the live lease expires. */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1394,6 +1430,10 @@ export interface operations {
             /** @description Server-sent events (see docs/api.md, Events) */
             200: {
                 headers: {
+                    /** @description no-store: a live stream is never cached. */
+                    "Cache-Control"?: string;
+                    /** @description no: a proxy that reads it (nginx) passes events on at once. */
+                    "X-Accel-Buffering"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1423,6 +1463,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1508,6 +1550,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1535,7 +1579,7 @@ export interface operations {
             /** @description lease-held (another holder's lease is live: the problem names holder and expiresAt, and Retry-After says when it expires) or lease-lost (a newer lease exists) */
             409: {
                 headers: {
-                    /** @description With lease-held. */
+                    /** @description With lease-held: seconds until the live lease expires. */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -1628,6 +1672,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1646,7 +1692,7 @@ export interface operations {
             /** @description lease-held (another holder's lease is live: the problem names holder and expiresAt, and Retry-After says when it expires) or lease-lost (a newer lease exists) */
             409: {
                 headers: {
-                    /** @description With lease-held. */
+                    /** @description With lease-held: seconds until the live lease expires. */
                     "Retry-After"?: number;
                     [name: string]: unknown;
                 };
@@ -1688,6 +1734,22 @@ export interface operations {
             /** @description A page of the viewer, or one of its scripts or style sheets */
             200: {
                 headers: {
+                    /** @description bytes */
+                    "Accept-Ranges"?: string;
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1699,6 +1761,20 @@ export interface operations {
             /** @description Not modified (If-None-Match) */
             304: {
                 headers: {
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1720,6 +1796,22 @@ export interface operations {
             /** @description A page of the viewer, or one of its scripts or style sheets */
             200: {
                 headers: {
+                    /** @description bytes */
+                    "Accept-Ranges"?: string;
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1731,6 +1823,20 @@ export interface operations {
             /** @description Not modified (If-None-Match) */
             304: {
                 headers: {
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
