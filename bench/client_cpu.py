@@ -13,7 +13,9 @@ Modes, each against a runstore server (started here on a free port unless ``--ur
 - ``floor``: a bare ``httpx.Client.patch`` of the very bytes the ``hooks`` mode sends (recorded
   beforehand from the hooks over an ``httpx.MockTransport``), runs started and completed at the
   same points: what any httpx client pays, so ``hooks`` minus ``floor`` is the hooks' own cost
-  (the ledger, the JSON of the new step, the retry loop, reading the answer).
+  (the ledger, the JSON of the new step, the retry loop, reading the answer);
+- ``async-floor``: the same bare PATCHes through ``httpx.AsyncClient`` on asyncio, what
+  ``async-hooks`` is compared with (an async httpx request costs more CPU than a sync one).
 
 It prints the client process's CPU time (user + system, ``os.times``) per request, and
 the wall time per request. The server runs in another process, so its CPU is not counted.
@@ -169,11 +171,44 @@ def floor_loop(url: str) -> tuple[Callable[[int], None], Callable[[], None]]:
     return loop, http.close
 
 
+def async_floor_loop(url: str) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """``floor`` through ``httpx.AsyncClient`` on asyncio: what ``async-hooks`` is measured
+    against."""
+    run_id, start, steps, complete = recorded_run()
+    runner = asyncio.Runner()
+    http = httpx.AsyncClient(base_url=url, headers={"accept": "application/json"})
+    headers = {"content-type": "application/json"}
+    state: dict[str, Any] = {"path": None, "step": RUN_STEPS, "runs": 0}
+
+    async def requests(count: int) -> None:
+        for _ in range(count):
+            if state["step"] >= RUN_STEPS:
+                if state["path"] is not None:
+                    await http.patch(state["path"], content=complete, headers=headers)
+                state["runs"] += 1
+                fresh = f"bench-cpu-async-{time.time_ns()}-0-{state['runs']}"
+                state["path"], state["step"] = f"/runs/{fresh}", 0
+                body = start.replace(run_id.encode(), fresh.encode())
+                (await http.put(state["path"], content=body, headers=headers)).raise_for_status()
+            state["answer"] = await http.patch(
+                state["path"], content=steps[state["step"]], headers=headers
+            )
+            state["step"] += 1
+        state["answer"].raise_for_status()
+
+    def close() -> None:
+        runner.run(http.aclose())
+        runner.close()
+
+    return lambda count: runner.run(requests(count)), close
+
+
 MODES = {
     "patch": patch_loop,
     "hooks": hooks_loop,
     "async-hooks": async_hooks_loop,
     "floor": floor_loop,
+    "async-floor": async_floor_loop,
 }
 
 

@@ -88,6 +88,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._head_tail = b""
+        # When the head in progress began (None between heads), and the one timer that
+        # watches it: the timer stays armed from head to head and, when it fires early for the
+        # head then in progress, is armed again for that head's deadline. Arming and cancelling
+        # a timer for every request costs more than the rest of this class's checks.
+        self._head_started: float | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._messages_completed = 0
         self._refusal: RunStoreError | None = None
@@ -105,7 +110,7 @@ class GuardedProtocol(HttpToolsProtocol):
                 drain=False,
             )
             return
-        self._arm_head_timer()
+        self._start_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
@@ -116,8 +121,8 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         if self._in_head:
-            if self._head_timer is None:
-                self._arm_head_timer()
+            if self._head_started is None:
+                self._start_head()
             if self._head_bytes + len(data) > self.max_head_bytes and not self._head_ends_within(
                 data
             ):
@@ -159,7 +164,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._disarm_head_timer()
+        self._head_started = None
         if self.parser.get_http_version() == "1.1" and not any(
             name == b"host" for name, _ in self.headers
         ):
@@ -173,8 +178,13 @@ class GuardedProtocol(HttpToolsProtocol):
         self._messages_completed += 1
         super().on_message_complete()
 
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+    def _start_head(self) -> None:
+        self._head_started = self.loop.time()
+        if self._head_timer is None:
+            self._arm_head_timer(self._head_started + self.head_timeout)
+
+    def _arm_head_timer(self, deadline: float) -> None:
+        self._head_timer = self.loop.call_at(deadline, self._head_timed_out)
 
     def _disarm_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -183,7 +193,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
+        started = self._head_started
+        if started is None or self.transport.is_closing():
+            return  # no head in progress: the next one arms the timer again
+        deadline = started + self.head_timeout
+        if self.loop.time() < deadline:
+            self._arm_head_timer(deadline)  # armed for an earlier head
             return
         if self._head_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
             # Nothing of a request came: there is no one to answer.

@@ -120,6 +120,15 @@ def _rows_sql(columns: tuple[str, ...], rows: int) -> str:
 
 
 @functools.cache
+def _select_runs_sql(runs: int) -> str:
+    marks = ", ".join("?" * runs)
+    return (
+        f"SELECT run_id, run_key, {rules.STATE_COLUMNS}, doc, plan FROM runs "
+        f"WHERE run_id IN ({marks})"
+    )
+
+
+@functools.cache
 def _insert_runs_sql(rows: int) -> str:
     return f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES {_rows_sql(_RUN_COLUMNS, rows)}"
 
@@ -166,11 +175,7 @@ class RunWrites:
         self.connection = connection
         self.now = now_ms()
         ids = list(run_ids)
-        rows = connection.execute(
-            f"SELECT run_id, run_key, {rules.STATE_COLUMNS}, doc, plan FROM runs "
-            f"WHERE run_id IN ({', '.join('?' * len(ids))})",
-            ids,
-        ).fetchall()
+        rows = connection.execute(_select_runs_sql(len(ids)), ids).fetchall()
         width = len(RunState._fields)
         self.runs: dict[str, _Run] = {}
         for row in rows:

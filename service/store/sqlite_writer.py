@@ -143,11 +143,10 @@ class WriterThread(threading.Thread):
 
     def _take_queued(self, batch: list[_Item]) -> None:
         """Add what is queued now to ``batch`` (up to MAX_BATCH); a stop ends the taking."""
-        while len(batch) < MAX_BATCH:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
+        # This thread alone takes from the queue, so what empty() denies is there to take
+        # (and no queue.Empty is raised at every commit).
+        while len(batch) < MAX_BATCH and not self._queue.empty():
+            item = self._queue.get_nowait()
             if item is _STOP:
                 self._stopping = True
                 return

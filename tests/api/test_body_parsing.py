@@ -143,6 +143,35 @@ def test_what_the_json_module_refuses_is_refused(raw: bytes) -> None:
     assert refused.value.slug == "malformed-json"
 
 
+@pytest.mark.parametrize(
+    ("raw", "suspect"),
+    [
+        (b'{"n": 1e-400}', True),
+        (b'{"n": 1E-0300}', True),
+        (b'{"n": [-500, -2.5e-999]}', True),
+        (b'{"n": 0.' + b"0" * 24 + b"1}", True),
+        (b'{"n": 1e-299, "m": -1000, "s": "one-off time-out e-300"}', True),
+        (b'{"n": 1e-299, "m": -1000, "s": "one-off time-out e-30"}', False),
+        (b'{"run": "run-1", "n": -12345, "e": 2.5E-10}', False),
+        (b"-400", False),
+        (b'{"s": "' + b"-" * 100 + b'", "n": 1e-400}', True),
+        (b'{"s": "' + b"-" * 100 + b'", "n": 1e-40, "m": -400}', False),
+        (b'{"s": "' + b"e-" * 100 + b'300"}', True),
+    ],
+)
+def test_numbers_that_may_be_too_small_are_told_apart(raw: bytes, suspect: bool) -> None:
+    # A suspect body goes to the json module, which refuses what a double cannot hold; the
+    # others are read by msgspec, so a number too small must never pass as not suspect.
+    assert strict_json.maybe_too_small(raw) is suspect
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(["e", "E"]))
+def test_a_number_msgspec_reads_as_zero_is_always_suspect(value: float, mark: str) -> None:
+    mantissa, _, exponent = repr(value).replace("e", mark).partition(mark)
+    raw = f'{{"n": {mantissa}{mark}-{abs(int(exponent or 0)) + 330}}}'.encode()
+    assert strict_json.maybe_too_small(raw)
+
+
 def _nested(depth: int, *, inner: bytes = b"1") -> bytes:
     """``depth`` levels of arrays and objects, alternating, around ``inner``."""
     opening = b"".join(b'{"k":' if level % 2 else b"[" for level in range(depth))

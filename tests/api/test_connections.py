@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,6 +133,32 @@ def test_a_slow_second_request_on_a_kept_alive_connection_is_408(guarded: Server
     assert first.startswith(b"HTTP/1.1 200 ")
     status, _ = status_and_problem(answer(sock, b"GET /healthz HTTP/1.1\r\n"))
     assert status == 408
+
+
+def test_each_head_on_a_kept_alive_connection_has_its_own_deadline(
+    guarded: ServerProcess,
+) -> None:
+    # A connection's one head timer, armed while an earlier head arrived, neither cuts a later
+    # head short nor ends the connection while it waits between requests.
+    whole = b"GET /healthz HTTP/1.1\r\nHost: runstore\r\n\r\n"
+
+    def health() -> bytes:
+        received = b""
+        while not received.endswith(b'{"status":"ok"}') and (chunk := sock.recv(65536)):
+            received += chunk
+        return received
+
+    with connect(guarded) as sock:
+        sock.sendall(whole)
+        assert health().startswith(b"HTTP/1.1 200 ")
+        time.sleep(0.6)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.5)  # past the first head's deadline (1 s), within this one's
+        sock.sendall(b"Host: runstore\r\n\r\n")
+        assert health().startswith(b"HTTP/1.1 200 ")
+        time.sleep(1.5)  # idle between requests for longer than a head may take
+        sock.sendall(whole)
+        assert health().startswith(b"HTTP/1.1 200 ")
 
 
 def test_http11_without_host_is_400_and_http10_is_served(guarded: ServerProcess) -> None:
