@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from runstore.client.problems import StoreUnavailable
 
-from .base import Lease, WriteResult
+from .base import CommitObserver, Lease, WriteResult
 from .postgres_writes import Outcome, Write
 
 __all__ = ["GROUP_WRITERS", "MAX_GROUP", "WriteGroups"]
@@ -41,6 +42,8 @@ class WriteGroups:
 
     def __init__(self, apply: ApplyGroup, *, writers: int = GROUP_WRITERS) -> None:
         self._apply = apply
+        # Told of each group that committed (the server's metrics).
+        self.observer: CommitObserver | None = None
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks = [
             asyncio.create_task(self._run(), name=f"runstore-pg-writer-{n}") for n in range(writers)
@@ -55,6 +58,11 @@ class WriteGroups:
         )
         self._queue.put_nowait((write, future))
         return await future
+
+    @property
+    def queued(self) -> int:
+        """Writes waiting for a group."""
+        return self._queue.qsize()
 
     async def close(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -77,6 +85,7 @@ class WriteGroups:
             group = [pending for pending in group if not pending[1].done()]
             if not group:
                 continue
+            started = time.perf_counter()
             try:
                 outcomes = await self._apply([write for write, _ in group])
             except asyncio.CancelledError:
@@ -89,6 +98,8 @@ class WriteGroups:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            if self.observer is not None:
+                self.observer.committed(time.perf_counter() - started, len(group), [])
             self._answer(group, outcomes)
 
     @staticmethod

@@ -8,6 +8,7 @@ small thread pool and awaits its writes, so no sqlite call blocks the event loop
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -24,11 +25,13 @@ from .base import (
     RETENTION_BATCH_ROWS,
     ClaimedRun,
     ClaimQuery,
+    CommitObserver,
     Lease,
     RunPage,
     RunQuery,
     RunStore,
     StoredRun,
+    StoreStats,
     WriteResult,
     retention_batch,
     retention_candidates_sql,
@@ -41,6 +44,7 @@ from .rules import RunState
 from .sqlite_batch import AcquireLease, PatchRun, PutRun, ReleaseLease, now_ms
 from .sqlite_schema import connect, migrate, verify
 from .sqlite_writer import WriterThread, storage_error
+from .tally import RunTally, TallyDelta
 
 __all__ = ["SQLiteEngine", "SQLiteStore"]
 
@@ -62,9 +66,14 @@ def _delete(
     row = connection.execute(
         f"SELECT {rules.STATE_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
     ).fetchone()
-    rules.delete(run_id, None if row is None else RunState._make(row), if_match, lease, now_ms())
+    stored = None if row is None else RunState._make(row)
+    rules.delete(run_id, stored, if_match, lease, now_ms())
     connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
-    return Committed(None, [Change.of_delete(run_id)])
+    assert stored is not None  # rules.delete refuses an absent run
+    tally = TallyDelta()
+    tally.moved(stored.status, None)
+    tally.leased(run_id, None)
+    return Committed(None, [Change.of_delete(run_id)], tally)
 
 
 _CLAIMABLE: Final = (
@@ -77,7 +86,7 @@ _SET_LEASE: Final = (
 )
 
 
-def _claim(query: ClaimQuery, connection: sqlite3.Connection) -> ClaimedRun | None:
+def _claim(query: ClaimQuery, connection: sqlite3.Connection) -> Committed | None:
     """The claim, inside the one writer's transaction: no other write comes between the
     choice of the run and its new lease."""
     now = now_ms()
@@ -103,7 +112,9 @@ def _claim(query: ClaimQuery, connection: sqlite3.Connection) -> ClaimedRun | No
     )
     run = stored_run(connection.execute(_GET, (run_id,)).fetchone())
     assert run is not None
-    return ClaimedRun(run, lease)
+    tally = TallyDelta()
+    tally.leased(run_id, state.lease_expires_at)
+    return Committed(ClaimedRun(run, lease), [], tally)
 
 
 def _delete_batch(
@@ -116,8 +127,27 @@ def _delete_batch(
         retention_candidates_sql(where, "?"), (*params, RETENTION_BATCH_ROWS)
     ).fetchall()
     picked = retention_batch(candidates, RETENTION_BATCH_ROWS)
-    connection.executemany("DELETE FROM runs WHERE run_id = ?", [(run_id,) for run_id in picked])
-    return Committed(len(picked), [Change.of_delete(run_id) for run_id in picked])
+    tally = TallyDelta()
+    for run_id in picked:
+        (status,) = connection.execute(
+            "DELETE FROM runs WHERE run_id = ? RETURNING status", (run_id,)
+        ).fetchone()
+        tally.moved(status, None)
+        tally.leased(run_id, None)
+    return Committed(len(picked), [Change.of_delete(run_id) for run_id in picked], tally)
+
+
+def _count(
+    tally: RunTally, writer: WriterThread, observer: CommitObserver, connection: sqlite3.Connection
+) -> None:
+    """Count runs by status and live leases into ``tally``, and have ``writer`` tell
+    ``observer`` of every commit after this one."""
+    statuses = connection.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall()
+    leases = connection.execute(
+        "SELECT run_id, lease_expires_at FROM runs WHERE lease_expires_at > ?", (now_ms(),)
+    ).fetchall()
+    tally.reset(statuses, leases)
+    writer.observer = observer
 
 
 def _probe(connection: sqlite3.Connection) -> None:
@@ -294,6 +324,10 @@ class SQLiteStore(RunStore):
         self._opened = engine
         self._engine: SQLiteEngine | None = None
         self._readers: ThreadPoolExecutor | None = None
+        # Reads handed to the reader threads and not yet done (on the event loop only).
+        self._reads_in_flight = 0
+        self._tally = RunTally()
+        self._observer: CommitObserver | None = None
 
     @property
     def engine(self) -> SQLiteEngine:
@@ -323,7 +357,43 @@ class SQLiteStore(RunStore):
     async def _read(self, read: Callable[..., T], *args: Any) -> T:
         if self._readers is None:
             raise StoreUnavailable("The store is not open.")
-        return await asyncio.get_running_loop().run_in_executor(self._readers, read, *args)
+        self._reads_in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, read, *args)
+        finally:
+            self._reads_in_flight -= 1
+
+    async def observe(self, observer: CommitObserver) -> None:
+        self._observer = observer
+        engine = self.engine
+        if engine.writer.observer is not self:
+            # Counted by the writer thread, between two commits: none is missed or counted
+            # twice. Done once, at start-up; the writes keep the tally from then on.
+            await engine.writer.write_async(partial(_count, self._tally, engine.writer, self))
+
+    def committed(self, seconds: float, writes: int, tallies: list[TallyDelta]) -> None:
+        """The writer thread's commits (see CommitObserver): the tally, then the observer."""
+        if tallies:
+            self._tally.apply(tallies)
+        observer = self._observer
+        if observer is not None:
+            observer.committed(seconds, writes, tallies)
+
+    def stats(self) -> StoreStats:
+        engine = self._engine
+        if engine is None:
+            return StoreStats()
+        try:
+            wal_bytes = os.stat(engine.path + "-wal").st_size
+        except OSError:  # no WAL file between a checkpoint that truncated it and a write
+            wal_bytes = 0
+        return StoreStats(
+            write_queue=engine.writer.queued,
+            reads_waiting=max(0, self._reads_in_flight - READER_THREADS),
+            wal_bytes=wal_bytes,
+            runs_by_status=self._tally.runs_by_status() if self._tally.counted else None,
+            live_leases=self._tally.live_leases(now_ms()) if self._tally.counted else None,
+        )
 
     async def put_run(
         self,

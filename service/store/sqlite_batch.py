@@ -29,6 +29,7 @@ from .base import Lease, WriteResult
 from .changes import Change, Committed
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunChange, RunState
+from .tally import TallyDelta
 
 __all__ = ["AcquireLease", "PatchRun", "PutRun", "ReleaseLease", "apply_writes", "now_ms"]
 
@@ -77,6 +78,8 @@ class _Run:
     # (status, started_at, completed_at) as the file has them; None while the row is not in it.
     indexed: tuple[str, int, int | None] | None
     changed: bool = False
+    # The lease expiry the file has, for the count of live leases (.tally).
+    lease_expires_at: int | None = None
 
     @property
     def stored(self) -> bool:
@@ -180,6 +183,7 @@ class RunWrites:
                 row[1 + width],
                 row[2 + width],
                 indexed=(state.status, state.started_at, state.completed_at),
+                lease_expires_at=state.lease_expires_at,
             )
         # Pending items, flat: run id, position, JSON text, run id, ... (bound as they are).
         self.items: dict[str, list[object]] = {"steps": [], "turns": []}
@@ -248,9 +252,15 @@ class RunWrites:
                 f"DELETE FROM {table} WHERE run_id = ? AND idx >= ?", (run_id, new_length)
             )
 
-    def flush(self) -> None:
-        """Write every changed run, then the pending items (which refer to the runs)."""
+    def flush(self, tally: TallyDelta | None = None) -> None:
+        """Write every changed run, then the pending items (which refer to the runs); what
+        the group changed in runs by status and leases goes to ``tally``."""
         changed = [run for run in self.runs.values() if run.changed]
+        if tally is not None:
+            for run in changed:
+                tally.moved(None if run.indexed is None else run.indexed[0], run.state.status)
+                if run.state.lease_expires_at != run.lease_expires_at:
+                    tally.leased(run.run_id, run.state.lease_expires_at)
         new: list[tuple[object, ...]] = []
         moved: list[tuple[object, ...]] = []
         in_place: list[tuple[object, ...]] = []
@@ -270,6 +280,7 @@ class RunWrites:
         for run in changed:
             run.changed = False
             run.indexed = run.index_key()
+            run.lease_expires_at = run.state.lease_expires_at
         for table, pending in self.items.items():
             for rows, params in _item_chunks(pending):
                 self.connection.execute(_upsert_items_sql(table, rows), params)
@@ -288,7 +299,8 @@ class _GroupedWrite:
     ) -> list[Committed | RunStoreError]:
         # One entry per accepted write: its change, or None for a lease's (no event).
         changes: list[Change | None] = []
-        outcomes = apply_writes(connection, writes, changes=changes)
+        tally = TallyDelta()
+        outcomes = apply_writes(connection, writes, changes=changes, tally=tally)
         made = iter(changes)
         committed: list[Committed | RunStoreError] = []
         for outcome in outcomes:
@@ -296,7 +308,11 @@ class _GroupedWrite:
                 committed.append(outcome)
             else:
                 change = next(made)
-                committed.append(Committed(outcome, [] if change is None else [change]))
+                # The group's tally goes with its first accepted write (it is one delta).
+                committed.append(
+                    Committed(outcome, [] if change is None else [change], tally or None)
+                )
+                tally = TallyDelta()
         return committed
 
     def __call__(self, connection: sqlite3.Connection) -> Committed:
@@ -388,10 +404,11 @@ def apply_writes(
     writes: Sequence[RunWrite],
     *,
     changes: list[Change | None] | None = None,
+    tally: TallyDelta | None = None,
 ) -> list[WriteResult | Lease | RunStoreError | None]:
     """Apply ``writes`` in order inside the caller's transaction; a result or error each. The
     change each accepted write makes (for watchers; None for a lease's) is added to
-    ``changes``."""
+    ``changes``, and what they change in runs by status and leases to ``tally``."""
     state = RunWrites(connection, {write.run_id for write in writes})
     outcomes: list[WriteResult | Lease | RunStoreError | None] = []
     for write in writes:
@@ -403,5 +420,5 @@ def apply_writes(
             outcomes.append(result)
             if changes is not None:
                 changes.append(change)
-    state.flush()
+    state.flush(tally)
     return outcomes

@@ -8,7 +8,8 @@ Writes that arrive while a commit is on disk share the next one: group commit.
 
 An op that changes runs returns a :class:`~.changes.Committed`; once the transaction has
 committed, the thread hands the group's changes, in commit order, to ``on_commit`` (the server's
-event broker), before it answers the writers.
+event broker), before it answers the writers; and tells ``observer`` (the server's metrics)
+how long the commit took, how many writes it held and what it changed in the runs' tally.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Final
 
 from runstore.client.problems import RunStoreError, StoreUnavailable
 
+from .base import CommitObserver
 from .changes import Change, Committed
+from .tally import TallyDelta
 
 __all__ = ["WriteOp", "WriterThread", "storage_error"]
 
@@ -35,7 +39,7 @@ WriteOp = Callable[[sqlite3.Connection], Any]
 _Sink = Future[Any] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 _Item = tuple[WriteOp, _Sink]
 _Outcome = tuple[_Sink, Any, BaseException | None]
-_Batch = tuple[list[_Outcome], list[Change]]
+_Batch = tuple[list[_Outcome], list[Change], list[TallyDelta]]
 
 _STOP: Final = object()
 MAX_BATCH: Final = 256
@@ -70,6 +74,7 @@ class WriterThread(threading.Thread):
         self._stopping = False
         # Told the changes of each commit, on this thread, before the writers are answered.
         self.on_commit: Callable[[list[Change]], None] | None = None
+        self.observer: CommitObserver | None = None
 
     def start_and_wait(self) -> None:
         """Start the thread and wait until its connection is open (re-raising a failure)."""
@@ -77,6 +82,11 @@ class WriterThread(threading.Thread):
         self._ready.wait()
         if self._startup_error is not None:
             raise self._startup_error
+
+    @property
+    def queued(self) -> int:
+        """Writes waiting for the next commit (approximate, as any queue's size)."""
+        return self._queue.qsize()
 
     def write(self, op: WriteOp) -> Any:
         """Queue ``op`` and block until it is committed; returns its result or raises."""
@@ -130,7 +140,12 @@ class WriterThread(threading.Thread):
             if first is _STOP:
                 return
             self._stopping = False
-            outcomes, changes = self._commit(connection, [first])  # type: ignore[list-item]
+            started = time.perf_counter()
+            batch: list[_Item] = [first]  # type: ignore[list-item]
+            outcomes, changes, tallies = self._commit(connection, batch)
+            observer = self.observer
+            if observer is not None:
+                observer.committed(time.perf_counter() - started, len(batch), tallies)
             on_commit = self.on_commit
             if changes and on_commit is not None:
                 try:
@@ -159,7 +174,7 @@ class WriterThread(threading.Thread):
         except (sqlite3.Error, _OpFailed) as exc:
             _rollback(connection)
             if len(batch) == 1:
-                return [(batch[0][1], None, _failure(exc))], []
+                return [(batch[0][1], None, _failure(exc))], [], []
             # One write's failure may have undone the whole transaction; give every write its
             # own so that the others are judged on their own.
             log.warning(
@@ -167,16 +182,18 @@ class WriterThread(threading.Thread):
             )
             outcomes: list[_Outcome] = []
             changes: list[Change] = []
+            tallies: list[TallyDelta] = []
             for item in batch:
                 try:
-                    single, single_changes = _run_batch(connection, [item])
+                    single, single_changes, single_tallies = _run_batch(connection, [item])
                 except (sqlite3.Error, _OpFailed) as single_exc:
                     _rollback(connection)
                     outcomes.append((item[1], None, _failure(single_exc)))
                 else:
                     outcomes += single
                     changes += single_changes
-            return outcomes, changes
+                    tallies += single_tallies
+            return outcomes, changes, tallies
 
 
 def _failure(exc: Exception) -> BaseException:
@@ -202,6 +219,7 @@ def _run_batch(
     # function are handed to it together, to be applied with as few statements as it can.
     outcomes: list[_Outcome] = []
     changes: list[Change] = []
+    tallies: list[TallyDelta] = []
     connection.execute("BEGIN IMMEDIATE")
     if take_queued is not None:
         # Taken only now: the event loop went on queueing writes while BEGIN waited for the
@@ -230,11 +248,13 @@ def _run_batch(
             elif isinstance(result, Committed):
                 outcomes.append((sink, result.result, None))
                 changes += result.changes
+                if result.tally is not None:
+                    tallies.append(result.tally)
             else:
                 outcomes.append((sink, result, None))
         start = end
     connection.execute("COMMIT")
-    return outcomes, changes
+    return outcomes, changes, tallies
 
 
 def _outcome_of(op: WriteOp, connection: sqlite3.Connection) -> Any:
