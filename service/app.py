@@ -111,6 +111,11 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
             if metrics is not None:
                 await opened.observe(metrics)
                 metrics.watch(opened.stats, broker)
+            if settings.telemetry:
+                # FastAPI's telemetry makes each request's span; the store's are its children.
+                from opentelemetry import trace
+
+                opened.trace(trace.get_tracer("runstore"))
             try:
                 yield {
                     "store": opened,

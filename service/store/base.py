@@ -25,6 +25,8 @@ from .records import PatchRecord, SnapshotRecord
 from .tally import TallyDelta
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from .changes import ChangeListener
 
 __all__ = [
@@ -350,6 +352,10 @@ class RunStore(ABC):
     async def observe(self, observer: CommitObserver) -> None:
         """Tell ``observer`` of every commit from now on (none by default), and count what
         :meth:`stats` reports of the runs."""
+
+    @abstractmethod
+    def trace(self, tracer: Tracer) -> None:
+        """Make spans of writes and commits with ``tracer`` from now on (OpenTelemetry)."""
 
     @abstractmethod
     def stats(self) -> StoreStats:

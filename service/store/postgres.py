@@ -36,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from time import monotonic
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from uuid import UUID, uuid4
 
 import psycopg
@@ -82,6 +82,9 @@ from .tally import RunTally
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger("runstore.postgres")
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 T = TypeVar("T")
 
@@ -511,6 +514,10 @@ class PostgresStore(RunStore):
                 await self._count()
             except StoreUnavailable as exc:  # the gauges keep the last count
                 log.warning("counting runs for the metrics failed: %s", exc.detail)
+
+    def trace(self, tracer: Tracer) -> None:
+        if self._groups is not None:
+            self._groups.tracer = tracer
 
     def stats(self) -> StoreStats:
         pool, groups = self._pool, self._groups

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from runstore.client.problems import StoreUnavailable
 
@@ -47,6 +47,9 @@ from .sqlite_writer import WriterThread, storage_error
 from .tally import RunTally, TallyDelta
 
 __all__ = ["SQLiteEngine", "SQLiteStore"]
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 T = TypeVar("T")
 
@@ -378,6 +381,9 @@ class SQLiteStore(RunStore):
         observer = self._observer
         if observer is not None:
             observer.committed(seconds, writes, tallies)
+
+    def trace(self, tracer: Tracer) -> None:
+        self.engine.writer.tracer = tracer
 
     def stats(self) -> StoreStats:
         engine = self._engine

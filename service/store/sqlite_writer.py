@@ -10,6 +10,11 @@ An op that changes runs returns a :class:`~.changes.Committed`; once the transac
 committed, the thread hands the group's changes, in commit order, to ``on_commit`` (the server's
 event broker), before it answers the writers; and tells ``observer`` (the server's metrics)
 how long the commit took, how many writes it held and what it changed in the runs' tally.
+
+With a ``tracer`` (OpenTelemetry; the server sets one when ``RUNSTORE_TELEMETRY`` is on), each
+asynchronous write is a span, ``runstore.store.write``, from its queueing to its answer, and each
+commit a span, ``runstore.store.commit``: a child of its first write's span, linked from the
+others' (a commit serves many requests; a span has one parent).
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from runstore.client.problems import RunStoreError, StoreUnavailable
 
 from .base import CommitObserver
+from .spans import commit_span
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext, Tracer
+
 from .changes import Change, Committed
 from .tally import TallyDelta
 
@@ -37,7 +47,8 @@ log = logging.getLogger("runstore.sqlite")
 WriteOp = Callable[[sqlite3.Connection], Any]
 # An outcome goes to a concurrent Future (threads) or to an asyncio Future on its loop.
 _Sink = Future[Any] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
-_Item = tuple[WriteOp, _Sink]
+# The op, where its outcome goes, and the span context of its write (None: not traced).
+_Item = tuple[WriteOp, _Sink, "SpanContext | None"]
 _Outcome = tuple[_Sink, Any, BaseException | None]
 _Batch = tuple[list[_Outcome], list[Change], list[TallyDelta]]
 
@@ -75,6 +86,7 @@ class WriterThread(threading.Thread):
         # Told the changes of each commit, on this thread, before the writers are answered.
         self.on_commit: Callable[[list[Change]], None] | None = None
         self.observer: CommitObserver | None = None
+        self.tracer: Tracer | None = None
 
     def start_and_wait(self) -> None:
         """Start the thread and wait until its connection is open (re-raising a failure)."""
@@ -91,15 +103,22 @@ class WriterThread(threading.Thread):
     def write(self, op: WriteOp) -> Any:
         """Queue ``op`` and block until it is committed; returns its result or raises."""
         future: Future[Any] = Future()
-        self._put((op, future))
+        self._put((op, future, None))
         return future.result()
 
     async def write_async(self, op: WriteOp) -> Any:
         """Queue ``op`` and wait, without blocking the loop, until it is committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._put((op, (loop, future)))
-        return await future
+        tracer = self.tracer
+        if tracer is None:
+            self._put((op, (loop, future), None))
+            return await future
+        name = getattr(op, "func", op)  # a partial's function
+        attributes = {"runstore.write": getattr(name, "__name__", type(name).__name__)}
+        with tracer.start_as_current_span("runstore.store.write", attributes=attributes) as span:
+            self._put((op, (loop, future), span.get_span_context()))
+            return await future
 
     def _put(self, item: _Item) -> None:
         if self._closed:
@@ -141,11 +160,14 @@ class WriterThread(threading.Thread):
                 return
             self._stopping = False
             started = time.perf_counter()
+            started_ns = time.time_ns()
             batch: list[_Item] = [first]  # type: ignore[list-item]
             outcomes, changes, tallies = self._commit(connection, batch)
             observer = self.observer
             if observer is not None:
                 observer.committed(time.perf_counter() - started, len(batch), tallies)
+            if self.tracer is not None:
+                commit_span(self.tracer, [item[2] for item in batch], started_ns)
             on_commit = self.on_commit
             if changes and on_commit is not None:
                 try:
@@ -242,7 +264,7 @@ def _run_batch(
             raise
         except Exception as exc:
             raise _OpFailed() from exc
-        for (_, sink), result in zip(batch[start:end], results, strict=True):
+        for (_, sink, _), result in zip(batch[start:end], results, strict=True):
             if isinstance(result, RunStoreError):
                 outcomes.append((sink, None, result))
             elif isinstance(result, Committed):
