@@ -159,11 +159,12 @@ class WriterThread(threading.Thread):
             if first is _STOP:
                 return
             self._stopping = False
+            # The observer as the transaction began: the one that sets it is not its own.
+            observer = self.observer
             started = time.perf_counter()
             started_ns = time.time_ns()
             batch: list[_Item] = [first]  # type: ignore[list-item]
             outcomes, changes, tallies = self._commit(connection, batch)
-            observer = self.observer
             if observer is not None:
                 observer.committed(time.perf_counter() - started, len(batch), tallies)
             if self.tracer is not None:
