@@ -38,25 +38,11 @@ __all__ = ["CONTENT_TYPE", "ServerMetrics", "text_exposition"]
 # The text exposition format, version 0.0.4 (what prometheus-client writes).
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
-# A durable write takes a few milliseconds (an fsync); a stalled disk, seconds.
-_LATENCY_BUCKETS: Final = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
-# Writes per commit: 1 without concurrency, up to the writer's largest group (256).
-_GROUP_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# A durable write takes a few milliseconds (an fsync); a stalled disk, seconds. Each bucket is
+# a series per label set, and a scrape's cost grows with the series: ten, no more.
+_LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+# Writes per commit: 1 without concurrency, up to the writers' largest group (256).
+_GROUP_BUCKETS: Final = (1, 4, 16, 64, 256)
 
 
 def status_class(status: int) -> str:
