@@ -29,6 +29,11 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[FieldProblem] | None = Field(None, description="With 422: each bad field.")
+    request_id: str | None = Field(
+        None,
+        alias="requestId",
+        description="The request's id, as its X-Request-Id answer header says (request ids on).",
+    )
 
 
 class RunList(BaseModel):

@@ -64,6 +64,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Prometheus metrics of the server
+         * @description The Prometheus text exposition format (version 0.0.4): requests by route template, method and status class with latency histograms, store commit latency and writes per commit, write queue, waiting reads, SQLite WAL size or PostgreSQL pool, runs by status, live leases, open event streams, process and Python metrics. Read from memory: a scrape never touches the database.
+         */
+        get: operations["metrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/readyz": {
         parameters: {
             query?: never;
@@ -301,6 +321,8 @@ export interface components {
             /** @description With 422: each bad field. */
             errors?: components["schemas"]["FieldProblem"][] | null;
             instance?: string | null;
+            /** @description The request's id, as its X-Request-Id answer header says (request ids on). */
+            requestId?: string | null;
             status: number;
             title: string;
             /** @description urn:runstore:problem:<slug>; the slugs are in the docs. */
@@ -441,6 +463,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -450,6 +474,8 @@ export interface operations {
             /** @description No run qualifies */
             204: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -457,6 +483,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -468,6 +496,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -477,6 +507,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -486,6 +518,8 @@ export interface operations {
             /** @description Request Timeout */
             408: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -495,6 +529,8 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -504,6 +540,8 @@ export interface operations {
             /** @description Unsupported Media Type */
             415: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -513,6 +551,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -524,6 +564,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -547,6 +589,8 @@ export interface operations {
             /** @description Server-sent events (see docs/api.md, Events) */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -558,6 +602,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -567,6 +613,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -576,6 +624,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -587,6 +637,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -607,6 +659,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -627,9 +681,57 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+        };
+    };
+    metrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
         };
     };
@@ -645,6 +747,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -656,6 +760,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -665,6 +771,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -676,6 +784,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -704,6 +814,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -715,6 +827,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -724,6 +838,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -733,6 +849,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -744,6 +862,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -767,6 +887,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -778,6 +900,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -787,6 +911,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -796,6 +922,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -807,6 +935,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -835,6 +965,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -846,6 +978,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -853,6 +987,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -864,6 +1000,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -873,6 +1011,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -882,6 +1022,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -891,6 +1033,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -902,6 +1046,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -938,6 +1084,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -951,6 +1099,8 @@ export interface operations {
                     ETag?: string;
                     /** @description The path of the run just created. */
                     Location?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -960,6 +1110,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -971,6 +1123,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -980,6 +1134,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -989,6 +1145,8 @@ export interface operations {
             /** @description Request Timeout */
             408: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -998,6 +1156,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1007,6 +1167,8 @@ export interface operations {
             /** @description Precondition Failed */
             412: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1016,6 +1178,8 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1025,6 +1189,8 @@ export interface operations {
             /** @description Unsupported Media Type */
             415: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1034,6 +1200,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1045,6 +1213,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1073,6 +1243,8 @@ export interface operations {
             /** @description Successful Response */
             204: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1080,6 +1252,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1091,6 +1265,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1100,6 +1276,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1109,6 +1287,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1118,6 +1298,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1127,6 +1309,8 @@ export interface operations {
             /** @description Precondition Failed */
             412: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1136,6 +1320,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1147,6 +1333,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1175,6 +1363,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1184,6 +1374,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1191,6 +1383,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1200,6 +1394,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1207,6 +1403,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1214,6 +1412,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1221,6 +1421,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1230,6 +1432,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1262,6 +1466,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1271,6 +1477,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1282,6 +1490,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1291,6 +1501,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1300,6 +1512,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1309,6 +1523,8 @@ export interface operations {
             /** @description Request Timeout */
             408: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1318,6 +1534,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1327,6 +1545,8 @@ export interface operations {
             /** @description Precondition Failed */
             412: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1336,6 +1556,8 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1345,6 +1567,8 @@ export interface operations {
             /** @description Unsupported Media Type */
             415: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1354,6 +1578,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1365,6 +1591,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1394,6 +1622,8 @@ export interface operations {
             /** @description Server-sent events (see docs/api.md, Events) */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1403,6 +1633,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1414,6 +1646,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1423,6 +1657,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1432,6 +1668,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1441,6 +1679,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1452,6 +1692,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1479,6 +1721,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1488,6 +1732,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1499,6 +1745,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1508,6 +1756,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1517,6 +1767,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1526,6 +1778,8 @@ export interface operations {
             /** @description Request Timeout */
             408: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1537,6 +1791,8 @@ export interface operations {
                 headers: {
                     /** @description With lease-held. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1546,6 +1802,8 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1555,6 +1813,8 @@ export interface operations {
             /** @description Unsupported Media Type */
             415: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1564,6 +1824,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1575,6 +1837,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1601,6 +1865,8 @@ export interface operations {
             /** @description Successful Response */
             204: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1608,6 +1874,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1619,6 +1887,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1628,6 +1898,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1637,6 +1909,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1648,6 +1922,8 @@ export interface operations {
                 headers: {
                     /** @description With lease-held. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1657,6 +1933,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1668,6 +1946,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1688,6 +1968,8 @@ export interface operations {
             /** @description A page of the viewer, or one of its scripts or style sheets */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1699,6 +1981,8 @@ export interface operations {
             /** @description Not modified (If-None-Match) */
             304: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1720,6 +2004,8 @@ export interface operations {
             /** @description A page of the viewer, or one of its scripts or style sheets */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1731,6 +2017,8 @@ export interface operations {
             /** @description Not modified (If-None-Match) */
             304: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1738,6 +2026,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
