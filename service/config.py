@@ -158,8 +158,9 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="Log one line per request.")
     telemetry: bool = Field(
         False,
-        description="FastAPI's OpenTelemetry spans, metrics and logs, for a configured "
-        "OpenTelemetry provider; when on, FastAPI asks on every request whether one is.",
+        description="OpenTelemetry traces: FastAPI's request spans and the store's write and "
+        "commit spans, exported as the OTEL_* variables say (the otel extra); when on, FastAPI "
+        "asks on every request whether a provider is configured.",
     )
     log_level: str = Field("info", description="Log level of the server.")
     log_format: Literal["text", "json"] = Field(
