@@ -164,8 +164,12 @@ def _item_chunks(flat: list[object]) -> list[tuple[int, list[object]]]:
 class RunWrites:
     """The runs one group touches, and what it has yet to write."""
 
-    def __init__(self, connection: sqlite3.Connection, run_ids: set[str]) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, run_ids: set[str], tally: TallyDelta | None = None
+    ) -> None:
         self.connection = connection
+        # Told what each flush changes in runs by status and leases.
+        self.tally = tally
         self.now = now_ms()
         ids = list(run_ids)
         rows = connection.execute(
@@ -252,10 +256,11 @@ class RunWrites:
                 f"DELETE FROM {table} WHERE run_id = ? AND idx >= ?", (run_id, new_length)
             )
 
-    def flush(self, tally: TallyDelta | None = None) -> None:
+    def flush(self) -> None:
         """Write every changed run, then the pending items (which refer to the runs); what
-        the group changed in runs by status and leases goes to ``tally``."""
+        that changed in runs by status and leases goes to the tally."""
         changed = [run for run in self.runs.values() if run.changed]
+        tally = self.tally
         if tally is not None:
             for run in changed:
                 tally.moved(None if run.indexed is None else run.indexed[0], run.state.status)
@@ -409,7 +414,7 @@ def apply_writes(
     """Apply ``writes`` in order inside the caller's transaction; a result or error each. The
     change each accepted write makes (for watchers; None for a lease's) is added to
     ``changes``, and what they change in runs by status and leases to ``tally``."""
-    state = RunWrites(connection, {write.run_id for write in writes})
+    state = RunWrites(connection, {write.run_id for write in writes}, tally)
     outcomes: list[WriteResult | Lease | RunStoreError | None] = []
     for write in writes:
         try:
@@ -420,5 +425,5 @@ def apply_writes(
             outcomes.append(result)
             if changes is not None:
                 changes.append(change)
-    state.flush(tally)
+    state.flush()
     return outcomes

@@ -82,12 +82,15 @@ async def test_runs_by_status_follow_every_write_and_survive_a_restart(settings:
         in_process_app(settings) as app,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rs") as http,
     ):
+        turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
         for number in range(3):
-            await http.put(f"/runs/r{number}", json=make_snapshot(f"r{number}"))
+            await http.put(f"/runs/r{number}", json=make_snapshot(f"r{number}", history=turns))
         samples = await scrape(http)
         assert samples.get("runstore_runs", status="running") == 3
 
-        await http.patch("/runs/r0", json={"status": "completed", "completedAt": 5})
+        # With a shorter history: the group writes the run before its turns are cut.
+        finish = {"status": "completed", "completedAt": 5, "history": [], "historyFrom": 0}
+        assert (await http.patch("/runs/r0", json=finish)).status_code == 200
         await http.put("/runs/r1", json=make_snapshot("r1", status="failed", completedAt=6))
         await http.delete("/runs/r2")
         # Refused writes change nothing: a stale write, a missing run.
