@@ -3,8 +3,10 @@ when absent; on every answer, in every problem body, also for the connection-lev
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +19,7 @@ from runstore.service import Settings
 pytestmark = pytest.mark.anyio
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
+OPENAPI = Path(__file__).resolve().parents[2] / "openapi.json"
 
 
 @pytest.mark.parametrize(
@@ -98,3 +101,18 @@ def test_refusals_before_the_app_carry_a_request_id(server: ServerProcess) -> No
     problem = httpx.Response(431, content=body).json()
     assert problem["requestId"] == request_id
     assert problem["status"] == 431
+
+
+def test_openapi_declares_the_request_id_on_every_answer() -> None:
+    document = json.loads(OPENAPI.read_text())
+    answers = [
+        (path, method, status, response)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        for status, response in operation["responses"].items()
+    ]
+    assert answers
+    for path, method, status, response in answers:
+        assert "X-Request-Id" in response.get("headers", {}), (path, method, status)
+    problem = document["components"]["schemas"]["Problem"]["properties"]
+    assert {"type": "string"} in problem["requestId"]["anyOf"]
