@@ -154,6 +154,28 @@ def test_the_list_follows_writes_live(browser: WebDriver, server: ServerProcess)
     wait_for(browser, lambda b: run_ids(b) == [], LIVE_WITHIN)
 
 
+def test_the_list_shows_who_holds_a_lease(browser: WebDriver, server: ServerProcess) -> None:
+    put(server, make_snapshot("held"))
+    put(server, make_snapshot("free", startedAt=T0 + 1000))
+    granted = httpx.post(
+        f"{server.url}/runs/held/lease", json={"holder": "worker-7 <b>", "ttlMs": 60_000}
+    )
+    assert granted.status_code == 200, granted.text
+    lease = str(granted.json()["lease"])
+    open_list(browser, server)
+    wait_for(browser, lambda b: run_ids(b) == ["free", "held"])
+    assert texts_of(browser, '#runs tr[data-run-id="held"] .lease') == ["worker-7 <b>"]
+    assert texts_of(browser, '#runs tr[data-run-id="free"] .lease') == [""]
+
+    # A write's summary carries the lease as it then stands: released, the column empties.
+    released = httpx.delete(f"{server.url}/runs/held/lease", headers={"Runstore-Lease": lease})
+    assert released.status_code == 204, released.text
+    patch(server, "held", {"status": "completed", "completedAt": T0 + 9000})
+    row = '#runs tr[data-run-id="held"]'
+    wait_for(browser, lambda b: texts_of(b, f"{row} .status") == ["completed"], LIVE_WITHIN)
+    assert texts_of(browser, f"{row} .lease") == [""]
+
+
 def test_a_run_page_shows_its_steps_and_follows_the_run_live(
     browser: WebDriver, server: ServerProcess
 ) -> None:
