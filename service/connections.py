@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any, ClassVar, Final
-from uuid import uuid4
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -41,6 +40,7 @@ from runstore.client.problems import (
     ServerBusy,
 )
 
+from .api.instrument import new_request_id
 from .api.problems import PROBLEM_MEDIA_TYPE
 
 __all__ = ["GuardedProtocol", "guarded_protocol", "problem_bytes"]
@@ -208,7 +208,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         # The request, whose head may be incomplete, is not read for an id of its own.
-        request_id = uuid4().hex
+        request_id = new_request_id()
         self.logger.info(
             "Answered %d and closed the connection: %s",
             error.status,

@@ -4,7 +4,8 @@ Pure ASGI (no BaseHTTPMiddleware: a PATCH's cost in the app is a few hundred mic
 this runs on every request, the run routes' included). For each HTTP request:
 
 - **Request id**: the ``X-Request-Id`` the request sent, if it is 1-200 visible ASCII
-  characters, else a new one (32 hex digits); it goes on the answer's headers, into every
+  characters, else a new one (32 hex digits: a random prefix drawn when the process starts and
+  a counter, so that making one needs no system call); it goes on the answer's headers, into every
   problem body as ``requestId`` (:func:`~.problems.problem_response` reads it from
   :data:`~runstore.service.logs.CURRENT_REQUEST`) and onto every log line of the request.
 - **Metrics**: counted and timed by route template (the matched route's, never the raw path:
@@ -20,18 +21,19 @@ on, is still this middleware's.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 from time import perf_counter
 from typing import Final
-from uuid import uuid4
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logs import CURRENT_REQUEST, RequestContext
 from ..metrics import ServerMetrics
 
-__all__ = ["ObservedRequests", "request_id_of"]
+__all__ = ["ObservedRequests", "new_request_id", "request_id_of"]
 
 access_log = logging.getLogger("runstore.access")
 
@@ -44,6 +46,14 @@ _METHODS: Final = frozenset(
 )
 UNMATCHED: Final = "unmatched"
 
+_ID_PREFIX: Final = os.urandom(8).hex()
+_id_numbers = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A request id unique to this process's life, and across processes (32 hex digits)."""
+    return f"{_ID_PREFIX}{next(_id_numbers):016x}"
+
 
 def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
     """The request's own id if it sent a valid one, else a new one."""
@@ -52,7 +62,7 @@ def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
             if _VALID_REQUEST_ID.fullmatch(value):
                 return value.decode("ascii")
             break
-    return uuid4().hex
+    return new_request_id()
 
 
 def _route_template(scope: Scope) -> str:
@@ -104,7 +114,7 @@ class ObservedRequests:
                     metrics.request(
                         route, method if method in _METHODS else "other", status, seconds
                     )
-                if self.access_log:
+                if self.access_log and access_log.isEnabledFor(logging.INFO):
                     self._log(scope, route, status, seconds)
             CURRENT_REQUEST.reset(token)
 
