@@ -85,7 +85,9 @@ def request_body(kind: str) -> bytes:
 async def measure(kind: str, requests: int, rounds: int) -> float:
     """Seconds per request, the best of ``rounds`` loops of ``requests``."""
     with tempfile.TemporaryDirectory() as workdir:
-        settings = Settings(db=str(Path(workdir) / "unused.db"))
+        # No access log: it was uvicorn's, outside the app, when the earlier figures were made;
+        # benchmark servers run without it (http_load.py).
+        settings = Settings(db=str(Path(workdir) / "unused.db"), access_log=False)
         app = create_app(settings)
         if app.state.metrics is not None:
             app.state.metrics.watch(InstantStore().stats, app.state.events)
