@@ -440,8 +440,8 @@ def embedded_reader(path: str) -> tuple[Callable[[str], dict[str, Any] | None], 
     store = EmbeddedStore(path)
 
     def read(run: str) -> dict[str, Any] | None:
-        stored = store.read(run)
-        return None if stored is None else stored.wire
+        stored = store.get_run(run)
+        return None if stored is None else stored.to_wire()
 
     return read, store.close
 

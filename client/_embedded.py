@@ -19,11 +19,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from ._persistence import RunPersistence
 from ._retry import RetryPolicy, retry_policy
-from ._wire import StoredSnapshot, Write
+from ._wire import StoredSnapshot, Write, run_path
 from .models import ClaimedRun, Lease, RunSnapshot, WriteAck
 from .problems import StoreUnavailable
 
@@ -38,8 +39,10 @@ T = TypeVar("T")
 class EmbeddedStore:
     """A SQLite store file opened in this process: what the embedded hooks write through.
 
-    Raises StoreUnavailable if the file cannot be opened (a missing directory, a damaged file,
-    a schema newer than this runstore).
+    Its methods are those of :class:`RunStoreClient` that embedded mode has (``get_run``, the
+    lease calls, ``claim``), taking the same arguments and returning the same types. Use it
+    as a context manager, or close it. Raises StoreUnavailable if the file cannot be opened (a
+    missing directory, a damaged file, a schema newer than this runstore).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, retries: RetryPolicy | int = 5) -> None:
@@ -52,6 +55,17 @@ class EmbeddedStore:
             self._engine: SQLiteEngine = SQLiteEngine(self.path)
         except (CorruptDatabase, sqlite3.Error) as exc:
             raise StoreUnavailable(f"Cannot open the store {self.path!r}: {exc}") from exc
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def close(self) -> None:
         """Commit queued writes and close the file; idempotent."""
@@ -70,7 +84,7 @@ class EmbeddedStore:
                     raise
                 time.sleep(delay)
 
-    def send(self, write: Write) -> WriteAck:
+    def _send(self, write: Write) -> WriteAck:
         """Apply a ledger's write: validated exactly as the server validates a request body."""
         from runstore.service.store.records import patch_record, snapshot_record
 
@@ -94,8 +108,14 @@ class EmbeddedStore:
             created=result.created,
         )
 
-    def read(self, run_id: str) -> StoredSnapshot | None:
-        """The stored run and its version, or None."""
+    def get_run(self, run_id: str) -> RunSnapshot | None:
+        """The stored run, or None, as :meth:`RunStoreClient.get_run`."""
+        stored = self._read(run_id)
+        return None if stored is None else stored.snapshot()
+
+    def _read(self, run_id: str) -> StoredSnapshot | None:
+        """The stored run and its version, for the hooks (what the HTTP client's ETag gives)."""
+        run_path(run_id)  # InvalidRun for an id no run can have, as over HTTP
         stored = self._call(lambda: self._engine.get_run(run_id))
         if stored is None:
             return None
@@ -173,8 +193,8 @@ def embedded_persistence(
     """
     store = EmbeddedStore(path, retries=retries)
     return RunPersistence(
-        store.send,
-        store.read,
+        store._send,
+        store._read,
         close=store.close,
         holder=holder,
         lease_ttl=lease_ttl,

@@ -162,6 +162,8 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # A group of its own: a signal reaches the server under a prefix (strace) as well.
+            start_new_session=True,
         )
         found = threading.Event()
 
@@ -192,23 +194,29 @@ class ServerProcess:
     def kill(self) -> None:
         """SIGKILL: the crash a power cut or an OOM killer gives."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            self._signal(signal.SIGKILL)
             self.process.wait(10)
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code."""
         assert self.process is not None
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def _signal(self, number: int) -> None:
+        """``number`` to the server's process group: the server, and a prefix's command."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, number)
 
     def restart(self) -> ServerProcess:
         """Start again on the same port (after kill or terminate)."""

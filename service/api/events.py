@@ -29,14 +29,18 @@ from ..events import EventBroker, Watcher
 from ..store.base import RunStore, StoredRun
 from ..store.records import is_finished
 from .headers import header
-from .routes import _RUN_ID_PARAM, _problems, _run_id, _settings, _store
+from .openapi import RUN_ID_PARAM, problem_responses
+from .request_state import broker_of, run_id_of, settings_of, store_of
 
-__all__ = ["EVENT_STREAM", "EventStream", "events_router", "sse_frame"]
+__all__ = ["EVENT_STREAM", "STREAM_HEADERS", "EventStream", "events_router", "sse_frame"]
 
 EVENT_STREAM: Final = "text/event-stream"
 KEEP_ALIVE: Final = b": keep-alive\n\n"
 
 events_router = APIRouter(tags=["events"])
+
+# No caching of a live stream, and no proxy buffering (nginx's X-Accel-Buffering).
+STREAM_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 def sse_frame(event: str, data: bytes, event_id: str | int | None = None) -> bytes:
@@ -54,8 +58,7 @@ class EventStream(StreamingResponse):
         super().__init__(
             events,
             media_type=EVENT_STREAM,
-            # No proxy buffering (nginx) or transformation; no caching of a live stream.
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            headers=STREAM_HEADERS,
         )
         self._on_close = on_close
 
@@ -64,11 +67,6 @@ class EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._on_close()
-
-
-def _broker(request: Request) -> EventBroker:
-    broker: EventBroker = request.scope["state"]["events"]
-    return broker
 
 
 def _resume_point(request: Request, after: int | None) -> int | None:
@@ -88,6 +86,16 @@ _STREAM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {
         "description": "Server-sent events (see docs/api.md, Events)",
         "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
+        "headers": {
+            "Cache-Control": {
+                "description": "no-store: a live stream is never cached.",
+                "schema": {"type": "string"},
+            },
+            "X-Accel-Buffering": {
+                "description": "no: a proxy that reads it (nginx) passes events on at once.",
+                "schema": {"type": "string"},
+            },
+        },
     },
 }
 
@@ -96,10 +104,10 @@ _STREAM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     "/runs/{runId}/events",
     summary="Follow a run as it changes (server-sent events)",
     response_class=StreamingResponse,
-    responses={**_STREAM_RESPONSES, **_problems(400, 401, 403, 404, 422, 503)},
+    responses={**_STREAM_RESPONSES, **problem_responses(400, 401, 403, 404, 422, 503)},
     openapi_extra={
         "parameters": [
-            _RUN_ID_PARAM,
+            RUN_ID_PARAM,
             {
                 "name": "Last-Event-ID",
                 "in": "header",
@@ -118,11 +126,11 @@ async def run_events(
 ) -> StreamingResponse:
     """``run`` (the whole run), then a ``patch`` per write in version order, ``deleted`` when
     deleted; the stream ends after a finished run's last event."""
-    run_id = _run_id(request)
+    run_id = run_id_of(request)
     resume = _resume_point(request, after)
-    store, settings = _store(request), _settings(request)
+    store, settings = store_of(request), settings_of(request)
     # Watch first, then read: a write committed after the read is then surely queued.
-    broker = _broker(request)
+    broker = broker_of(request)
     watching = broker.watch_run(run_id)
     watcher = watching.__enter__()
     try:
@@ -192,7 +200,7 @@ async def _run_events(
     "/events",
     summary="Follow every run's summary as it changes (server-sent events)",
     response_class=StreamingResponse,
-    responses={**_STREAM_RESPONSES, **_problems(401, 403, 422, 503)},
+    responses={**_STREAM_RESPONSES, **problem_responses(401, 403, 422, 503)},
 )
 async def all_events(
     request: Request,
@@ -202,9 +210,9 @@ async def all_events(
     ] = None,
 ) -> StreamingResponse:
     """``summary`` after every write of a run, ``deleted`` when one is deleted; no replay."""
-    watching = _broker(request).watch_all(status or ())
+    watching = broker_of(request).watch_all(status or ())
     watcher = watching.__enter__()
-    events = _all_events(_settings(request), watcher)
+    events = _all_events(settings_of(request), watcher)
     return EventStream(events, lambda: watching.__exit__(None, None, None))
 
 

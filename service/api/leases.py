@@ -21,35 +21,24 @@ from ..store.records import validated
 from .body import read_body
 from .headers import LEASE_HEADER, header, parse_lease
 from .json_body import parse_json
-from .routes import (
-    _RUN_ID_PARAM,
-    JSON,
-    LEASE_PARAM,
-    _body_budget,
-    _problems,
-    _run_id,
-    _settings,
-    _store,
-)
+from .openapi import ETAG_HEADER, JSON, LEASE_PARAM, RUN_ID_PARAM, problem_responses
+from .request_state import body_budget_of, run_id_of, settings_of, store_of
 
 __all__ = ["lease_router"]
 
 lease_router = APIRouter(tags=["leases"])
 
 _BODY_ERRORS: Final = (400, 401, 403, 408, 413, 415, 422, 503)
-_LEASE_HELD: Final[dict[str, Any]] = {
-    "description": (
-        "lease-held (another holder's lease is live: the problem names holder and expiresAt, "
-        "and Retry-After says when it expires) or lease-lost (a newer lease exists)"
-    ),
-    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "With lease-held."}},
-}
+_LEASE_CONFLICT: Final = (
+    "lease-held (another holder's lease is live: the problem names holder and expiresAt, and "
+    "Retry-After says when it expires) or lease-lost (a newer lease exists)"
+)
 
 
 async def _body(request: Request) -> Any:
     # Small bodies, but held against the server's body budget like any other (limits).
-    settings = _settings(request)
-    with _body_budget(request).holding() as hold:
+    settings = settings_of(request)
+    with body_budget_of(request).holding() as hold:
         raw = await read_body(
             request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
         )
@@ -57,8 +46,8 @@ async def _body(request: Request) -> Any:
 
 
 def _conflict_doc() -> dict[int | str, dict[str, Any]]:
-    problems = _problems(409)
-    problems[409] = {**problems[409], **_LEASE_HELD}
+    problems = problem_responses(409)
+    problems[409] = {**problems[409], "description": _LEASE_CONFLICT}
     return problems
 
 
@@ -66,9 +55,9 @@ def _conflict_doc() -> dict[int | str, dict[str, Any]]:
     "/runs/{runId}/lease",
     summary="Take or renew the lease on a run",
     response_model=Lease,
-    responses={**_problems(*_BODY_ERRORS, 404), **_conflict_doc()},
+    responses={**problem_responses(*_BODY_ERRORS, 404), **_conflict_doc()},
     openapi_extra={
-        "parameters": [_RUN_ID_PARAM],
+        "parameters": [RUN_ID_PARAM],
         "requestBody": {
             "required": True,
             "content": {JSON: {"schema": {"$ref": "#/components/schemas/LeaseRequest"}}},
@@ -78,9 +67,11 @@ def _conflict_doc() -> dict[int | str, dict[str, Any]]:
 async def acquire_lease(request: Request) -> Response:
     """Without ``lease``: a new lease (number previous + 1) when none is live. With ``lease``:
     renew that lease, which must be the holder's and the run's latest. ``ttlMs`` from now."""
-    run_id = _run_id(request)
+    run_id = run_id_of(request)
     body = validated(LeaseRequest, await _body(request), "lease request")
-    lease = await _store(request).acquire_lease(run_id, body.holder, body.ttl_ms, lease=body.lease)
+    lease = await store_of(request).acquire_lease(
+        run_id, body.holder, body.ttl_ms, lease=body.lease
+    )
     return Response(lease.to_json().encode(), media_type=JSON)
 
 
@@ -89,12 +80,12 @@ async def acquire_lease(request: Request) -> Response:
     summary="Release a lease",
     status_code=204,
     response_class=Response,
-    responses={**_problems(400, 401, 403, 404, 422, 503), **_conflict_doc()},
-    openapi_extra={"parameters": [_RUN_ID_PARAM, {**LEASE_PARAM, "required": True}]},
+    responses={**problem_responses(400, 401, 403, 404, 422, 503), **_conflict_doc()},
+    openapi_extra={"parameters": [RUN_ID_PARAM, {**LEASE_PARAM, "required": True}]},
 )
 async def release_lease(request: Request) -> Response:
     """End lease ``Runstore-Lease`` now; safe to repeat while it is the run's latest lease."""
-    run_id = _run_id(request)
+    run_id = run_id_of(request)
     lease = parse_lease(header(request, b"runstore-lease"))
     if lease is None:
         raise InvalidRun(
@@ -103,7 +94,7 @@ async def release_lease(request: Request) -> Response:
                 {"path": f"header.{LEASE_HEADER}", "message": "is required", "type": "missing"}
             ],
         )
-    await _store(request).release_lease(run_id, lease)
+    await store_of(request).release_lease(run_id, lease)
     return Response(status_code=204)
 
 
@@ -111,7 +102,11 @@ async def release_lease(request: Request) -> Response:
     "/claims",
     summary="Take over one orphaned run",
     response_model=ClaimedRun,
-    responses={204: {"description": "No run qualifies"}, **_problems(*_BODY_ERRORS)},
+    responses={
+        200: {"headers": ETAG_HEADER},
+        204: {"description": "No run qualifies"},
+        **problem_responses(*_BODY_ERRORS),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -124,7 +119,7 @@ async def claim_run(request: Request) -> Response:
     that never had one and was last written ``staleAfterMs`` ago) that has waited longest, with
     a new lease for ``holder``; 204 when none qualifies. Two claimers never get the same run."""
     body = validated(ClaimRequest, await _body(request), "claim")
-    claimed = await _store(request).claim_run(
+    claimed = await store_of(request).claim_run(
         ClaimQuery(
             holder=body.holder,
             ttl_ms=body.ttl_ms,

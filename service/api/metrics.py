@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ..metrics import CONTENT_TYPE, ServerMetrics
-from .routes import _AUTH, _problems
+from .openapi import problem_responses
 
 __all__ = ["metrics_router"]
 
@@ -30,7 +30,7 @@ metrics_router = APIRouter()
     response_class=Response,
     responses={
         200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}},
-        **_problems(*_AUTH),
+        **problem_responses(401, 403),
     },
 )
 async def metrics(request: Request) -> Response:

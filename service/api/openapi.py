@@ -13,8 +13,10 @@ here for every operation, so that a route added later gets them by construction:
   "always present". Parameters keep theirs (``limit`` is 50 when not sent); a query, path or
   header parameter is never null, so it is not declared nullable.
 - Headers the server sends are declared: ``X-Request-Id`` on every answer,
-  ``WWW-Authenticate`` on every 401, ``Retry-After`` on every 503, ``Location`` on every 201,
-  plus what each route declares itself (``ETag``).
+  ``WWW-Authenticate`` on every 401 and 403, ``Retry-After`` on every 409 (``lease-held``) and
+  503, ``Location`` on every 201, plus what each route declares itself (``ETag``, the event
+  streams' and the viewer's headers). ``tests/api/test_openapi_headers.py`` drives a server
+  through every operation and fails on a header sent but not declared.
 - Descriptions are about the wire: the Markdown of route docstrings (reST double backticks
   become single), the wire descriptions of the snapshot models below instead of their Python
   docstrings, and no pydantic-made property titles ("Completedat").
@@ -27,7 +29,22 @@ from typing import Any, Final
 from fastapi.routing import APIRoute
 from pydantic.alias_generators import to_camel
 
-__all__ = ["ETAG_HEADER", "for_generators", "operation_id"]
+from runstore.client.models import MAX_INT, RUN_ID_PATTERN
+
+from .headers import LEASE_HEADER
+from .schemas import Problem
+
+__all__ = [
+    "ETAG_HEADER",
+    "JSON",
+    "LEASE_PARAM",
+    "RUN_ID_PARAM",
+    "for_generators",
+    "operation_id",
+    "problem_responses",
+]
+
+JSON: Final = "application/json"
 
 HTTP_METHODS: Final = frozenset({"get", "put", "post", "delete", "options", "head", "patch"})
 
@@ -38,6 +55,35 @@ ETAG_HEADER: Final = {
         "schema": {"type": "string"},
     }
 }
+
+# The run id is read from the path by the routes themselves, so that their endpoints take the
+# Request alone (api.run_route calls them so); this documents it.
+RUN_ID_PARAM: Final = {
+    "name": "runId",
+    "in": "path",
+    "required": True,
+    "description": "1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, starting with a letter or digit.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": RUN_ID_PATTERN},
+}
+LEASE_PARAM: Final = {
+    "name": LEASE_HEADER,
+    "in": "header",
+    "description": (
+        "The writer's lease on the run (its number). 409 lease-lost unless it is the run's "
+        "latest lease; without it, 409 lease-held while another lease is live."
+    ),
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The problem+json answers of ``statuses``, for a route's ``responses``."""
+    return {
+        status: {"model": Problem, "content": {"application/problem+json": {}}}
+        for status in statuses
+    }
+
+
 # Headers the server sends with every answer of a status, whichever operation answers it.
 HEADERS_BY_STATUS: Final[dict[str, dict[str, Any]]] = {
     "201": {
@@ -50,6 +96,18 @@ HEADERS_BY_STATUS: Final[dict[str, dict[str, Any]]] = {
         "WWW-Authenticate": {
             "description": 'Bearer, with error="invalid_token" when a token was sent.',
             "schema": {"type": "string"},
+        }
+    },
+    "403": {
+        "WWW-Authenticate": {
+            "description": 'Bearer, with error="insufficient_scope" and the scope needed.',
+            "schema": {"type": "string"},
+        }
+    },
+    "409": {
+        "Retry-After": {
+            "description": "With lease-held: seconds until the live lease expires.",
+            "schema": {"type": "integer", "minimum": 0},
         }
     },
     "503": {

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from runstore.client.models import MAX_INT, RUN_ID_PATTERN, STATUS_PATTERN, WriteAck, is_run_id
+from runstore.client.models import MAX_INT, STATUS_PATTERN, WriteAck
 from runstore.client.problems import (
     BadRequest,
     InvalidRun,
@@ -26,34 +26,16 @@ from ..config import Settings
 from ..store.base import RunQuery, RunStore, WriteResult, decode_cursor, encode_cursor
 from ..store.records import SnapshotRecord, patch_record, snapshot_record, written_json
 from .body import read_body
-from .headers import LEASE_HEADER, header, parse_etags, parse_if_match, parse_lease
+from .headers import header, parse_etags, parse_if_match, parse_lease
 from .json_body import parse_json, parse_json_as
-from .limits import BodyBudget, check_items
-from .openapi import ETAG_HEADER
-from .schemas import Deleted, Health, Problem, RunList
+from .limits import check_items
+from .openapi import ETAG_HEADER, JSON, LEASE_PARAM, RUN_ID_PARAM, problem_responses
+from .request_state import body_budget_of, run_id_of, settings_of, store_of
+from .schemas import Deleted, Health, RunList
 
-__all__ = ["LEASE_PARAM", "RUN_ENDPOINTS", "router"]
-
-JSON: Final = "application/json"
-
-
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {
-        status: {"model": Problem, "content": {"application/problem+json": {}}}
-        for status in statuses
-    }
-
+__all__ = ["RUN_ENDPOINTS", "router"]
 
 _AUTH = (401, 403)
-# The run id is read from the path by the routes themselves, so that their endpoints take the
-# Request alone (api.run_route calls them so); this documents it.
-_RUN_ID_PARAM: Final = {
-    "name": "runId",
-    "in": "path",
-    "required": True,
-    "description": "1-200 characters of A-Z a-z 0-9 _ . ~ : @ -, starting with a letter or digit.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": RUN_ID_PATTERN},
-}
 
 # Entity tags as RFC 9110 writes them: * or a list of tags, each "..." or W/"...".
 _ETAGS_PATTERN: Final = r'^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$'
@@ -69,15 +51,6 @@ _IF_NONE_MATCH_PARAM: Final = {
     "description": "304 if the stored version is one of these tags (weak comparison); * any.",
     "schema": {"type": "string", "pattern": _ETAGS_PATTERN},
 }
-LEASE_PARAM: Final = {
-    "name": LEASE_HEADER,
-    "in": "header",
-    "description": (
-        "The writer's lease on the run (its number). 409 lease-lost unless it is the run's "
-        "latest lease; without it, 409 lease-held while another lease is live."
-    ),
-    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_INT},
-}
 _CREATE_ONLY_PARAM: Final = {
     "name": "If-None-Match",
     "in": "header",
@@ -87,38 +60,6 @@ _CREATE_ONLY_PARAM: Final = {
 
 
 router = APIRouter()
-
-
-def _store(request: Request) -> RunStore:
-    store: RunStore = request.scope["state"]["store"]
-    return store
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.scope["state"]["settings"]
-    return settings
-
-
-def _body_budget(request: Request) -> BodyBudget:
-    budget: BodyBudget = request.scope["state"]["body_budget"]
-    return budget
-
-
-def _run_id(request: Request) -> str:
-    run_id: str = request.path_params["runId"]
-    if not is_run_id(run_id):
-        raise InvalidRun(
-            "The run id in the URL must be 1-200 characters of A-Z a-z 0-9 _ . ~ : @ - "
-            "starting with a letter or digit.",
-            errors=[
-                {
-                    "path": "path.runId",
-                    "message": f"must be 1-200 characters matching {RUN_ID_PATTERN}",
-                    "type": "string_pattern_mismatch",
-                }
-            ],
-        )
-    return run_id
 
 
 def _check_body_run_id(body: Any, run_id: str) -> None:
@@ -175,9 +116,9 @@ _JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
     "/runs/{runId}",
     summary="Append steps and update fields of a run",
     response_model=WriteAck,
-    responses={200: {"headers": ETAG_HEADER}, **_problems(*_JSON_BODY_ERRORS, 404)},
+    responses={200: {"headers": ETAG_HEADER}, **problem_responses(*_JSON_BODY_ERRORS, 404)},
     openapi_extra={
-        "parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM, LEASE_PARAM],
+        "parameters": [RUN_ID_PARAM, _IF_MATCH_PARAM, LEASE_PARAM],
         "requestBody": {
             "required": True,
             "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunPatch"}}},
@@ -187,9 +128,9 @@ _JSON_BODY_ERRORS = (400, *_AUTH, 408, 409, 412, 413, 415, 422, 503)
 async def patch_run(request: Request) -> Response:
     """Send only what is new: ``trace`` from ``traceFrom``, ``history`` from ``historyFrom``,
     and any fields to replace."""
-    run_id = _run_id(request)
-    settings = _settings(request)
-    with _body_budget(request).holding() as hold:
+    run_id = run_id_of(request)
+    settings = settings_of(request)
+    with body_budget_of(request).holding() as hold:
         raw = await read_body(
             request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
         )
@@ -199,7 +140,7 @@ async def patch_run(request: Request) -> Response:
         patch = patch_record(body)
         del raw, body
         lease = parse_lease(header(request, b"runstore-lease"))
-        store = _store(request)
+        store = store_of(request)
         if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
         result = await store.patch_run(run_id, patch, if_match=if_match, lease=lease)
     return _Ack(result, 200, run_id)
@@ -213,10 +154,10 @@ async def patch_run(request: Request) -> Response:
     responses={
         201: {"model": WriteAck, "description": "Created", "headers": ETAG_HEADER},
         200: {"description": "Replaced", "headers": ETAG_HEADER},
-        **_problems(*_JSON_BODY_ERRORS),
+        **problem_responses(*_JSON_BODY_ERRORS),
     },
     openapi_extra={
-        "parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM, _CREATE_ONLY_PARAM, LEASE_PARAM],
+        "parameters": [RUN_ID_PARAM, _IF_MATCH_PARAM, _CREATE_ONLY_PARAM, LEASE_PARAM],
         "requestBody": {
             "required": True,
             "content": {JSON: {"schema": {"$ref": "#/components/schemas/RunSnapshot"}}},
@@ -225,16 +166,16 @@ async def patch_run(request: Request) -> Response:
 )
 async def put_run(request: Request) -> Response:
     """Store a whole snapshot. 201 when the run is new, 200 when it replaced one."""
-    run_id = _run_id(request)
-    settings = _settings(request)
-    with _body_budget(request).holding() as hold:
+    run_id = run_id_of(request)
+    settings = settings_of(request)
+    with body_budget_of(request).holding() as hold:
         raw = await read_body(
             request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
         )
         record = _snapshot_of(raw, run_id, settings)
         del raw
         lease = parse_lease(header(request, b"runstore-lease"))
-        store = _store(request)
+        store = store_of(request)
         if_none_match = header(request, b"if-none-match")
         create_only = False
         if if_none_match is not None:
@@ -276,13 +217,13 @@ _GET_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "headers": ETAG_HEADER,
     },
     304: {"description": "Not modified (If-None-Match)", "headers": ETAG_HEADER},
-    **_problems(400, *_AUTH, 404, 422, 503),
+    **problem_responses(400, *_AUTH, 404, 422, 503),
 }
-_IF_NONE_MATCH: Final = {"parameters": [_RUN_ID_PARAM, _IF_NONE_MATCH_PARAM]}
+_IF_NONE_MATCH: Final = {"parameters": [RUN_ID_PARAM, _IF_NONE_MATCH_PARAM]}
 
 
 async def _read_run(run_id: str, request: Request, *, head: bool) -> Response:
-    stored = await _store(request).get_run(run_id)
+    stored = await store_of(request).get_run(run_id)
     if stored is None:
         raise RunNotFound(f"No run is stored under {run_id!r}.")
     etag = f'"{stored.version}"'
@@ -305,7 +246,7 @@ async def _read_run(run_id: str, request: Request, *, head: bool) -> Response:
 )
 async def get_run(request: Request) -> Response:
     """The snapshot, with its version as the ETag."""
-    run_id = _run_id(request)
+    run_id = run_id_of(request)
     return await _read_run(run_id, request, head=False)
 
 
@@ -318,7 +259,7 @@ async def get_run(request: Request) -> Response:
 )
 async def head_run(request: Request) -> Response:
     """The headers GET would send (ETag, Content-Length), without the body."""
-    run_id = _run_id(request)
+    run_id = run_id_of(request)
     return await _read_run(run_id, request, head=True)
 
 
@@ -327,13 +268,13 @@ async def head_run(request: Request) -> Response:
     summary="Delete a run",
     status_code=204,
     response_class=Response,
-    responses=_problems(400, *_AUTH, 404, 409, 412, 422, 503),
-    openapi_extra={"parameters": [_RUN_ID_PARAM, _IF_MATCH_PARAM, LEASE_PARAM]},
+    responses=problem_responses(400, *_AUTH, 404, 409, 412, 422, 503),
+    openapi_extra={"parameters": [RUN_ID_PARAM, _IF_MATCH_PARAM, LEASE_PARAM]},
 )
 async def delete_run(request: Request) -> Response:
-    run_id = _run_id(request)
+    run_id = run_id_of(request)
     lease = parse_lease(header(request, b"runstore-lease"))
-    store = _store(request)
+    store = store_of(request)
     if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
     await store.delete_run(run_id, if_match=if_match, lease=lease)
     return Response(status_code=204)
@@ -357,7 +298,7 @@ Millis = Annotated[int | None, Query(ge=0, le=MAX_INT)]
     "/runs",
     summary="List runs, newest first",
     response_model=RunList,
-    responses=_problems(*_AUTH, 422, 503),
+    responses=problem_responses(*_AUTH, 422, 503),
 )
 async def list_runs(
     request: Request,
@@ -385,7 +326,7 @@ async def list_runs(
                     {"path": "query.cursor", "message": "not a valid cursor", "type": "cursor"}
                 ],
             ) from None
-    page = await _store(request).list_runs(
+    page = await store_of(request).list_runs(
         RunQuery(
             statuses=tuple(dict.fromkeys(status or ())),
             started_after=startedAfter,
@@ -405,7 +346,7 @@ async def list_runs(
     "/runs",
     summary="Delete finished or old runs (retention)",
     response_model=Deleted,
-    responses=_problems(*_AUTH, 422, 503),
+    responses=problem_responses(*_AUTH, 422, 503),
 )
 async def delete_runs(
     request: Request,
@@ -418,7 +359,7 @@ async def delete_runs(
             "Say which runs to delete: completedBefore and/or startedBefore (ms).",
             errors=[{"path": "query.completedBefore", "message": "is required", "type": "missing"}],
         )
-    deleted = await _store(request).delete_runs(
+    deleted = await store_of(request).delete_runs(
         completed_before=completedBefore, started_before=startedBefore
     )
     return Response(json.dumps({"deleted": deleted}).encode(), media_type=JSON)
@@ -444,8 +385,8 @@ async def healthz_head() -> Response:
     summary="The store can read and write",
     tags=["health"],
     response_model=Health,
-    responses=_problems(*_AUTH, 503),
+    responses=problem_responses(*_AUTH, 503),
 )
 async def readyz(request: Request) -> Response:
-    await _store(request).check_ready()
+    await store_of(request).check_ready()
     return Response(b'{"status":"ready"}', media_type=JSON)

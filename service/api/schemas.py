@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from runstore.client.models import RunSummary, WriteAck
 from runstore.client.problems import PROBLEM_TYPE_PREFIX
@@ -29,10 +30,19 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[FieldProblem] | None = Field(None, description="With 422: each bad field.")
-    request_id: str | None = Field(
+    request_id: str | SkipJsonSchema[None] = Field(
         None,
         alias="requestId",
         description="The request's id, as its X-Request-Id answer header says (request ids on).",
+    )
+    # Left out when they do not apply, never null.
+    holder: str | SkipJsonSchema[None] = Field(
+        None, description="With lease-held: who holds the live lease."
+    )
+    expires_at: int | SkipJsonSchema[None] = Field(
+        None,
+        alias="expiresAt",
+        description="With lease-held: when the live lease expires (ms, by the store's clock).",
     )
 
 

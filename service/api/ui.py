@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from .routes import _problems
+from .openapi import problem_responses
 
 __all__ = ["SECURITY_HEADERS", "ui_router"]
 
@@ -39,8 +39,27 @@ SECURITY_HEADERS: Final = {
 ui_router = APIRouter()
 _files = StaticFiles(packages=[("runstore.service", "ui")], html=True)
 
+_SECURITY_HEADER_DOCS: Final = {
+    name: {"description": f"Always: {value}", "schema": {"type": "string"}}
+    for name, value in SECURITY_HEADERS.items()
+}
+_VALIDATOR_DOCS: Final = {
+    "ETag": {
+        "description": "The file's entity tag; send it in If-None-Match.",
+        "schema": {"type": "string"},
+    },
+    "Last-Modified": {
+        "description": "When the file last changed (HTTP date).",
+        "schema": {"type": "string"},
+    },
+}
 _PAGE_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {
+        "headers": {
+            **_SECURITY_HEADER_DOCS,
+            **_VALIDATOR_DOCS,
+            "Accept-Ranges": {"description": "bytes", "schema": {"type": "string"}},
+        },
         "description": "A page of the viewer, or one of its scripts or style sheets",
         "content": {
             "text/html": {"schema": {"type": "string"}},
@@ -48,7 +67,10 @@ _PAGE_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
             "text/css": {"schema": {"type": "string"}},
         },
     },
-    304: {"description": "Not modified (If-None-Match)"},
+    304: {
+        "description": "Not modified (If-None-Match)",
+        "headers": {**_SECURITY_HEADER_DOCS, **_VALIDATOR_DOCS},
+    },
 }
 
 
@@ -78,7 +100,7 @@ async def ui_index(request: Request) -> Response:
     "/ui/{path}",
     summary="A file of the run viewer",
     response_class=Response,
-    responses={**_PAGE_RESPONSES, **_problems(404)},
+    responses={**_PAGE_RESPONSES, **problem_responses(404)},
     # Read from the request (no 422 of FastAPI's own for a path any string matches).
     openapi_extra={
         "parameters": [

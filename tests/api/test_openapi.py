@@ -246,7 +246,13 @@ def test_parameters_are_never_nullable(committed: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("status", "header"),
-    [("201", "Location"), ("401", "WWW-Authenticate"), ("503", "Retry-After")],
+    [
+        ("201", "Location"),
+        ("401", "WWW-Authenticate"),
+        ("403", "WWW-Authenticate"),
+        ("409", "Retry-After"),
+        ("503", "Retry-After"),
+    ],
 )
 def test_headers_sent_with_a_status_are_declared_on_it(
     committed: dict[str, Any], status: str, header: str

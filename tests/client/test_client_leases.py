@@ -28,6 +28,7 @@ from runstore.client import (
     EmbeddedStore,
     LeaseHeld,
     LeaseLost,
+    RunSnapshot,
     RunStoreClient,
     embedded_persistence,
 )
@@ -77,9 +78,9 @@ class Kind:
         self._closers.append(hooks.close)
         return hooks
 
-    def stored(self, run_id: str) -> Any:
-        reader = self.client()
-        return reader.get_run(run_id) if self.mode != "embedded" else reader.read(run_id).wire
+    def stored(self, run_id: str) -> RunSnapshot | None:
+        stored: RunSnapshot | None = self.client().get_run(run_id)
+        return stored
 
     def close(self) -> None:
         for close in reversed(self._closers):
@@ -114,8 +115,8 @@ def status_for(kind: Kind, name: str) -> str:
 
 def trace_of(kind: Kind, run_id: str) -> list[Any]:
     stored = kind.stored(run_id)
-    trace = stored["trace"] if isinstance(stored, dict) else stored.trace
-    return list(trace)
+    assert isinstance(stored, RunSnapshot)
+    return list(stored.trace)
 
 
 def test_hooks_take_the_lease_write_under_it_and_release_it(kind: Kind) -> None:

@@ -1,9 +1,11 @@
 """Embedded mode: the hooks on a SQLite file in process, with no server and no server
-dependencies; several processes on one file; random run histories read back as last held."""
+dependencies; several processes on one file; random run histories read back as last held; the
+same methods, types and values as the HTTP client."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import multiprocessing
 import subprocess
@@ -17,13 +19,19 @@ import pytest
 from client_rig import agent_snapshot, finish, take_step, wire
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import ServerProcess
 
 from runstore.client import (
+    ClaimedRun,
     EmbeddedStore,
+    Lease,
     RunPersistence,
+    RunSnapshot,
+    RunStoreClient,
     StoreUnavailable,
     embedded_persistence,
 )
+from runstore.service.store.sqlite import SQLiteEngine
 
 BLOCKED = ("fastapi", "starlette", "uvicorn", "pydantic_settings")
 
@@ -106,15 +114,12 @@ def test_processes_share_one_file(tmp_path: Path) -> None:
                 [steps] * workers,
             )
         )
-    store = EmbeddedStore(path)
-    try:
+    with EmbeddedStore(path) as store, SQLiteEngine(path) as engine:
         for snapshot in itertools.chain.from_iterable(results):
-            stored = store.read(snapshot["runId"])
+            stored = store.get_run(snapshot["runId"])
             assert stored is not None
-            assert stored.wire == wire(snapshot)
-            assert stored.version == steps + 2
-    finally:
-        store.close()
+            assert stored.to_wire() == wire(snapshot)
+            assert engine.get_version(snapshot["runId"]) == steps + 2
 
 
 @pytest.mark.parametrize(
@@ -217,11 +222,76 @@ def test_any_run_history_is_stored_as_the_agent_last_held_it(
     for operation, pick in operations:
         pending_rewrite |= apply(operation, snapshot, pick)
         hooks.on_step_complete(snapshot)
-        stored = store.read(snapshot["runId"])
+        stored = store.get_run(snapshot["runId"])
         assert stored is not None
         if not pending_rewrite:
-            assert stored.wire == wire(snapshot)
+            assert stored.to_wire() == wire(snapshot)
     hooks.on_run_complete(finish(snapshot))
-    stored = store.read(snapshot["runId"])
+    stored = store.get_run(snapshot["runId"])
     assert stored is not None
-    assert stored.wire == wire(snapshot)
+    assert stored.to_wire() == wire(snapshot)
+
+
+def test_the_embedded_store_has_the_http_client_s_methods_and_signatures() -> None:
+    public = [
+        name
+        for name, member in inspect.getmembers(EmbeddedStore, inspect.isfunction)
+        if not name.startswith("_")
+    ]
+
+    assert {"get_run", "acquire_lease", "release_lease", "claim", "close"} <= set(public)
+    for name in public:
+        embedded = inspect.signature(getattr(EmbeddedStore, name), eval_str=True)
+        over_http = inspect.signature(getattr(RunStoreClient, name), eval_str=True)
+        assert embedded == over_http, name
+
+
+@pytest.mark.server
+def test_embedded_and_http_clients_return_the_same_types_and_values(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    mixed = {
+        **agent_snapshot("mixed"),
+        "history": [{"role": "user", "content": "Résumé, s'il vous plaît 🙂"}],
+        "plan": {"steps": ["read", "write"], "budget": 2.5},
+        "usage": {"inputTokens": 12, "cost": 0.0031},
+        "agentVersion": "2.1",  # unknown to the contract: kept as sent
+    }
+    with embedded_persistence(path) as hooks:
+        hooks.on_run_start(mixed)
+        take_step(mixed)
+        hooks.on_step_complete(mixed)
+        for run_id in ("orphan-a", "orphan-b"):
+            hooks.on_run_start({**agent_snapshot(run_id), "status": "waiting"})
+
+    with (
+        ServerProcess(path) as server,
+        RunStoreClient(server.url) as http,
+        EmbeddedStore(path) as embedded,
+    ):
+        for run_id in ("mixed", "absent"):
+            over_http, in_process = http.get_run(run_id), embedded.get_run(run_id)
+            assert type(in_process) is type(over_http)
+            assert in_process == over_http
+        assert isinstance(embedded.get_run("mixed"), RunSnapshot)
+
+        leases = [http.acquire_lease("mixed", "worker-1", 30.0)]
+        http.release_lease("mixed", leases[0].lease)
+        leases.append(embedded.acquire_lease("mixed", "worker-1", 30.0))
+        embedded.release_lease("mixed", leases[1].lease)
+        assert [type(lease) for lease in leases] == [Lease, Lease]
+        assert [lease.lease for lease in leases] == [1, 2]
+        ignored = {"lease", "expires_at"}
+        assert leases[1].model_dump(exclude=ignored) == leases[0].model_dump(exclude=ignored)
+
+        # Two identical orphaned runs: each client claims one.
+        claims = [
+            client.claim("rescuer", 30.0, status="waiting", stale_after=0)
+            for client in (http, embedded)
+        ]
+        assert [type(claim) for claim in claims] == [ClaimedRun, ClaimedRun]
+        first, second = (claim for claim in claims if claim is not None)
+        assert {first.run.run_id, second.run.run_id} == {"orphan-a", "orphan-b"}
+        assert second.run.model_dump(exclude={"run_id"}) == first.run.model_dump(exclude={"run_id"})
+        assert (second.version, second.lease.holder) == (first.version, first.lease.holder)
+        assert http.claim("rescuer", 30.0, status="waiting", stale_after=0) is None
+        assert embedded.claim("rescuer", 30.0, status="waiting", stale_after=0) is None

@@ -242,9 +242,9 @@ async def test_embedded_mode_raises_the_class_the_http_client_raises(
 ) -> None:
     embedded = EmbeddedStore(tmp_path / "embedded.db")
     try:
-        assert isinstance(embedded.send(_whole(_snapshot("e", 3))), WriteAck)
+        assert isinstance(embedded._send(_whole(_snapshot("e", 3))), WriteAck)
         with pytest.raises(RunStoreError) as in_process:
-            embedded.send(write())
+            embedded._send(write())
     finally:
         embedded.close()
     async with client_rig(settings, "async") as rig:

@@ -3,8 +3,10 @@
 Their ``console`` blocks are one shell session: every ``$`` command runs, in order, in one bash,
 and must print what the page shows under it (``updatedAt`` is the server's clock, so its value
 is not compared). Their ``python`` blocks run, in order, as scripts; each must succeed, and a
-line ``print(...)  # text`` must print the start of ``text``. Other blocks (``sh``: installing,
-Docker) are instructions for a reader's machine and are not run.
+line ``print(...)  # text`` must print the start of ``text``. The README's ``pip install`` lines
+run too, each in a new virtual environment, in a copy of the checkout made a git repository (as
+a clone is). Other blocks (``sh``: ``make``, Docker) are instructions for a reader's machine and
+are not run here.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ DOCUMENTED_URL = "http://127.0.0.1:8000"
 
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 _UPDATED_AT = re.compile(r'"updatedAt":\d+')
-# Each answer's request id is new (docs/api.md, Operations); the page shows one of the form.
-_REQUEST_ID = re.compile(r'"requestId":"[0-9a-f]{32}"')
+# Each answer's request id is new (docs/api.md, Operations); the page shortens them.
+_REQUEST_ID = re.compile(r'"requestId":"[^"]+"')
 _PRINTED = re.compile(r"^\s*print\(.*\)\s+# (.+)$")
 
 
@@ -148,3 +150,82 @@ def test_every_local_link_of_the_docs_leads_somewhere() -> None:
             if "://" in target:
                 continue
             assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def install_lines() -> list[str]:
+    """The README's ``pip install`` commands, as written."""
+    return [
+        line
+        for block in blocks("README.md", "sh")
+        for line in block.splitlines()
+        if line.startswith("pip install ")
+    ]
+
+
+def installs_server(line: str) -> bool:
+    return "[server]" in line.partition("#")[0]
+
+
+def test_the_readme_installs_with_and_without_the_server() -> None:
+    lines = install_lines()
+
+    assert any(installs_server(line) and "git+" in line for line in lines)
+    assert any(installs_server(line) and "git+" not in line for line in lines)
+    assert any(not installs_server(line) for line in lines)
+
+
+def checkout_copy(destination: Path) -> Path:
+    """The checkout's files (committed or not, but not ignored), committed in a new repository:
+    what a clone of this tree would hold."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
+    for name in listed.stdout.decode().split("\0"):
+        if name and (ROOT / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, destination / name)
+    identity = ["-c", "user.name=runstore tests", "-c", "user.email=tests@runstore.invalid"]
+    for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-q", "-m", "copy"]):
+        subprocess.run(["git", *command], cwd=destination, check=True, capture_output=True)
+    return destination
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="the copy of the checkout is a git one")
+@pytest.mark.parametrize("line", install_lines())
+def test_the_install_commands_run_as_written(line: str, tmp_path: Path) -> None:
+    checkout = checkout_copy(tmp_path / "runstore")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
+    env = {
+        **{name: value for name, value in os.environ.items() if name != "VIRTUAL_ENV"},
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+    }
+
+    def run(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", command],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+
+    installed = run(line)
+    assert installed.returncode == 0, installed.stderr
+    client = run("python -c 'from runstore.client import RunStoreClient, embedded_persistence'")
+    assert client.returncode == 0, client.stderr
+    if installs_server(line):
+        server = run("python -c 'from runstore.service import create_app'")
+        assert server.returncode == 0, server.stderr
+        assert "serve" in run("runstore --help").stdout
+    else:
+        assert run("python -c 'import fastapi'").returncode != 0, "the server's dependencies"
+        refused = run("runstore serve --db runs.db")
+        assert refused.returncode != 0
+        assert 'pip install ".[server]"' in refused.stderr

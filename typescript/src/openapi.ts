@@ -320,9 +320,13 @@ export interface components {
             detail: string;
             /** @description With 422: each bad field. */
             errors?: components["schemas"]["FieldProblem"][] | null;
+            /** @description With lease-held: when the live lease expires (ms, by the store's clock). */
+            expiresAt?: number;
+            /** @description With lease-held: who holds the live lease. */
+            holder?: string;
             instance?: string | null;
             /** @description The request's id, as its X-Request-Id answer header says (request ids on). */
-            requestId?: string | null;
+            requestId?: string;
             status: number;
             title: string;
             /** @description urn:runstore:problem:<slug>; the slugs are in the docs. */
@@ -463,6 +467,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
+                    ETag?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -507,6 +513,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -589,6 +597,10 @@ export interface operations {
             /** @description Server-sent events (see docs/api.md, Events) */
             200: {
                 headers: {
+                    /** @description no-store: a live stream is never cached. */
+                    "Cache-Control"?: string;
+                    /** @description no: a proxy that reads it (nginx) passes events on at once. */
+                    "X-Accel-Buffering"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -613,6 +625,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -725,6 +739,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -771,6 +787,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -838,6 +856,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -911,6 +931,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1011,6 +1033,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1134,6 +1158,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1156,6 +1182,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description With lease-held: seconds until the live lease expires. */
+                    "Retry-After"?: number;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1276,6 +1304,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1298,6 +1328,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description With lease-held: seconds until the live lease expires. */
+                    "Retry-After"?: number;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1403,6 +1435,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1501,6 +1535,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1534,6 +1570,8 @@ export interface operations {
             /** @description Conflict */
             409: {
                 headers: {
+                    /** @description With lease-held: seconds until the live lease expires. */
+                    "Retry-After"?: number;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1622,6 +1660,10 @@ export interface operations {
             /** @description Server-sent events (see docs/api.md, Events) */
             200: {
                 headers: {
+                    /** @description no-store: a live stream is never cached. */
+                    "Cache-Control"?: string;
+                    /** @description no: a proxy that reads it (nginx) passes events on at once. */
+                    "X-Accel-Buffering"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1657,6 +1699,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1756,6 +1800,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1789,7 +1835,7 @@ export interface operations {
             /** @description lease-held (another holder's lease is live: the problem names holder and expiresAt, and Retry-After says when it expires) or lease-lost (a newer lease exists) */
             409: {
                 headers: {
-                    /** @description With lease-held. */
+                    /** @description With lease-held: seconds until the live lease expires. */
                     "Retry-After"?: number;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
@@ -1898,6 +1944,8 @@ export interface operations {
             /** @description Forbidden */
             403: {
                 headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1920,7 +1968,7 @@ export interface operations {
             /** @description lease-held (another holder's lease is live: the problem names holder and expiresAt, and Retry-After says when it expires) or lease-lost (a newer lease exists) */
             409: {
                 headers: {
-                    /** @description With lease-held. */
+                    /** @description With lease-held: seconds until the live lease expires. */
                     "Retry-After"?: number;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
@@ -1968,6 +2016,22 @@ export interface operations {
             /** @description A page of the viewer, or one of its scripts or style sheets */
             200: {
                 headers: {
+                    /** @description bytes */
+                    "Accept-Ranges"?: string;
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -1981,6 +2045,20 @@ export interface operations {
             /** @description Not modified (If-None-Match) */
             304: {
                 headers: {
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -2004,6 +2082,22 @@ export interface operations {
             /** @description A page of the viewer, or one of its scripts or style sheets */
             200: {
                 headers: {
+                    /** @description bytes */
+                    "Accept-Ranges"?: string;
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
@@ -2017,6 +2111,20 @@ export interface operations {
             /** @description Not modified (If-None-Match) */
             304: {
                 headers: {
+                    /** @description Always: no-cache */
+                    "Cache-Control"?: string;
+                    /** @description Always: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none' */
+                    "Content-Security-Policy"?: string;
+                    /** @description The file's entity tag; send it in If-None-Match. */
+                    ETag?: string;
+                    /** @description When the file last changed (HTTP date). */
+                    "Last-Modified"?: string;
+                    /** @description Always: no-referrer */
+                    "Referrer-Policy"?: string;
+                    /** @description Always: nosniff */
+                    "X-Content-Type-Options"?: string;
+                    /** @description Always: DENY */
+                    "X-Frame-Options"?: string;
                     /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
                     "X-Request-Id"?: string;
                     [name: string]: unknown;
