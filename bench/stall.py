@@ -14,7 +14,14 @@ and meanwhile does one hostile thing:
 - ``connections``: opens ``--silent`` connections that send nothing and ``--half`` that send
   half a request head, then checks that a new client is still served;
 - ``tiny-items``: PUTs one run of ``--tiny-steps`` one-character steps;
-- ``retention``: stores ``--runs`` finished runs of 40 steps, then ``DELETE /runs`` them all.
+- ``retention``: stores ``--runs`` finished runs of 40 steps, then ``DELETE /runs`` them all;
+- ``large-delete``: stores one run of ``--large-steps`` one-digit steps (in writes of 100,000),
+  then ``DELETE``s it;
+- ``large-put``: PUTs one valid run of 8 MB, 2,000 steps of 4 KiB each (parsed off the event
+  loop);
+- ``storage``: stores one run of ``--large-steps`` one-digit steps under an id of
+  ``--id-chars`` characters, and prints the size of the SQLite file it made (issue 14: a
+  200-character id and 2 MB of such steps made a 470 MB file).
 
 It prints, per scenario, what the hostile request got (status and seconds) and the longest
 wait of an ordinary write while it ran, next to the ordinary write's median. Timings on a
@@ -237,6 +244,77 @@ def retention(url: str, args: argparse.Namespace) -> str:
     return ""
 
 
+CHUNK_STEPS = 100_000
+
+
+def large_run(url: str, run_id: str, steps: int) -> None:
+    """One run of ``steps`` one-digit steps, sent in writes of CHUNK_STEPS."""
+    snapshot = {
+        "runId": run_id,
+        "status": "running",
+        "startedAt": 1,
+        "input": "x",
+        "trace": [0] * min(steps, CHUNK_STEPS),
+        "usage": {},
+        "stepIndex": 0,
+        "iterations": 0,
+        "revisions": 0,
+    }
+    with httpx.Client(base_url=url, timeout=600) as http:
+        http.put(f"/runs/{run_id}", json=snapshot).raise_for_status()
+        for start in range(CHUNK_STEPS, steps, CHUNK_STEPS):
+            body = {"trace": [0] * min(CHUNK_STEPS, steps - start), "traceFrom": start}
+            http.patch(f"/runs/{run_id}", json=body).raise_for_status()
+
+
+def large_put(url: str, args: argparse.Namespace) -> str:
+    snapshot = {
+        "runId": "large-put",
+        "status": "running",
+        "startedAt": 1,
+        "input": "x",
+        "trace": [{"step": i, "output": "x" * 4096} for i in range(2_000)],
+        "usage": {},
+        "stepIndex": 0,
+        "iterations": 0,
+        "revisions": 0,
+    }
+    body = json.dumps(snapshot).encode()
+
+    def put() -> str:
+        response = httpx.put(
+            url + "/runs/large-put",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=600,
+        )
+        return f"PUT of 2,000 steps of 4 KiB ({len(body)} bytes): {response.status_code}"
+
+    return timed(put)
+
+
+def delete_large(url: str, args: argparse.Namespace) -> str:
+    def delete() -> str:
+        response = httpx.delete(url + "/runs/large", timeout=600)
+        return f"DELETE of one run of {args.large_steps} steps: {response.status_code}"
+
+    return timed(delete)
+
+
+def storage(python: str, env: dict[str, str], args: argparse.Namespace) -> str:
+    with tempfile.TemporaryDirectory() as directory:
+        db = Path(directory) / "runs.db"
+        run_id = "r" * args.id_chars
+        with server(python, db, env, None) as url:
+            large_run(url, run_id, args.large_steps)
+        # The server checkpointed the WAL into the file as it stopped.
+        size = sum(path.stat().st_size for path in Path(directory).iterdir())
+    return (
+        f"one run of {args.large_steps} one-digit steps, a {args.id_chars}-character id: "
+        f"{size / 1e6:.1f} MB of SQLite files"
+    )
+
+
 def delete_old(url: str, args: argparse.Namespace) -> str:
     def delete() -> str:
         response = httpx.delete(url + "/runs?completedBefore=3", timeout=600)
@@ -247,7 +325,15 @@ def delete_old(url: str, args: argparse.Namespace) -> str:
     return timed(delete)
 
 
-SCENARIOS = ("head", "connections", "tiny-items", "retention")
+SCENARIOS = (
+    "head",
+    "connections",
+    "tiny-items",
+    "large-put",
+    "retention",
+    "large-delete",
+    "storage",
+)
 
 
 def main() -> None:
@@ -263,6 +349,8 @@ def main() -> None:
     parser.add_argument("--head-timeout", type=float, default=2.0)
     parser.add_argument("--tiny-steps", type=int, default=2_000_000)
     parser.add_argument("--runs", type=int, default=5_000)
+    parser.add_argument("--large-steps", type=int, default=1_000_000)
+    parser.add_argument("--id-chars", type=int, default=200)
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -272,12 +360,18 @@ def main() -> None:
         "RUNSTORE_MAX_ITEMS_PER_WRITE": "100000",
     }
     for scenario in args.scenarios or SCENARIOS:
+        if scenario == "storage":
+            print(f"storage: {storage(args.python, env, args)}", flush=True)
+            continue
         with (
             tempfile.TemporaryDirectory() as directory,
             server(args.python, Path(directory) / "runs.db", env, args.database_url) as url,
         ):
+            # The store to delete from, before the writer starts.
             if scenario == "retention":
-                retention(url, args)  # the store to delete from, before the writer starts
+                retention(url, args)
+            elif scenario == "large-delete":
+                large_run(url, "large", args.large_steps)
             with OrdinaryWriter(url) as writer:
                 if scenario == "head":
                     outcome = head(url, args)
@@ -285,6 +379,10 @@ def main() -> None:
                     outcome = connections(url, args)
                 elif scenario == "tiny-items":
                     outcome = tiny_items(url, args)
+                elif scenario == "large-put":
+                    outcome = large_put(url, args)
+                elif scenario == "large-delete":
+                    outcome = delete_large(url, args)
                 else:
                     outcome = delete_old(url, args)
             print(f"{scenario}: {outcome}\n    {writer.report()}", flush=True)

@@ -2,7 +2,7 @@
 
 A body is read in chunks and refused with 413 as soon as it passes the limit, whatever
 ``Content-Length`` claimed, and with 408 when it has not arrived within the deadline. Parsing it
-is :mod:`.json_body`'s job.
+is :mod:`..strict_json`'s job.
 """
 
 from __future__ import annotations

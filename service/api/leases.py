@@ -18,9 +18,9 @@ from runstore.client.problems import InvalidRun
 
 from ..store.base import ClaimQuery
 from ..store.records import validated
+from ..strict_json import parse_json
 from .body import read_body
 from .headers import LEASE_HEADER, header, parse_lease
-from .json_body import parse_json
 from .openapi import ETAG_HEADER, JSON, LEASE_PARAM, RUN_ID_PARAM, problem_responses
 from .request_state import body_budget_of, run_id_of, settings_of, store_of
 

@@ -104,7 +104,7 @@ def _parameter_path(loc: Iterable[object]) -> str:
     return path
 
 
-# FastAPI's parameter errors in the words the body's field errors use (json_body, records).
+# FastAPI's parameter errors in the words the body's field errors use (strict_json, records).
 _MESSAGES: Final = {
     "string_pattern_mismatch": "must match {pattern}",
     "string_too_long": "must be at most {max_length} characters",

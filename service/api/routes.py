@@ -24,11 +24,12 @@ from runstore.client.problems import (
 
 from ..config import Settings
 from ..store.base import RunQuery, RunStore, WriteResult, decode_cursor, encode_cursor
-from ..store.records import SnapshotRecord, patch_record, snapshot_record, written_json
+from ..store.records import PatchRecord, SnapshotRecord, patch_record, snapshot_record, written_json
+from ..strict_json import parse_json, parse_json_as
 from .body import read_body
 from .headers import header, parse_etags, parse_if_match, parse_lease
-from .json_body import parse_json, parse_json_as
 from .limits import check_items
+from .offload import THREAD_PARSE_BYTES, on_thread
 from .openapi import ETAG_HEADER, JSON, LEASE_PARAM, RUN_ID_PARAM, problem_responses
 from .request_state import body_budget_of, run_id_of, settings_of, store_of
 from .schemas import Deleted, Health, RunList
@@ -134,11 +135,11 @@ async def patch_run(request: Request) -> Response:
         raw = await read_body(
             request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
         )
-        body = parse_json(raw, settings.max_json_depth)
-        _check_body_run_id(body, run_id)
-        check_items(body, settings.max_items_per_write)
-        patch = patch_record(body)
-        del raw, body
+        if len(raw) < THREAD_PARSE_BYTES:
+            patch = _patch_of(raw, run_id, settings)
+        else:
+            patch = await on_thread(_patch_of, raw, run_id, settings)
+        del raw
         lease = parse_lease(header(request, b"runstore-lease"))
         store = store_of(request)
         if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
@@ -172,7 +173,10 @@ async def put_run(request: Request) -> Response:
         raw = await read_body(
             request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
         )
-        record = _snapshot_of(raw, run_id, settings)
+        if len(raw) < THREAD_PARSE_BYTES:
+            record = _snapshot_of(raw, run_id, settings)
+        else:
+            record = await on_thread(_snapshot_of, raw, run_id, settings)
         del raw
         lease = parse_lease(header(request, b"runstore-lease"))
         store = store_of(request)
@@ -189,9 +193,17 @@ async def put_run(request: Request) -> Response:
     return _Ack(result, 201 if result.created else 200, run_id)
 
 
+def _patch_of(raw: bytes, run_id: str, settings: Settings) -> PatchRecord:
+    """The patch record of a PATCH body."""
+    body = parse_json(raw, settings.max_json_depth)
+    _check_body_run_id(body, run_id)
+    check_items(body, settings.max_items_per_write)
+    return patch_record(body)
+
+
 def _snapshot_of(raw: bytes, run_id: str, settings: Settings) -> SnapshotRecord:
     """The snapshot record of a PUT body; its duplicate-key check counts what the record
-    wrote, which encodes every part anyway (json_body.parse_json_as)."""
+    wrote, which encodes every part anyway (strict_json.parse_json_as)."""
 
     def record_of(body: Any) -> SnapshotRecord:
         _check_body_run_id(body, run_id)

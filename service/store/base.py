@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, Self
@@ -174,23 +174,31 @@ def retention_filter(
 # short transaction, and other clients' writes go between batches (issue 14: one DELETE of
 # 18,001 runs held every writer for 4 s).
 RETENTION_BATCH_ROWS: Final = 2_000
+# Items one purge batch deletes, at most, of a deleted run that held more than this: deleting
+# such a run removes its row at once (the run is gone for readers and writers, and a run
+# re-created under its id gets a new key), and its items in batches like retention's (issue 14:
+# deleting one run of millions of steps held every writer for 9 s).
+PURGE_BATCH_ROWS: Final = RETENTION_BATCH_ROWS
 
 
 def retention_candidates_sql(where: str, mark: str) -> str:
-    """The runs a retention batch may take, each with the rows it holds; ``LIMIT`` is the
-    last parameter (a run holds at least one row, so no more than the batch's rows are read)."""
+    """The runs a retention batch may take, each with the rows it holds, its key, its steps and
+    its turns; ``LIMIT``
+    is the last parameter (a run holds at least one row, so no more than the batch's rows are
+    read)."""
     return (
-        "SELECT run_id, 1 + trace_length + coalesce(history_length, 0) "
-        f"FROM runs {where} LIMIT {mark}"
+        "SELECT run_id, 1 + trace_length + coalesce(history_length, 0), run_key, "
+        f"trace_length, coalesce(history_length, 0) FROM runs {where} LIMIT {mark}"
     )
 
 
-def retention_batch(candidates: Iterable[tuple[str, int]], rows: int) -> list[str]:
-    """The run ids of one retention batch: candidates in order while their rows fit in
-    ``rows``, and always the first, however large, so that every batch makes progress."""
+def retention_batch(candidates: Iterable[Sequence[Any]], rows: int) -> list[str]:
+    """The run ids of one retention batch: candidates (run id, rows held, ...) in order while
+    their rows fit in ``rows``, and always the first, however large, so that every batch makes
+    progress (a run larger than a batch leaves its items to the purge)."""
     picked: list[str] = []
     total = 0
-    for run_id, held in candidates:
+    for run_id, held, *_ in candidates:
         if picked and total + held > rows:
             break
         picked.append(run_id)

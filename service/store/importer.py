@@ -5,7 +5,7 @@ Importing is idempotent: a run already stored with the same content is left alon
 does not move), and a stored run that has gone further than the imported row is kept, by the
 stale-write rule.
 
-JSON columns are read by the server's strict parser (:func:`..api.json_body.parse_strict`):
+JSON columns are read by the server's strict parser (:func:`..strict_json.parse_strict`):
 ``NaN``, ``Infinity``, numbers a double cannot hold, duplicate keys, invalid UTF-8 and deep
 nesting are refused, never silently changed. A refused row is reported by run id and reason
 and skipped; the rest are imported (issue 14).
@@ -22,9 +22,8 @@ from typing import Any
 
 from runstore.client.problems import InvalidRun, MalformedJson, StaleWrite
 
-# The parser is the server's (so that an import accepts what a PUT accepts); it depends on
-# nothing of HTTP.
-from ..api.json_body import parse_strict
+# The server's parser, so that an import accepts what a PUT accepts.
+from ..strict_json import parse_strict
 from .base import RunStore
 from .records import snapshot_record
 

@@ -227,6 +227,8 @@ class PostgresStore(RunStore):
         self._forget_marks = asyncio.create_task(
             self._forget_marks_now_and_then(), name="runstore-pg-marks"
         )
+        # Items of runs deleted before a replica stopped in the middle of purging them.
+        await self._purge()
         log.info("serving runs from PostgreSQL at %s", self.target)
 
     async def _prepare_schema(self) -> None:
@@ -429,6 +431,17 @@ class PostgresStore(RunStore):
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
         await self._submit(DeleteRun(run_id, if_match, lease))
+        await self._purge()
+
+    async def _purge(self) -> None:
+        """Delete the items deleted runs left, a batch per transaction, so that other writes
+        go between the batches. The deletes that left them are done whatever happens here: a
+        purge that fails is left to the next one (the next delete's, or the next start's)."""
+        try:
+            while await self._write(writes.purge_batch):
+                pass
+        except StoreUnavailable as exc:
+            log.warning("items of deleted runs are left for the next purge: %s", exc)
 
     async def acquire_lease(
         self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
@@ -454,6 +467,7 @@ class PostgresStore(RunStore):
                 lambda c: writes.delete_runs_batch(c, completed_before, started_before)
             )
             deleted += batch
+        await self._purge()
         return deleted
 
     # Reads.

@@ -48,7 +48,8 @@ _SUMMARY: Final = (
 )
 _EVENTS: Final = (
     "SELECT version, kind, finished, data FROM run_events "
-    "WHERE run_id = %s AND version > %s ORDER BY version"
+    "WHERE run_key = (SELECT run_key FROM runs WHERE run_id = %s) AND version > %s "
+    "ORDER BY version"
 )
 
 # How the follower reads: an operation on a pooled connection, with the store's retries.

@@ -1,7 +1,7 @@
 """The PostgreSQL schema, its version in the ``schema_version`` table, and forward migrations.
 
 The tables mirror the SQLite ones: a row per run, and a row per trace step and per history turn
-keyed by (run, position), each item kept as the JSON text it was sent as (``text``, not
+keyed by (run key, position), each item kept as the JSON text it was sent as (``text``, not
 ``jsonb``, so numbers and key order come back exactly and a read splices text). Identifiers and
 items use the "C" collation: run ids then sort byte by byte, as SQLite sorts them, whatever the
 database's default collation is.
@@ -95,8 +95,49 @@ _V4: Final = (
     "ALTER TABLE runs ADD COLUMN lease_ttl_ms integer",
 )
 
+
+def _keyed_by_run(table: str, columns: str, copied: str, key: str = "") -> tuple[str, ...]:
+    """``table`` rebuilt with the run's key in place of its id: the rows copied over, the old
+    table dropped, the new one and its primary key index renamed to the old names."""
+    return (
+        f"CREATE TABLE {table}_v5 (run_key bigint NOT NULL{key}, {columns})",
+        f"INSERT INTO {table}_v5 (run_key, {copied}) SELECT runs.run_key, "
+        + ", ".join(f"{table}.{column.strip()}" for column in copied.split(","))
+        + f" FROM {table} JOIN runs USING (run_id) ORDER BY runs.run_key",
+        f"DROP TABLE {table}",
+        f"ALTER TABLE {table}_v5 RENAME TO {table}",
+        f"ALTER INDEX {table}_v5_pkey RENAME TO {table}_pkey",
+    )
+
+
+# Version 5 (issue 14): steps, turns and events keyed by the run's integer key, not by its id
+# repeated in every row (a 200-character id made each one-character step cost over 400 bytes, in
+# the table and in its index). An identity never gives a key twice, so a run re-created under
+# the id of a deleted one never meets rows of the old run still waiting to be purged. Deleting
+# the run row no longer cascades to its items: a large run's are purged in bounded batches
+# (``deleted_runs`` holds the keys whose items remain, and the positions below which they
+# do), so the delete holds no writer for long.
+_ITEM_COLUMNS: Final = (
+    'idx integer NOT NULL, item text COLLATE "C" NOT NULL, PRIMARY KEY (run_key, idx)'
+)
+_V5: Final = (
+    "ALTER TABLE runs ADD COLUMN run_key bigint GENERATED ALWAYS AS IDENTITY",
+    "ALTER TABLE runs ADD CONSTRAINT runs_run_key_key UNIQUE (run_key)",
+    *_keyed_by_run("steps", _ITEM_COLUMNS, "idx, item"),
+    *_keyed_by_run("turns", _ITEM_COLUMNS, "idx, item"),
+    *_keyed_by_run(
+        "run_events",
+        "version bigint NOT NULL, kind text NOT NULL, finished boolean NOT NULL, data text, "
+        "PRIMARY KEY (run_key, version)",
+        "version, kind, finished, data",
+        " REFERENCES runs (run_key) ON DELETE CASCADE",
+    ),
+    "CREATE TABLE deleted_runs "
+    "(run_key bigint PRIMARY KEY, steps_end integer NOT NULL, turns_end integer NOT NULL)",
+)
+
 # MIGRATIONS[n] takes a database from schema version n to n + 1.
-MIGRATIONS: Final = (_V1, _V2, _V3, _V4)
+MIGRATIONS: Final = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _VERSION_TABLE: Final = """

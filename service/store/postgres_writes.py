@@ -35,6 +35,7 @@ from runstore.client.problems import RunStoreError
 
 from . import rules
 from .base import (
+    PURGE_BATCH_ROWS,
     RETENTION_BATCH_ROWS,
     ClaimedRun,
     ClaimQuery,
@@ -67,6 +68,7 @@ __all__ = [
     "claim_run",
     "delete_runs_batch",
     "fetch_one",
+    "purge_batch",
 ]
 
 Connection = AsyncConnection[TupleRow]
@@ -79,10 +81,11 @@ CHANNEL: Final = "runstore_events"
 EVENTS_KEPT: Final = 100
 _EVENT: Final = f"""
 event_written AS (
-    INSERT INTO run_events (run_id, version, kind, finished, data)
-    SELECT run_id, %(version)s, %(event_kind)s, %(finished)s, %(event_data)s FROM run
+    INSERT INTO run_events (run_key, version, kind, finished, data)
+    SELECT run_key, %(version)s, %(event_kind)s, %(finished)s, %(event_data)s FROM run
 ), events_cut AS (
-    DELETE FROM run_events WHERE run_id = %(run_id)s AND version <= %(version)s - {EVENTS_KEPT}
+    DELETE FROM run_events
+    WHERE run_key = (SELECT run_key FROM run) AND version <= %(version)s - {EVENTS_KEPT}
 )"""
 _TOLD: Final = f"pg_notify('{CHANNEL}', %(notice)s)"
 _TOLD_DELETED: Final = f"pg_notify('{CHANNEL}', run_id || ':deleted')"
@@ -95,8 +98,8 @@ CLOCK_MS: Final = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 GET_RUN: Final = f"""
 SELECT {GET_COLUMNS},
-    (SELECT string_agg(item, ',' ORDER BY idx) FROM steps WHERE run_id = %(run_id)s),
-    (SELECT string_agg(item, ',' ORDER BY idx) FROM turns WHERE run_id = %(run_id)s)
+    (SELECT string_agg(item, ',' ORDER BY idx) FROM steps WHERE steps.run_key = runs.run_key),
+    (SELECT string_agg(item, ',' ORDER BY idx) FROM turns WHERE turns.run_key = runs.run_key)
 FROM runs WHERE run_id = %(run_id)s
 """
 
@@ -139,14 +142,14 @@ WITH run AS (
                       trace_length, history_length, doc, plan)
     VALUES (%(run_id)s, %(status)s, %(started_at)s, %(completed_at)s, %(version)s, {NOW_MS},
             %(trace_length)s, %(history_length)s, %(doc)s, %(plan)s)
-    RETURNING run_id
+    RETURNING run_key, run_id
 ), steps_written AS (
-    INSERT INTO steps (run_id, idx, item)
-    SELECT run.run_id, item.ord - 1, item.text
+    INSERT INTO steps (run_key, idx, item)
+    SELECT run.run_key, item.ord - 1, item.text
     FROM run, unnest(%(trace)b::text[]) WITH ORDINALITY AS item (text, ord)
 ), turns_written AS (
-    INSERT INTO turns (run_id, idx, item)
-    SELECT run.run_id, item.ord - 1, item.text
+    INSERT INTO turns (run_key, idx, item)
+    SELECT run.run_key, item.ord - 1, item.text
     FROM run, unnest(%(history)b::text[]) WITH ORDINALITY AS item (text, ord)
 ), {_EVENT}
 SELECT run_id, {_TOLD} FROM run
@@ -168,31 +171,77 @@ WITH run AS (
         updated_at = {NOW_MS},
         version = %(version)s
     WHERE run_id = %(run_id)s
-    RETURNING run_id, version
+    RETURNING run_key, version
 ), steps_written AS (
-    INSERT INTO steps (run_id, idx, item)
-    SELECT %(run_id)s, %(trace_from)s + item.ord - 1, item.text
-    FROM unnest(%(trace)b::text[]) WITH ORDINALITY AS item (text, ord)
-    ON CONFLICT (run_id, idx) DO UPDATE SET item = excluded.item
+    INSERT INTO steps (run_key, idx, item)
+    SELECT run.run_key, %(trace_from)s + item.ord - 1, item.text
+    FROM run, unnest(%(trace)b::text[]) WITH ORDINALITY AS item (text, ord)
+    ON CONFLICT (run_key, idx) DO UPDATE SET item = excluded.item
     WHERE steps.item <> excluded.item
 ), steps_cut AS (
-    DELETE FROM steps WHERE run_id = %(run_id)s AND idx >= %(trace_end)s
+    DELETE FROM steps WHERE run_key = (SELECT run_key FROM run) AND idx >= %(trace_end)s
 ), turns_written AS (
-    INSERT INTO turns (run_id, idx, item)
-    SELECT %(run_id)s, %(history_from)s + item.ord - 1, item.text
-    FROM unnest(%(history)b::text[]) WITH ORDINALITY AS item (text, ord)
-    ON CONFLICT (run_id, idx) DO UPDATE SET item = excluded.item
+    INSERT INTO turns (run_key, idx, item)
+    SELECT run.run_key, %(history_from)s + item.ord - 1, item.text
+    FROM run, unnest(%(history)b::text[]) WITH ORDINALITY AS item (text, ord)
+    ON CONFLICT (run_key, idx) DO UPDATE SET item = excluded.item
     WHERE turns.item <> excluded.item
 ), turns_cut AS (
-    DELETE FROM turns WHERE run_id = %(run_id)s AND idx >= %(history_end)s
+    DELETE FROM turns WHERE run_key = (SELECT run_key FROM run) AND idx >= %(history_end)s
 ), {_EVENT}
 SELECT version, {_TOLD} FROM run
 """
 
+# What follows a ``gone`` CTE of deleted run rows (run_key, run_id, held: the items they held):
+# the items of each run that held at most PURGE_BATCH_ROWS go with it; a larger run's key goes
+# to deleted_runs, whose items _PURGE deletes in batches.
+_GONE: Final = (
+    "RETURNING run_key, run_id, trace_length AS steps, coalesce(history_length, 0) AS turns, "
+    "trace_length + coalesce(history_length, 0) AS held"
+)
+_ITEMS_GONE: Final = f"""
+steps_gone AS (
+    DELETE FROM steps WHERE run_key IN (SELECT run_key FROM gone WHERE held <= {PURGE_BATCH_ROWS})
+), turns_gone AS (
+    DELETE FROM turns WHERE run_key IN (SELECT run_key FROM gone WHERE held <= {PURGE_BATCH_ROWS})
+), purge_later AS (
+    INSERT INTO deleted_runs (run_key, steps_end, turns_end)
+    SELECT run_key, steps, turns FROM gone WHERE held > {PURGE_BATCH_ROWS}
+)"""
 _DELETE: Final = (
-    f"WITH gone AS (DELETE FROM runs WHERE run_id = %s RETURNING run_id) "
+    f"WITH gone AS (DELETE FROM runs WHERE run_id = %s {_GONE}), {_ITEMS_GONE} "
     f"SELECT {_TOLD_DELETED} FROM gone"
 )
+# One purge batch: up to PURGE_BATCH_ROWS steps and as many turns of one deleted run, the last
+# positions first (a run's items are at positions 0 to its length), by a range of its index
+# that holds only live rows; the run's entry goes once no item is left. SKIP LOCKED: replicas
+# purging at once take different runs. Says whether it found a run to purge.
+_PURGE: Final = f"""
+WITH doomed AS (
+    SELECT run_key, steps_end, turns_end,
+        greatest(steps_end - {PURGE_BATCH_ROWS}, 0) AS steps_from,
+        greatest(turns_end - {PURGE_BATCH_ROWS}, 0) AS turns_from
+    FROM deleted_runs ORDER BY run_key LIMIT 1 FOR UPDATE SKIP LOCKED
+), steps_gone AS (
+    DELETE FROM steps USING doomed
+    WHERE steps.run_key = doomed.run_key
+        AND steps.idx >= doomed.steps_from AND steps.idx < doomed.steps_end
+), turns_gone AS (
+    DELETE FROM turns USING doomed
+    WHERE turns.run_key = doomed.run_key
+        AND turns.idx >= doomed.turns_from AND turns.idx < doomed.turns_end
+), finished AS (
+    DELETE FROM deleted_runs USING doomed
+    WHERE deleted_runs.run_key = doomed.run_key AND doomed.steps_from = 0
+        AND doomed.turns_from = 0
+), moved AS (
+    UPDATE deleted_runs SET steps_end = doomed.steps_from, turns_end = doomed.turns_from
+    FROM doomed
+    WHERE deleted_runs.run_key = doomed.run_key
+        AND (doomed.steps_from > 0 OR doomed.turns_from > 0)
+)
+SELECT count(*) FROM doomed
+"""
 _STATE_WIDTH: Final = len(RunState._fields)
 
 
@@ -245,12 +294,18 @@ async def delete_runs_batch(
     )
     picked = retention_batch(await cursor.fetchall(), RETENTION_BATCH_ROWS)
     sql = (
-        f"WITH gone AS (DELETE FROM runs {where} AND run_id = ANY(%s) RETURNING run_id), "
+        f"WITH gone AS (DELETE FROM runs {where} AND run_id = ANY(%s) {_GONE}), {_ITEMS_GONE}, "
         f"told AS (SELECT {_TOLD_DELETED} FROM gone) "
         "SELECT count(*) FROM told"
     )
     row = await fetch_one(connection, sql, (*params, picked))
     return int(row[0]), bool(picked)
+
+
+async def purge_batch(connection: Connection) -> bool:
+    """Delete a batch of the items deleted runs left (see base.PURGE_BATCH_ROWS); False when
+    there was none to delete."""
+    return bool((await fetch_one(connection, _PURGE, ()))[0])
 
 
 @dataclass(frozen=True, slots=True)

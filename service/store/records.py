@@ -289,7 +289,7 @@ def written_json(snapshot: Mapping[str, Any], record: SnapshotRecord) -> tuple[b
     snapshot's top-level keys it writes in none of them: ``trace``, ``history`` and ``plan``,
     kept outside ``doc``, and optional fields that are null, left out.
 
-    For the body parser's duplicate-key check (``api.json_body``), which counts colons.
+    For the body parser's duplicate-key check (``strict_json``), which counts colons.
     """
     texts = [record.doc, record.plan or "", *record.trace, *(record.history or ())]
     left_out = sum(1 for name, value in snapshot.items() if not _in_doc(name, value))

@@ -8,6 +8,7 @@ small thread pool and awaits its writes, so no sqlite call blocks the event loop
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -22,7 +23,6 @@ from runstore.client.problems import StoreUnavailable
 
 from . import rules
 from .base import (
-    RETENTION_BATCH_ROWS,
     ClaimedRun,
     ClaimQuery,
     CommitObserver,
@@ -33,15 +33,13 @@ from .base import (
     StoredRun,
     StoreStats,
     WriteResult,
-    retention_batch,
-    retention_candidates_sql,
-    retention_filter,
 )
-from .changes import Change, ChangeListener, Committed
+from .changes import ChangeListener, Committed
 from .reads import GET_COLUMNS, list_sql, run_page, stored_run
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunState
 from .sqlite_batch import AcquireLease, PatchRun, PutRun, ReleaseLease, now_ms
+from .sqlite_deletes import delete_batch, delete_run, purge_batch
 from .sqlite_schema import connect, migrate, verify
 from .sqlite_writer import WriterThread, storage_error
 from .tally import RunTally, TallyDelta
@@ -51,32 +49,20 @@ __all__ = ["SQLiteEngine", "SQLiteStore"]
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
+log = logging.getLogger("runstore.sqlite")
+
 T = TypeVar("T")
 
 READER_THREADS: Final = 2
 
 _GET: Final = f"""
 SELECT {GET_COLUMNS},
-    (SELECT group_concat(item, ',') FROM (SELECT item FROM steps WHERE run_id = ?1 ORDER BY idx)),
-    (SELECT group_concat(item, ',') FROM (SELECT item FROM turns WHERE run_id = ?1 ORDER BY idx))
+    (SELECT group_concat(item, ',') FROM
+        (SELECT item FROM steps WHERE steps.run_key = runs.run_key ORDER BY idx)),
+    (SELECT group_concat(item, ',') FROM
+        (SELECT item FROM turns WHERE turns.run_key = runs.run_key ORDER BY idx))
 FROM runs WHERE run_id = ?1
 """
-
-
-def _delete(
-    run_id: str, if_match: int | None, lease: int | None, connection: sqlite3.Connection
-) -> Committed:
-    row = connection.execute(
-        f"SELECT {rules.STATE_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
-    ).fetchone()
-    stored = None if row is None else RunState._make(row)
-    rules.delete(run_id, stored, if_match, lease, now_ms())
-    connection.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
-    assert stored is not None  # rules.delete refuses an absent run
-    tally = TallyDelta()
-    tally.moved(stored.status, None)
-    tally.leased(run_id, None)
-    return Committed(None, [Change.of_delete(run_id)], tally)
 
 
 _CLAIMABLE: Final = (
@@ -118,26 +104,6 @@ def _claim(query: ClaimQuery, connection: sqlite3.Connection) -> Committed | Non
     tally = TallyDelta()
     tally.leased(run_id, state.lease_expires_at)
     return Committed(ClaimedRun(run, lease), [], tally)
-
-
-def _delete_batch(
-    completed_before: int | None, started_before: int | None, connection: sqlite3.Connection
-) -> Committed:
-    """One retention batch (see RunStore.delete_runs): how many runs it deleted, with their
-    deletions for the watchers."""
-    where, params = retention_filter(completed_before, started_before, "?")
-    candidates = connection.execute(
-        retention_candidates_sql(where, "?"), (*params, RETENTION_BATCH_ROWS)
-    ).fetchall()
-    picked = retention_batch(candidates, RETENTION_BATCH_ROWS)
-    tally = TallyDelta()
-    for run_id in picked:
-        (status,) = connection.execute(
-            "DELETE FROM runs WHERE run_id = ? RETURNING status", (run_id,)
-        ).fetchone()
-        tally.moved(status, None)
-        tally.leased(run_id, None)
-    return Committed(len(picked), [Change.of_delete(run_id) for run_id in picked], tally)
 
 
 def _count(
@@ -182,6 +148,9 @@ class SQLiteEngine:
         )
         self._closed = False
         self._writer.start_and_wait()
+        # Items of runs deleted while the store last ran, if it stopped before purging them.
+        if self._read(lambda c: c.execute("SELECT 1 FROM deleted_runs LIMIT 1").fetchone()):
+            self.purge()
 
     def _open_writer(self) -> sqlite3.Connection:
         connection = connect(self.path)
@@ -243,7 +212,18 @@ class SQLiteEngine:
     def delete_run(
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
-        self._writer.write(partial(_delete, run_id, if_match, lease))
+        self._writer.write(partial(delete_run, run_id, if_match, lease))
+        self.purge()
+
+    def purge(self) -> None:
+        """Delete the items deleted runs left, a batch per transaction, so that other writes
+        go between the batches. The deletes that left them are done whatever happens here: a
+        purge that fails is left to the next one (the next delete's, or the next opening's)."""
+        try:
+            while self._writer.write(purge_batch):
+                pass
+        except StoreUnavailable as exc:
+            log.warning("items of deleted runs are left for the next purge: %s", exc)
 
     def acquire_lease(
         self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
@@ -262,8 +242,9 @@ class SQLiteEngine:
         self, *, completed_before: int | None = None, started_before: int | None = None
     ) -> int:
         deleted = 0
-        while batch := self._writer.write(partial(_delete_batch, completed_before, started_before)):
+        while batch := self._writer.write(partial(delete_batch, completed_before, started_before)):
             deleted += batch
+        self.purge()
         return deleted
 
     @property
@@ -430,7 +411,17 @@ class SQLiteStore(RunStore):
     async def delete_run(
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
-        await self.engine.writer.write_async(partial(_delete, run_id, if_match, lease))
+        await self.engine.writer.write_async(partial(delete_run, run_id, if_match, lease))
+        await self._purge()
+
+    async def _purge(self) -> None:
+        # Each batch is queued after the writes waiting now: they go between the batches. As
+        # in SQLiteEngine.purge, a failure leaves the rest to the next purge.
+        try:
+            while await self.engine.writer.write_async(purge_batch):
+                pass
+        except StoreUnavailable as exc:
+            log.warning("items of deleted runs are left for the next purge: %s", exc)
 
     async def acquire_lease(
         self, run_id: str, holder: str, ttl_ms: int, *, lease: int | None = None
@@ -453,9 +444,10 @@ class SQLiteStore(RunStore):
         # Each batch is queued after the writes waiting now: they go between the batches.
         deleted = 0
         while batch := await self.engine.writer.write_async(
-            partial(_delete_batch, completed_before, started_before)
+            partial(delete_batch, completed_before, started_before)
         ):
             deleted += batch
+        await self._purge()
         return deleted
 
     async def get_run(self, run_id: str) -> StoredRun | None:

@@ -36,12 +36,12 @@ __all__ = ["AcquireLease", "PatchRun", "PutRun", "ReleaseLease", "apply_writes",
 # Rows in one INSERT: well under SQLite's limit of bound parameters.
 ROWS_PER_INSERT: Final = 64
 # A run's state as the rules see it, its content, and when it was written: _Run.values().
-_RUN_COLUMNS: Final = ("run_id", *RunState._fields, "doc", "plan", "updated_at")
+_RUN_COLUMNS: Final = ("run_id", "run_key", *RunState._fields, "doc", "plan", "updated_at")
 # What an update that leaves the indexed columns (status, started_at, completed_at) alone
 # writes: most PATCHes. Setting an indexed column, even to its own value, rewrites its index
 # entries, and each index page so touched is one more page in the WAL at commit.
 _CONTENT_COLUMNS: Final = (
-    "run_id",
+    "run_key",
     "version",
     "trace_length",
     "history_length",
@@ -50,7 +50,7 @@ _CONTENT_COLUMNS: Final = (
     "plan",
     "updated_at",
 )
-_ITEM_COLUMNS: Final = ("run_id", "idx", "item")
+_ITEM_COLUMNS: Final = ("run_key", "idx", "item")
 
 
 # The store's clock follows the wall clock but never goes back: a step back of the system clock
@@ -72,6 +72,7 @@ class _Run:
     """A run's row as the group goes."""
 
     run_id: str
+    key: int
     state: RunState
     doc: str
     plan: str | None
@@ -99,7 +100,7 @@ class _Run:
         """The values of _CONTENT_COLUMNS."""
         state = self.state
         return (
-            self.run_id,
+            self.key,
             state.version,
             state.trace_length,
             state.history_length,
@@ -114,7 +115,7 @@ class _Run:
 
     def values(self, updated_at: int) -> tuple[object, ...]:
         """The values of _RUN_COLUMNS."""
-        return (self.run_id, *self.state, self.doc, self.plan, updated_at)
+        return (self.run_id, self.key, *self.state, self.doc, self.plan, updated_at)
 
 
 def _rows_sql(columns: tuple[str, ...], rows: int) -> str:
@@ -128,11 +129,11 @@ def _insert_runs_sql(rows: int) -> str:
 
 @functools.cache
 def _update_runs_sql(columns: tuple[str, ...], rows: int) -> str:
-    """One UPDATE of ``rows`` runs, setting ``columns`` (the first is run_id, the key)."""
+    """One UPDATE of ``rows`` runs, setting ``columns`` (the first is run_key, the key)."""
     assignments = ", ".join(f"{column} = v.{column}" for column in columns[1:])
     return (
         f"WITH v ({', '.join(columns)}) AS (VALUES {_rows_sql(columns, rows)}) "
-        f"UPDATE runs SET {assignments} FROM v WHERE runs.run_id = v.run_id"
+        f"UPDATE runs SET {assignments} FROM v WHERE runs.run_key = v.run_key"
     )
 
 
@@ -140,7 +141,7 @@ def _update_runs_sql(columns: tuple[str, ...], rows: int) -> str:
 def _upsert_items_sql(table: str, rows: int) -> str:
     return (
         f"INSERT INTO {table} ({', '.join(_ITEM_COLUMNS)}) VALUES {_rows_sql(_ITEM_COLUMNS, rows)} "
-        "ON CONFLICT (run_id, idx) DO UPDATE SET item = excluded.item WHERE item != excluded.item"
+        "ON CONFLICT (run_key, idx) DO UPDATE SET item = excluded.item WHERE item != excluded.item"
     )
 
 
@@ -173,24 +174,40 @@ class RunWrites:
         self.now = now_ms()
         ids = list(run_ids)
         rows = connection.execute(
-            f"SELECT run_id, {rules.STATE_COLUMNS}, doc, plan FROM runs "
+            f"SELECT run_id, run_key, {rules.STATE_COLUMNS}, doc, plan FROM runs "
             f"WHERE run_id IN ({', '.join('?' * len(ids))})",
             ids,
         ).fetchall()
         width = len(RunState._fields)
         self.runs: dict[str, _Run] = {}
         for row in rows:
-            state = RunState._make(row[1 : 1 + width])
+            state = RunState._make(row[2 : 2 + width])
             self.runs[row[0]] = _Run(
                 row[0],
+                row[1],
                 state,
-                row[1 + width],
                 row[2 + width],
+                row[3 + width],
                 indexed=(state.status, state.started_at, state.completed_at),
                 lease_expires_at=state.lease_expires_at,
             )
-        # Pending items, flat: run id, position, JSON text, run id, ... (bound as they are).
+        # The key of the next new run (see _next_key), once the group creates one.
+        self._next_key: int | None = None
+        # Pending items, flat: run key, position, JSON text, run key, ... (bound as they are).
         self.items: dict[str, list[object]] = {"steps": [], "turns": []}
+
+    def _new_key(self) -> int:
+        """A key no run has had: past the largest given (AUTOINCREMENT's record of it, which an
+        explicit key also moves on). Read inside the group's transaction, which holds the
+        database's write lock, so no other writer takes the same."""
+        if self._next_key is None:
+            row = self.connection.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'runs'"
+            ).fetchone()
+            self._next_key = 1 if row is None else int(row[0]) + 1
+        key = self._next_key
+        self._next_key += 1
+        return key
 
     def stored(self, run_id: str) -> tuple[RunState | None, str | None]:
         """The run's state and doc as the group has left them so far; Nones for no run."""
@@ -208,7 +225,9 @@ class RunWrites:
         run = self.runs.get(run_id)
         if run is None:
             old_trace_length = old_history_length = 0
-            run = self.runs[run_id] = _Run(run_id, change.state, "", None, indexed=None)
+            run = self.runs[run_id] = _Run(
+                run_id, self._new_key(), change.state, "", None, indexed=None
+            )
         else:
             old_trace_length = run.state.trace_length
             old_history_length = run.state.history_length or 0
@@ -220,11 +239,11 @@ class RunWrites:
         run.changed = True
         state = change.state
         self._write_items(
-            "steps", run_id, change.trace_from, change.trace, state.trace_length, old_trace_length
+            "steps", run.key, change.trace_from, change.trace, state.trace_length, old_trace_length
         )
         self._write_items(
             "turns",
-            run_id,
+            run.key,
             change.history_from,
             change.history,
             state.history_length or 0,
@@ -235,7 +254,7 @@ class RunWrites:
     def _write_items(
         self,
         table: str,
-        run_id: str,
+        key: int,
         start: int,
         items: list[str],
         new_length: int,
@@ -244,7 +263,7 @@ class RunWrites:
         """Items ``start...`` replace what is there; stored items from ``new_length`` on go."""
         if items:
             count = len(items)
-            flat: list[object] = [run_id] * (3 * count)
+            flat: list[object] = [key] * (3 * count)
             flat[1::3] = range(start, start + count)
             flat[2::3] = items
             self.items[table] += flat
@@ -253,7 +272,7 @@ class RunWrites:
             # is pending first, to keep the order.
             self.flush()
             self.connection.execute(
-                f"DELETE FROM {table} WHERE run_id = ? AND idx >= ?", (run_id, new_length)
+                f"DELETE FROM {table} WHERE run_key = ? AND idx >= ?", (key, new_length)
             )
 
     def flush(self) -> None:
@@ -273,13 +292,13 @@ class RunWrites:
             if not run.stored:
                 new.append(run.values(self.now))
             elif run.moved():
-                moved.append(run.values(self.now))
+                moved.append(run.values(self.now)[1:])
             else:
                 in_place.append(run.content_values(self.now))
         for rows, params in _chunks(new):
             self.connection.execute(_insert_runs_sql(rows), params)
         for rows, params in _chunks(moved):
-            self.connection.execute(_update_runs_sql(_RUN_COLUMNS, rows), params)
+            self.connection.execute(_update_runs_sql(_RUN_COLUMNS[1:], rows), params)
         for rows, params in _chunks(in_place):
             self.connection.execute(_update_runs_sql(_CONTENT_COLUMNS, rows), params)
         for run in changed:

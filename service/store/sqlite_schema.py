@@ -1,7 +1,8 @@
 """The SQLite schema, its version in ``PRAGMA user_version``, and forward migrations.
 
-Steps and history turns live one row each, keyed by (run, position), so that appending a step
-writes one row and reading a run concatenates stored JSON text in order.
+Steps and history turns live one row each, keyed by (run key, position), so that appending a
+step writes one row and reading a run concatenates stored JSON text in order. The run key is the
+runs table's integer primary key; the run id text is kept once, in the run's row.
 """
 
 from __future__ import annotations
@@ -76,8 +77,73 @@ ALTER TABLE runs ADD COLUMN lease_expires_at INTEGER;
 ALTER TABLE runs ADD COLUMN lease_ttl_ms INTEGER;
 """
 
+# Version 4 (issue 14): steps and turns keyed by the run's integer key, not by its id repeated in
+# every row (a 200-character id made each one-character step cost over 400 bytes, in the table
+# and in its index). AUTOINCREMENT: a key is never given again, so a run re-created under the id
+# of a deleted one never meets rows of the old run still waiting to be purged. Deleting the run
+# row no longer cascades: a large run's items are purged in bounded batches (``deleted_runs``
+# holds the keys whose items remain, and the positions below which they do), so the delete
+# does not hold the writer for seconds.
+_V4: Final = """
+CREATE TABLE runs_v4 (
+    run_key INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    completed_at INTEGER,
+    version INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    trace_length INTEGER NOT NULL,
+    history_length INTEGER,
+    doc TEXT NOT NULL,
+    plan TEXT,
+    lease INTEGER NOT NULL DEFAULT 0,
+    lease_holder TEXT,
+    lease_expires_at INTEGER,
+    lease_ttl_ms INTEGER
+);
+INSERT INTO runs_v4 (run_id, status, started_at, completed_at, version, updated_at, trace_length,
+                     history_length, doc, plan, lease, lease_holder, lease_expires_at,
+                     lease_ttl_ms)
+    SELECT run_id, status, started_at, completed_at, version, updated_at, trace_length,
+           history_length, doc, plan, lease, lease_holder, lease_expires_at, lease_ttl_ms
+    FROM runs ORDER BY run_id;
+CREATE TABLE steps_v4 (
+    run_key INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    item TEXT NOT NULL,
+    PRIMARY KEY (run_key, idx)
+);
+INSERT INTO steps_v4 (run_key, idx, item)
+    SELECT runs_v4.run_key, steps.idx, steps.item FROM steps JOIN runs_v4 USING (run_id)
+    ORDER BY runs_v4.run_key, steps.idx;
+CREATE TABLE turns_v4 (
+    run_key INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    item TEXT NOT NULL,
+    PRIMARY KEY (run_key, idx)
+);
+INSERT INTO turns_v4 (run_key, idx, item)
+    SELECT runs_v4.run_key, turns.idx, turns.item FROM turns JOIN runs_v4 USING (run_id)
+    ORDER BY runs_v4.run_key, turns.idx;
+DROP TABLE steps;
+DROP TABLE turns;
+DROP TABLE runs;
+ALTER TABLE runs_v4 RENAME TO runs;
+ALTER TABLE steps_v4 RENAME TO steps;
+ALTER TABLE turns_v4 RENAME TO turns;
+CREATE INDEX runs_by_start ON runs (started_at DESC, run_id DESC);
+CREATE INDEX runs_by_status ON runs (status, started_at DESC, run_id DESC);
+CREATE INDEX runs_by_completion ON runs (completed_at) WHERE completed_at IS NOT NULL;
+CREATE TABLE deleted_runs (
+    run_key INTEGER PRIMARY KEY,
+    steps_end INTEGER NOT NULL,
+    turns_end INTEGER NOT NULL
+)
+"""
+
 # MIGRATIONS[n] takes a database from user_version n to n + 1.
-MIGRATIONS: Final = (_V1, _V2, _V3)
+MIGRATIONS: Final = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -163,7 +229,9 @@ def migrate(connection: sqlite3.Connection) -> None:
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        # Some errors (an interrupt, a full disk) have rolled the transaction back already.
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
         raise
 
 

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from runstore.client.models import OPTIONAL_FIELDS, REQUIRED_FIELDS, RESERVED_FIELDS
 from runstore.client.problems import MalformedJson, NestingTooDeep
-from runstore.service.api import json_body, routes
+from runstore.service import strict_json
+from runstore.service.api import routes
 from runstore.service.config import Settings
 from runstore.service.store.records import snapshot_record
 
@@ -36,7 +37,7 @@ json_values = st.recursive(
 
 def strict(raw: bytes) -> Any:
     """What the json module alone makes of ``raw`` (the parser's reference)."""
-    return json_body._strict_decoder.decode(raw.decode("utf-8"))
+    return strict_json._strict_decoder.decode(raw.decode("utf-8"))
 
 
 @given(json_values)
@@ -50,8 +51,8 @@ def test_any_json_parses_to_what_the_json_module_reads(value: Any) -> None:
             expected = strict(raw)
         except (UnicodeDecodeError, ValueError):
             continue  # a lone surrogate written raw is no UTF-8: covered below
-        assert json_body.parse_json(raw) == expected
-        assert type(json_body.parse_json(raw)) is type(expected)
+        assert strict_json.parse_json(raw) == expected
+        assert type(strict_json.parse_json(raw)) is type(expected)
 
 
 @given(json_values)
@@ -61,9 +62,9 @@ def test_a_body_without_duplicates_is_checked_by_counting_alone(value: Any) -> N
     # Escaped colons, lone surrogates (which msgspec refuses) and numbers that may be too small
     # for a double go to the json module.
     assume(b"\\u003" not in raw and b"\\ud" not in raw)
-    assume(not json_body.maybe_too_small(raw))
-    with mock.patch.object(json_body, "parse_strict", side_effect=AssertionError("parsed again")):
-        assert json_body.parse_json(raw) == strict(raw)
+    assume(not strict_json.maybe_too_small(raw))
+    with mock.patch.object(strict_json, "parse_strict", side_effect=AssertionError("parsed again")):
+        assert strict_json.parse_json(raw) == strict(raw)
 
 
 @given(st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=4), st.data())
@@ -76,7 +77,7 @@ def test_a_duplicate_key_anywhere_is_refused(obj: dict[str, Any], data: st.DataO
     nested = f'{{"outer": [1, {raw}], "after": "a:b"}}'.encode()
     for document in (raw.encode(), nested):
         with pytest.raises(MalformedJson) as refused:
-            json_body.parse_json(document)
+            strict_json.parse_json(document)
         assert refused.value.slug == "malformed-json"
         assert "duplicate key" in refused.value.detail
 
@@ -101,9 +102,9 @@ def test_colons_in_strings_do_not_hide_or_invent_duplicates(raw: bytes) -> None:
         expected = exc
     if isinstance(expected, Exception):
         with pytest.raises(MalformedJson):
-            json_body.parse_json(raw)
+            strict_json.parse_json(raw)
     else:
-        assert json_body.parse_json(raw) == expected
+        assert strict_json.parse_json(raw) == expected
 
 
 @pytest.mark.parametrize(
@@ -118,7 +119,7 @@ def test_colons_in_strings_do_not_hide_or_invent_duplicates(raw: bytes) -> None:
     ],
 )
 def test_values_are_kept_exactly(raw: bytes, expected: Any) -> None:
-    assert json_body.parse_json(raw) == expected
+    assert strict_json.parse_json(raw) == expected
 
 
 @pytest.mark.parametrize(
@@ -138,7 +139,7 @@ def test_values_are_kept_exactly(raw: bytes, expected: Any) -> None:
 )
 def test_what_the_json_module_refuses_is_refused(raw: bytes) -> None:
     with pytest.raises(MalformedJson) as refused:
-        json_body.parse_json(raw)
+        strict_json.parse_json(raw)
     assert refused.value.slug == "malformed-json"
 
 
@@ -154,9 +155,9 @@ def test_nesting_up_to_the_limit_is_read_and_one_more_level_is_refused(limit: in
     # Padded with many shallow brackets (two levels), so that the byte count does not decide.
     shallow = b"[" + b",".join([b"[]"] * 600) + b"]"
     at_limit = _nested(limit - 2, inner=shallow)
-    assert json_body.parse_json(at_limit, limit) == json.loads(at_limit)
+    assert strict_json.parse_json(at_limit, limit) == json.loads(at_limit)
     with pytest.raises(NestingTooDeep) as refused:
-        json_body.parse_json(_nested(limit - 1, inner=shallow), limit)
+        strict_json.parse_json(_nested(limit - 1, inner=shallow), limit)
     assert refused.value.status == 400
     assert f"limit of {limit} levels" in refused.value.detail
 
@@ -166,14 +167,14 @@ def test_any_depth_past_the_limit_is_a_400_nesting_too_deep(depth: int) -> None:
     # 978-981 levels were once a RecursionError (a 500) in the encoder fallback (issue 14).
     for raw in (_nested(depth), b"[" * depth + b"]" * depth):
         with pytest.raises(NestingTooDeep) as refused:
-            json_body.parse_json(raw)
+            strict_json.parse_json(raw)
         assert refused.value.slug == "nesting-too-deep"
 
 
 # ---------------------------------------------------------------- PUT bodies
 #
 # A PUT's duplicate-key check counts the colons of the parts its snapshot record encodes anyway
-# (json_body.parse_json_as, routes._snapshot_of). Whatever the body, the outcome must be the one
+# (strict_json.parse_json_as, routes._snapshot_of). Whatever the body, the outcome must be the one
 # the strict parser leads to.
 
 KNOWN_FIELDS = REQUIRED_FIELDS | OPTIONAL_FIELDS | RESERVED_FIELDS
@@ -227,9 +228,9 @@ def test_a_put_body_gives_the_record_of_what_the_json_module_reads(
     fields: list[tuple[str, Any]],
 ) -> None:
     raw = _object([(name, json.dumps(value)) for name, value in fields]).encode()
-    assume(not json_body.maybe_too_small(raw))
+    assume(not strict_json.maybe_too_small(raw))
     # Checked by counting, not parsed a second time.
-    with mock.patch.object(json_body, "parse_strict", side_effect=AssertionError("parsed again")):
+    with mock.patch.object(strict_json, "parse_strict", side_effect=AssertionError("parsed again")):
         assert snapshot_of(raw) == snapshot_record(strict(raw))
 
 

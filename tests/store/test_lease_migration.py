@@ -21,7 +21,10 @@ from runstore.service.store.postgres import PostgresStore
 from runstore.service.store.postgres_schema import MIGRATIONS as PG_MIGRATIONS
 from runstore.service.store.postgres_schema import SCHEMA_VERSION as PG_VERSION
 from runstore.service.store.records import patch_record, snapshot_record
-from runstore.service.store.sqlite_schema import SCHEMA_VERSION as SQLITE_VERSION
+
+# The schema versions before leases: the leases migration took each backend one version further.
+SQLITE_BEFORE_LEASES = 2
+PG_BEFORE_LEASES = 3
 
 pytestmark = pytest.mark.anyio
 __all__ = ["empty_database"]  # a fixture, imported for the test below
@@ -59,7 +62,7 @@ async def check_migrated_runs(store: RunStore) -> None:
 
 async def test_a_sqlite_file_before_leases_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "v2.db"
-    old_database(path, SQLITE_VERSION - 1)
+    old_database(path, SQLITE_BEFORE_LEASES)
     async with SQLiteStore(path) as store:
         await check_migrated_runs(store)
 
@@ -73,8 +76,8 @@ def database_before_leases(request: pytest.FixtureRequest) -> str:
         "CREATE TABLE schema_version (version integer PRIMARY KEY, "
         "applied_at timestamptz NOT NULL DEFAULT now())",
     )
-    # Leases are the last migration; schema_version holds one row per migration applied.
-    for version, statements in enumerate(PG_MIGRATIONS[: PG_VERSION - 1], start=1):
+    # schema_version holds one row per migration applied.
+    for version, statements in enumerate(PG_MIGRATIONS[:PG_BEFORE_LEASES], start=1):
         for statement in statements:
             query(url, statement)
         query(url, "INSERT INTO schema_version (version) VALUES (%s)", (version,))

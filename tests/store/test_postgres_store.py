@@ -193,7 +193,10 @@ def _row_versions(url: str, table: str, run_id: str) -> dict[int, str]:
     """idx -> xmin: the transaction that wrote each item row's current version."""
     rows = query(
         url,
-        sql.SQL("SELECT idx, xmin::text FROM {} WHERE run_id = %s").format(sql.Identifier(table)),
+        sql.SQL(
+            "SELECT idx, {table}.xmin::text FROM {table} JOIN runs USING (run_key) "
+            "WHERE run_id = %s"
+        ).format(table=sql.Identifier(table)),
         (run_id,),
     )
     return dict(rows)

@@ -36,8 +36,13 @@ def _rows(connection: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
             "SELECT run_id, status, started_at, completed_at, version, trace_length, "
             "history_length, doc, plan FROM runs ORDER BY run_id"
         ).fetchall(),
-        "steps": connection.execute("SELECT * FROM steps ORDER BY run_id, idx").fetchall(),
-        "turns": connection.execute("SELECT * FROM turns ORDER BY run_id, idx").fetchall(),
+        **{
+            table: connection.execute(
+                f"SELECT run_id, idx, item FROM {table} JOIN runs USING (run_key) "
+                "ORDER BY run_id, idx"
+            ).fetchall()
+            for table in ("steps", "turns")
+        },
     }
 
 

@@ -102,12 +102,10 @@ def test_a_version_1_database_is_migrated_with_every_run_intact(tmp_path: Path) 
     assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
-    assert connection.execute("SELECT count(*) FROM steps WHERE run_id = 'first'").fetchone() == (
-        0,
-    )
-    assert connection.execute("SELECT count(*) FROM turns WHERE run_id = 'first'").fetchone() == (
-        0,
-    )
+    # Only the second run's rows are left.
+    assert connection.execute("SELECT count(*) FROM steps").fetchone() == (2,)
+    assert connection.execute("SELECT count(*) FROM turns").fetchone() == (0,)
+    assert connection.execute("SELECT count(*) FROM deleted_runs").fetchone() == (0,)
     for table in ("steps", "turns"):
         assert "WITHOUT ROWID" not in _table_sql(connection, table).upper()
     connection.close()

@@ -1,5 +1,6 @@
-r"""Request bodies parsed as JSON, strictly: UTF-8, no NaN, no Infinity, no number too large for a
-double, no duplicate key; integers of any size are kept.
+r"""JSON parsed strictly, for request bodies and the legacy columns an import reads: UTF-8, no
+NaN, no Infinity, no number too large for a double, no duplicate key; integers of any size are
+kept. It depends on nothing of HTTP, so the API and the store both use it.
 
 msgspec reads JSON several times faster than the json module, keeps integers of any size and
 refuses what the json module refuses, except that it keeps the last of duplicate keys. So the
