@@ -21,6 +21,10 @@ Each round measures every scenario on runstore and on its reference back to back
 the median of the rounds' ratios, which are printed too. On a shared machine whose speed drifts
 by tens of percent within minutes, one round's ratio says little.
 
+With ``--scenarios instrumentation`` only PATCH is measured, on the floor, on runstore as it
+serves by default (metrics and request ids on) and on the same build with ``RUNSTORE_METRICS=false``
+(targets: on >= 0.90 of off, and >= 0.70 of the floor; issue 16).
+
 With ``--versus-sqlite`` the reference of every scenario is a runstore on SQLite instead, and the
 ratios are PostgreSQL's throughput over SQLite's (targets: PATCH >= 0.5, PUT >= 0.4; issue 19).
 
@@ -190,12 +194,13 @@ def _database_pids(database_url: str) -> list[int]:
     return [int(row[0]) for row in rows]
 
 
-def start_runstore(db: str, database_url: str | None, pin: bool) -> Server:
+def start_runstore(
+    db: str, database_url: str | None, pin: bool, env: dict[str, str] | None = None
+) -> Server:
     command = [sys.executable, "-m", "runstore.service", "serve", "--port", "0"]
     command += ["--database-url", _tagged(database_url)] if database_url else ["--db", db]
-    return start_server(
-        "runstore", command, {"RUNSTORE_ACCESS_LOG": "false", "RUNSTORE_AUTH_DISABLED": "true"}, pin
-    )
+    base = {"RUNSTORE_ACCESS_LOG": "false", "RUNSTORE_AUTH_DISABLED": "true"}
+    return start_server("runstore", command, {**base, **(env or {})}, pin)
 
 
 def start_reference(kind: str, db: str, pin: bool) -> Server:
@@ -404,6 +409,16 @@ def servers(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, list[
     try:
         if args.versus_sqlite:
             started["sqlite"] = [start_runstore(str(workdir / "sqlite.db"), None, args.pin)]
+        elif args.scenarios == "instrumentation":
+            started["floor"] = [start_reference("floor", str(workdir / "floor.db"), args.pin)]
+            started["uninstrumented"] = [
+                start_runstore(
+                    str(workdir / "off.db"),
+                    args.database_url,
+                    args.pin,
+                    {"RUNSTORE_METRICS": "false"},
+                )
+            ]
         else:
             started["floor"] = [start_reference("floor", str(workdir / "floor.db"), args.pin)]
             started["naive"] = [start_reference("naive", str(workdir / "naive.db"), args.pin)]
@@ -471,7 +486,9 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> list[Result]:
 
             # Leases: the same PATCH with and without Runstore-Lease, back to back, taking
             # turns at going first.
-            order = ["PATCH unleased", "PATCH leased"]
+            order = (
+                [] if args.scenarios == "instrumentation" else ["PATCH unleased", "PATCH leased"]
+            )
             for scenario in order if round_number % 2 == 0 else order[::-1]:
                 leased = scenario == "PATCH leased"
                 runs = f"{prefix}-{'leased' if leased else 'unleased'}"
@@ -481,6 +498,16 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> list[Result]:
                 factory = patch_factory(runs, 5, 1 if leased else None)
                 await measure("runstore", scenario, factory, round_number)
             if args.scenarios == "leases":
+                continue
+            if args.scenarios == "instrumentation":
+                # Three targets, each first in turn: a drifting machine favours none.
+                targets = ["floor", "uninstrumented", "runstore"]
+                shift = round_number % len(targets)
+                for target in targets[shift:] + targets[:shift]:
+                    if target != "floor":
+                        await seed_runs(ports[target][0], f"{prefix}-patch", args.connections, 5)
+                    factory = patch_factory(f"{prefix}-patch", 5)
+                    await measure(target, "PATCH 1 step", factory, round_number)
                 continue
 
             # PATCH: every connection appends to its own run, created first with 5 steps.
@@ -555,6 +582,19 @@ def summarize_versus_sqlite(results: list[Result]) -> dict[str, dict[str, object
     return summary
 
 
+def summarize_instrumentation(results: list[Result]) -> dict[str, dict[str, object]]:
+    """PATCH with metrics and request ids on, over the same build with them off, and over the
+    floor."""
+    throughput = functools.partial(_metric, results, metric="throughput", scenario="PATCH 1 step")
+    on = throughput(target="runstore")
+    versus_off, off_rounds = _ratios(on, throughput(target="uninstrumented"))
+    versus_floor, floor_rounds = _ratios(on, throughput(target="floor"))
+    return {
+        "patch_on_vs_off": verdict(versus_off, off_rounds, ">= 0.90", versus_off >= 0.90),
+        "patch_vs_floor": verdict(versus_floor, floor_rounds, ">= 0.70", versus_floor >= 0.70),
+    }
+
+
 def summarize(results: list[Result]) -> dict[str, dict[str, object]]:
     throughput = functools.partial(_metric, results, metric="throughput")
     leased, leased_rounds = _ratios(
@@ -603,9 +643,10 @@ def main() -> int:
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="don't pin CPUs")
     parser.add_argument(
         "--scenarios",
-        choices=["all", "leases"],
+        choices=["all", "leases", "instrumentation"],
         default="all",
-        help="leases: only the leased and unleased PATCH",
+        help="leases: only the leased and unleased PATCH; instrumentation: PATCH with metrics "
+        "and request ids on and off, and the floor's",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -631,7 +672,12 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="runstore-bench-") as workdir:
         results = asyncio.run(run_all(args, Path(workdir)))
-    summary = summarize_versus_sqlite(results) if args.versus_sqlite else summarize(results)
+    if args.versus_sqlite:
+        summary = summarize_versus_sqlite(results)
+    elif args.scenarios == "instrumentation":
+        summary = summarize_instrumentation(results)
+    else:
+        summary = summarize(results)
     print()
     for name, verdict in summary.items():
         rounds = " ".join(f"{value:.2f}" for value in verdict["rounds"])  # type: ignore[attr-defined]

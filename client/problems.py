@@ -166,6 +166,12 @@ class RunStoreError(Exception):
         value = self.problem.get("title")
         return value if isinstance(value, str) else None
 
+    @property
+    def request_id(self) -> str | None:
+        """The server's id of the request that failed (``requestId``): its log lines name it."""
+        value = self.problem.get("requestId")
+        return value if isinstance(value, str) else None
+
     def __str__(self) -> str:
         prefix = f"{self.status} " if self.status is not None else ""
         title = f"{self.title}: " if self.title else ""

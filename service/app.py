@@ -12,8 +12,9 @@ Every request, the run routes' included, passes one stack, outermost first, as F
    limit bodies).
 2. The app's middleware (``app.add_middleware``; the last added is the outermost):
    :class:`~.api.auth.BearerAuth` when tokens are configured, for every path; middleware added
-   to the app later runs before it. Request ids and metrics belong here, and see every request
-   by construction.
+   to the app later runs before it; outside it, :class:`~.api.instrument.ObservedRequests`
+   (request ids, request metrics, the access log), so it sees every request, refused ones
+   included.
 3. ``ExceptionMiddleware``: the problem+json handlers (:mod:`.api.problems`), chosen by the
    class of what was raised; inside it, FastAPI's exit stack for uploaded files.
 4. The router. Its first route is :class:`~.api.run_route.RunRoute`: PUT, PATCH, GET, HEAD and
@@ -39,6 +40,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
+from prometheus_client import start_http_server
 
 from runstore.client.models import (
     REQUIRED_FIELDS,
@@ -51,8 +53,10 @@ from runstore.client.models import (
 
 from .api.auth import BearerAuth
 from .api.events import events_router
+from .api.instrument import ObservedRequests
 from .api.leases import lease_router
 from .api.limits import BodyBudget
+from .api.metrics import metrics_router
 from .api.openapi import for_generators, operation_id
 from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from .api.routes import RUN_ENDPOINTS, router
@@ -60,6 +64,7 @@ from .api.run_route import RunRoute
 from .api.ui import ui_router
 from .config import Settings, is_loopback
 from .events import EventBroker
+from .metrics import ServerMetrics
 from .store import RunStore, open_store
 
 __all__ = ["create_app"]
@@ -94,14 +99,23 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
     ``store``) and closes it."""
     settings = settings if settings is not None else Settings()
     broker = EventBroker(settings.events_queue)
+    metrics = ServerMetrics() if settings.metrics else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         _warn_if_open(settings)
         opened = store if store is not None else open_store(settings)
-        async with opened:
+        async with opened, _metrics_port(settings, metrics):
             broker.bind(asyncio.get_running_loop())
             await opened.start_events(broker)
+            if metrics is not None:
+                await opened.observe(metrics)
+                metrics.watch(opened.stats, broker)
+            if settings.telemetry:
+                # FastAPI's telemetry makes each request's span; the store's are its children.
+                from opentelemetry import trace
+
+                opened.trace(trace.get_tracer("runstore"))
             try:
                 yield {
                     "store": opened,
@@ -126,6 +140,8 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
             "tracing": settings.telemetry,
             "metrics": settings.telemetry,
             "logs": settings.telemetry,
+            # Exporters from the standard OTEL_* variables (the otel extra installs them).
+            "auto_configure": settings.telemetry,
         },
     )
     app.router.routes.insert(0, RunRoute(RUN_ENDPOINTS))
@@ -133,13 +149,38 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
     app.include_router(lease_router)
     app.include_router(events_router)
     app.include_router(ui_router)
+    if metrics is not None:
+        app.include_router(metrics_router)
     app.state.events = broker
+    app.state.metrics = metrics
     install_problem_handlers(app)
     tokens = settings.token_table
     if tokens is not None:
         app.add_middleware(BearerAuth, tokens=tokens)
+    if metrics is not None or settings.access_log:
+        # Outside the auth: its refusals get request ids and are counted too.
+        app.add_middleware(ObservedRequests, metrics=metrics, access_log=settings.access_log)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
+
+
+@asynccontextmanager
+async def _metrics_port(settings: Settings, metrics: ServerMetrics | None) -> AsyncIterator[None]:
+    """``/metrics`` without a token on ``RUNSTORE_METRICS_PORT``, while the app runs:
+    prometheus-client's own server, on a thread of its own."""
+    if metrics is None or settings.metrics_port is None:
+        yield
+        return
+    server, thread = start_http_server(
+        settings.metrics_port, addr=settings.host, registry=metrics.registry
+    )
+    log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:

@@ -152,8 +152,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .connections import guarded_protocol
+    from .logs import configure_logging
 
     settings = _settings(args)
+    configure_logging(settings.log_format, settings.log_level)
     # uvicorn re-raises SIGTERM once its graceful shutdown is done, which would end the process
     # with status 143; a stop that was asked for and completed is a success. Before uvicorn
     # takes the signal over (and after it hands it back), it stops the process at once.
@@ -184,7 +186,10 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         timeout_keep_alive=settings.keep_alive_timeout,
         backlog=settings.backlog,
-        access_log=settings.access_log,
+        # The app writes the access log (api.instrument), with the request id and duration;
+        # uvicorn's loggers propagate to the handler configure_logging set up.
+        access_log=False,
+        log_config=None,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
         lifespan="on",

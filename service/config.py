@@ -6,7 +6,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -158,10 +158,28 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="Log one line per request.")
     telemetry: bool = Field(
         False,
-        description="FastAPI's OpenTelemetry spans, metrics and logs, for a configured "
-        "OpenTelemetry provider; when on, FastAPI asks on every request whether one is.",
+        description="OpenTelemetry traces: FastAPI's request spans and the store's write and "
+        "commit spans, exported as the OTEL_* variables say (the otel extra); when on, FastAPI "
+        "asks on every request whether a provider is configured.",
     )
     log_level: str = Field("info", description="Log level of the server.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: human-readable log lines; json: one JSON object per line "
+        "(time, level, logger, message and the request's fields).",
+    )
+    metrics: bool = Field(
+        True,
+        description="GET /metrics (Prometheus) and request ids (X-Request-Id); false turns "
+        "both off.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Also serve /metrics on this port of RUNSTORE_HOST, without a token, "
+        "for a scraper; unset: only on the API's port (read scope).",
+    )
 
     @field_validator("tokens", mode="after")
     @classmethod

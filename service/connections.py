@@ -19,7 +19,8 @@ byte reaches the parser or the application:
 - **Host**: an HTTP/1.1 request without ``Host`` is answered 400 (RFC 9112 section 3.2).
 
 The answers are problem+json, like the application's, built from the classes of
-:mod:`runstore.client.problems`.
+:mod:`runstore.client.problems`, each with a new request id (``X-Request-Id`` and
+``requestId``), logged with the refusal.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from runstore.client.problems import (
     ServerBusy,
 )
 
+from .api.instrument import new_request_id
 from .api.problems import PROBLEM_MEDIA_TYPE
 
 __all__ = ["GuardedProtocol", "guarded_protocol", "problem_bytes"]
@@ -55,15 +57,17 @@ _DRAIN_SECONDS: Final = 2.0
 _HEAD_ENDS: Final = (b"\r\n\r\n", b"\n\n")
 
 
-def problem_bytes(error: RunStoreError) -> bytes:
+def problem_bytes(error: RunStoreError, request_id: str) -> bytes:
     """A whole HTTP/1.1 answer to ``error`` that closes the connection."""
     details = type(error).problem_details(error.detail)
+    details["requestId"] = request_id
     body = json.dumps(details, separators=(",", ":")).encode()
     status: int = details["status"]
     lines = [
         b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
         b"content-type: " + PROBLEM_MEDIA_TYPE.encode(),
         b"content-length: %d" % len(body),
+        b"x-request-id: " + request_id.encode(),
         b"connection: close",
     ]
     if status == 503:
@@ -218,7 +222,15 @@ class GuardedProtocol(HttpToolsProtocol):
         self._disarm_head_timer()
         if self.transport.is_closing():
             return
-        self.transport.write(problem_bytes(error))
+        # The request, whose head may be incomplete, is not read for an id of its own.
+        request_id = new_request_id()
+        self.logger.info(
+            "Answered %d and closed the connection: %s",
+            error.status,
+            error.detail,
+            extra={"request_id": request_id, "status": error.status},
+        )
+        self.transport.write(problem_bytes(error, request_id))
         if drain and self.transport.can_write_eof():
             self._draining = True
             self.transport.write_eof()

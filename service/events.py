@@ -125,6 +125,8 @@ class EventBroker:
         # of publications made when each started: one read serves every stream of the run
         # that overflowed before it started.
         self._publications = 0
+        # Open watchers, kept as a number: the metrics read it, from any thread.
+        self._watchers = 0
         self._resync_reads: dict[str, tuple[int, asyncio.Future[StoredRun | None]]] = {}
 
     # What the store calls.
@@ -243,9 +245,11 @@ class EventBroker:
         if group is None:
             group = self._runs[run_id] = _RunWatchers()
         group.watchers.add(watcher)
+        self._watchers += 1
         try:
             yield watcher
         finally:
+            self._watchers -= 1
             watcher.close()
             self._due.discard(watcher)
             group.watchers.discard(watcher)
@@ -257,9 +261,11 @@ class EventBroker:
         """A watcher of every run (of these statuses, if any) for the ``with`` block."""
         watcher = self._new_watcher(frozenset(statuses))
         self._all.add(watcher)
+        self._watchers += 1
         try:
             yield watcher
         finally:
+            self._watchers -= 1
             watcher.close()
             self._due.discard(watcher)
             self._all.discard(watcher)
@@ -272,7 +278,7 @@ class EventBroker:
     @property
     def watcher_count(self) -> int:
         """Open watchers: one per open event stream."""
-        return len(self._all) + sum(len(group.watchers) for group in self._runs.values())
+        return self._watchers
 
     def close_threadsafe(self) -> None:
         """:meth:`close` from a signal handler or another thread."""

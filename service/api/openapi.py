@@ -12,11 +12,11 @@ here for every operation, so that a route added later gets them by construction:
   a PATCH, absent keeps the stored value and null clears it), and generators read a default as
   "always present". Parameters keep theirs (``limit`` is 50 when not sent); a query, path or
   header parameter is never null, so it is not declared nullable.
-- Headers the server sends are declared: ``WWW-Authenticate`` on every 401 and 403,
-  ``Retry-After`` on every 409 (``lease-held``) and 503, ``Location`` on every 201, plus what
-  each route declares itself (``ETag``, the event streams' and the viewer's headers).
-  ``tests/api/test_openapi_headers.py`` drives a server through every operation and fails on a
-  header sent but not declared.
+- Headers the server sends are declared: ``X-Request-Id`` on every answer,
+  ``WWW-Authenticate`` on every 401 and 403, ``Retry-After`` on every 409 (``lease-held``) and
+  503, ``Location`` on every 201, plus what each route declares itself (``ETag``, the event
+  streams' and the viewer's headers). ``tests/api/test_openapi_headers.py`` drives a server
+  through every operation and fails on a header sent but not declared.
 - Descriptions are about the wire: the Markdown of route docstrings (reST double backticks
   become single), the wire descriptions of the snapshot models below instead of their Python
   docstrings, and no pydantic-made property titles ("Completedat").
@@ -118,6 +118,16 @@ HEADERS_BY_STATUS: Final[dict[str, dict[str, Any]]] = {
     },
 }
 
+# On every answer while request ids are on (RUNSTORE_METRICS, the default).
+REQUEST_ID_HEADER: Final = {
+    "X-Request-Id": {
+        "description": "The request's id: the X-Request-Id it sent when that was 1-200 visible "
+        "ASCII characters, else one the server made. Problem bodies repeat it as requestId; "
+        "the server's log lines of the request name it.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+    }
+}
+
 TAGS: Final = [
     {"name": "runs", "description": "Store, read, list and delete run snapshots."},
     {
@@ -217,7 +227,7 @@ def _fix_operation(path: str, method: str, operation: dict[str, Any]) -> None:
             del parameter_schema["description"]  # said once, on the parameter
     for status, response in operation.get("responses", {}).items():
         headers = response.setdefault("headers", {})
-        for name, header in HEADERS_BY_STATUS.get(status, {}).items():
+        for name, header in {**REQUEST_ID_HEADER, **HEADERS_BY_STATUS.get(status, {})}.items():
             headers.setdefault(name, header)
         if not headers:
             del response["headers"]

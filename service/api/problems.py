@@ -1,7 +1,8 @@
 """problem+json (RFC 9457) for every error, keyed by exception class.
 
 Every answer is built from the class of a :mod:`runstore.client.problems` error (its slug, status
-and title): the store's errors and the HTTP-level ones raised here alike. Nothing leaves the
+and title): the store's errors and the HTTP-level ones raised here alike. A problem answered
+while request ids are on names the request's (``requestId``; :mod:`.instrument`). Nothing leaves the
 server as a bare 500: an unexpected exception still gets a problem body.
 """
 
@@ -31,6 +32,8 @@ from runstore.client.problems import (
     problem_type_for_status,
 )
 
+from ..logs import current_request_id
+
 __all__ = ["install_problem_handlers", "problem_response"]
 
 log = logging.getLogger("runstore.api")
@@ -54,6 +57,9 @@ def problem_response(
     status: int = body["status"]
     if instance is not None:
         body["instance"] = instance
+    request_id = current_request_id()
+    if request_id is not None:
+        body["requestId"] = request_id
     # The members a problem type adds (RFC 9457 extension members), as the error holds them.
     for member in ("errors", "holder", "expiresAt"):
         value = error.problem.get(member)

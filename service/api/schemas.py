@@ -30,6 +30,11 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[FieldProblem] | None = Field(None, description="With 422: each bad field.")
+    request_id: str | SkipJsonSchema[None] = Field(
+        None,
+        alias="requestId",
+        description="The request's id, as its X-Request-Id answer header says (request ids on).",
+    )
     # Left out when they do not apply, never null.
     holder: str | SkipJsonSchema[None] = Field(
         None, description="With lease-held: who holds the live lease."

@@ -17,23 +17,28 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, Self
 
 from runstore.client.models import is_run_id
 
 from .records import PatchRecord, SnapshotRecord
+from .tally import TallyDelta
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from .changes import ChangeListener
 
 __all__ = [
     "ClaimQuery",
     "ClaimedRun",
+    "CommitObserver",
     "Cursor",
     "Lease",
     "RunPage",
     "RunQuery",
     "RunStore",
+    "StoreStats",
     "StoredRun",
     "WriteResult",
     "decode_cursor",
@@ -225,6 +230,29 @@ def decode_cursor(text: str) -> Cursor:
     return Cursor(started_at, run_id)
 
 
+class CommitObserver(Protocol):
+    """Who hears of every commit of a store (the server's metrics); called on any thread,
+    must not wait."""
+
+    def committed(self, seconds: float, writes: int, tallies: list[TallyDelta]) -> None:
+        """A transaction of ``writes`` writes committed in ``seconds``; ``tallies``: what it
+        changed in runs by status and leases."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """What a store can say of itself without asking the database, for a metrics scrape.
+    None: not known, or not a thing this backend has."""
+
+    write_queue: int = 0
+    reads_waiting: int = 0
+    wal_bytes: int | None = None
+    pool_size: int | None = None
+    pool_in_use: int | None = None
+    runs_by_status: dict[str, int] | None = None
+    live_leases: int | None = None
+
+
 class RunStore(ABC):
     """Durable storage of run snapshots.
 
@@ -327,6 +355,19 @@ class RunStore(ABC):
     @abstractmethod
     async def check_ready(self) -> None:
         """Raise StoreUnavailable unless the store can read and write now."""
+
+    @abstractmethod
+    async def observe(self, observer: CommitObserver) -> None:
+        """Tell ``observer`` of every commit from now on (none by default), and count what
+        :meth:`stats` reports of the runs."""
+
+    @abstractmethod
+    def trace(self, tracer: Tracer) -> None:
+        """Make spans of writes and commits with ``tracer`` from now on (OpenTelemetry)."""
+
+    @abstractmethod
+    def stats(self) -> StoreStats:
+        """The store's gauges now; must not touch the database (see :class:`StoreStats`)."""
 
     @abstractmethod
     async def start_events(self, listener: ChangeListener) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 from .records import PatchRecord, SnapshotRecord, dump_json, render_snapshot, render_summary
 from .rules import RunState, live_lease
+from .tally import TallyDelta
 
 __all__ = ["Change", "ChangeListener", "Committed", "EventKind", "patch_delta"]
 
@@ -196,7 +197,9 @@ class Change:
 
 class Committed(NamedTuple):
     """A write op's outcome with the changes it made: the writer publishes ``changes`` once
-    the transaction has committed, and answers ``result``."""
+    the transaction has committed, adds ``tally`` to the store's count of runs, and answers
+    ``result``."""
 
     result: Any
     changes: list[Change]
+    tally: TallyDelta | None = None

@@ -17,6 +17,10 @@ each write transaction stores (:mod:`.postgres_marks`): a committed write is ans
 one that did not commit is retried, and only a database that cannot say before the deadline
 gives a 503.
 
+The metrics' count of runs by status and live leases (:meth:`PostgresStore.stats`) is read from
+the database every :data:`TALLY_INTERVAL` seconds by a background task, never at a scrape: the
+other replicas' writes do not pass through this one, so its own could not keep the count.
+
 Each accepted write of a group also adds its event row and notifies ``runstore_events`` in the
 group's transaction (:mod:`.postgres_writes`), so its notice goes out only with the COMMIT;
 :meth:`PostgresStore.start_events` listens for every replica's notices (:mod:`.postgres_events`).
@@ -25,12 +29,14 @@ group's transaction (:mod:`.postgres_writes`), so its notice goes out only with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from time import monotonic
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from uuid import UUID, uuid4
 
 import psycopg
@@ -43,7 +49,18 @@ from runstore.client.problems import StoreUnavailable
 
 from . import postgres_marks as commit_marks
 from . import postgres_writes as writes
-from .base import ClaimedRun, ClaimQuery, Lease, RunPage, RunQuery, RunStore, StoredRun, WriteResult
+from .base import (
+    ClaimedRun,
+    ClaimQuery,
+    CommitObserver,
+    Lease,
+    RunPage,
+    RunQuery,
+    RunStore,
+    StoredRun,
+    StoreStats,
+    WriteResult,
+)
 from .changes import ChangeListener
 from .postgres_events import ChangeFollower
 from .postgres_group import WriteGroups
@@ -60,10 +77,14 @@ from .postgres_writes import (
 )
 from .reads import list_sql, run_page, stored_run
 from .records import PatchRecord, SnapshotRecord
+from .tally import RunTally
 
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger("runstore.postgres")
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 T = TypeVar("T")
 
@@ -76,6 +97,8 @@ OPERATION_DEADLINE: Final = 3.0
 READY_DEADLINE: Final = 1.0
 MAX_ATTEMPTS: Final = 5
 FIRST_BACKOFF: Final = 0.05
+# How often the count of runs by status and live leases is read again (see the docstring).
+TALLY_INTERVAL: Final = 15.0
 # How long start-up waits for the database (a replica may start before it).
 STARTUP_TIMEOUT: Final = 10.0
 # The pool gives up re-adding a lost connection after this; the next request grows it again,
@@ -93,6 +116,12 @@ _SESSION_SETUP: Final = "SET idle_in_transaction_session_timeout = '60s'"
 
 _GET: Final = writes.GET_RUN
 _VERSION: Final = "SELECT version FROM runs WHERE run_id = %s"
+_COUNT_STATUSES: Final = "SELECT status, count(*) FROM runs GROUP BY status"
+# Live leases with the ms they have left, by the database's clock (turned into this process's).
+_LIVE_LEASES: Final = (
+    f"SELECT run_id, lease_expires_at - {writes.CLOCK_MS} FROM runs "
+    f"WHERE lease_expires_at > {writes.CLOCK_MS}"
+)
 _PROBE: Final = (
     f"INSERT INTO probe (id, at) VALUES (1, {writes.NOW_MS}) "
     "ON CONFLICT (id) DO UPDATE SET at = excluded.at RETURNING at"
@@ -156,6 +185,8 @@ class PostgresStore(RunStore):
         self._groups: WriteGroups | None = None
         self._forget_marks: asyncio.Task[None] | None = None
         self._follower: ChangeFollower | None = None
+        self._tally = RunTally()
+        self._tally_task: asyncio.Task[None] | None = None
 
     @property
     def target(self) -> str:
@@ -231,6 +262,11 @@ class PostgresStore(RunStore):
             log.info("created the runstore schema in %s", self.target)
 
     async def close(self) -> None:
+        tally_task, self._tally_task = self._tally_task, None
+        if tally_task is not None:
+            tally_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tally_task
         follower, self._follower = self._follower, None
         if follower is not None:
             await follower.close()
@@ -466,6 +502,52 @@ class PostgresStore(RunStore):
 
         await self._read(op, READY_DEADLINE)
 
+    async def observe(self, observer: CommitObserver) -> None:
+        if self._groups is not None:
+            self._groups.observer = observer
+        if self._tally_task is None:
+            await self._count()
+            self._tally_task = asyncio.create_task(
+                self._count_now_and_then(), name="runstore-pg-tally"
+            )
+
+    async def _count(self) -> None:
+        async def op(connection: Connection) -> tuple[list[TupleRow], list[TupleRow]]:
+            statuses = await (await connection.execute(_COUNT_STATUSES)).fetchall()
+            leases = await (await connection.execute(_LIVE_LEASES)).fetchall()
+            return statuses, leases
+
+        statuses, leases = await self._read(op, self._deadline)
+        now = _now_ms()
+        self._tally.reset(statuses, [(run_id, now + left) for run_id, left in leases])
+
+    async def _count_now_and_then(self) -> None:
+        while True:
+            await asyncio.sleep(TALLY_INTERVAL)
+            try:
+                await self._count()
+            except StoreUnavailable as exc:  # the gauges keep the last count
+                log.warning("counting runs for the metrics failed: %s", exc.detail)
+
+    def trace(self, tracer: Tracer) -> None:
+        if self._groups is not None:
+            self._groups.tracer = tracer
+
+    def stats(self) -> StoreStats:
+        pool, groups = self._pool, self._groups
+        if pool is None:
+            return StoreStats()
+        pool_stats = pool.get_stats()
+        size = pool_stats.get("pool_size", 0)
+        return StoreStats(
+            write_queue=groups.queued if groups is not None else 0,
+            reads_waiting=pool_stats.get("requests_waiting", 0),
+            pool_size=size,
+            pool_in_use=size - pool_stats.get("pool_available", 0),
+            runs_by_status=self._tally.runs_by_status() if self._tally.counted else None,
+            live_leases=(self._tally.live_leases(_now_ms()) if self._tally.counted else None),
+        )
+
     async def start_events(self, listener: ChangeListener) -> None:
         # Every replica's writes, this one's included, arrive as notices (postgres_events).
         if self._follower is not None:
@@ -478,6 +560,10 @@ class PostgresStore(RunStore):
             self.get_run,
         )
         await self._follower.start()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 async def _check_pool(pool: AsyncConnectionPool[Connection]) -> None:

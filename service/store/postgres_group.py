@@ -8,20 +8,26 @@ group's transaction committed, in :meth:`WriteGroups._answer`, the one place tha
 accepted change after commit. A write its own rules refuse is answered with its refusal alone;
 a group that cannot be committed answers every write of it with the same error (a 503).
 
-The queue is asyncio's; the grouping mirrors the SQLite writer thread's (:mod:`.sqlite_writer`).
+The queue is asyncio's; the grouping mirrors the SQLite writer thread's (:mod:`.sqlite_writer`),
+and so do the spans of writes and commits when a ``tracer`` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from runstore.client.problems import StoreUnavailable
 
-from .base import Lease, WriteResult
+from .base import CommitObserver, Lease, WriteResult
 from .postgres_writes import Outcome, Write
+from .spans import commit_span
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext, Tracer
 
 __all__ = ["GROUP_WRITERS", "MAX_GROUP", "WriteGroups"]
 
@@ -32,7 +38,8 @@ GROUP_WRITERS: Final = 2
 MAX_GROUP: Final = 64
 
 ApplyGroup = Callable[[Sequence[Write]], Awaitable[list[Outcome]]]
-_Pending = tuple[Write, "asyncio.Future[WriteResult | Lease | None]"]
+# The write, where its outcome goes, and its span's context (None: not traced).
+_Pending = tuple[Write, "asyncio.Future[WriteResult | Lease | None]", "SpanContext | None"]
 
 
 class WriteGroups:
@@ -41,6 +48,9 @@ class WriteGroups:
 
     def __init__(self, apply: ApplyGroup, *, writers: int = GROUP_WRITERS) -> None:
         self._apply = apply
+        # Told of each group that committed (the server's metrics).
+        self.observer: CommitObserver | None = None
+        self.tracer: Tracer | None = None
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks = [
             asyncio.create_task(self._run(), name=f"runstore-pg-writer-{n}") for n in range(writers)
@@ -53,8 +63,19 @@ class WriteGroups:
         future: asyncio.Future[WriteResult | Lease | None] = (
             asyncio.get_running_loop().create_future()
         )
-        self._queue.put_nowait((write, future))
-        return await future
+        tracer = self.tracer
+        if tracer is None:
+            self._queue.put_nowait((write, future, None))
+            return await future
+        attributes = {"runstore.write": type(write).__name__}
+        with tracer.start_as_current_span("runstore.store.write", attributes=attributes) as span:
+            self._queue.put_nowait((write, future, span.get_span_context()))
+            return await future
+
+    @property
+    def queued(self) -> int:
+        """Writes waiting for a group."""
+        return self._queue.qsize()
 
     async def close(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -64,7 +85,7 @@ class WriteGroups:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         while not self._queue.empty():
-            _, future = self._queue.get_nowait()
+            _, future, _ = self._queue.get_nowait()
             if not future.done():
                 future.set_exception(StoreUnavailable("The store closed."))
 
@@ -77,24 +98,30 @@ class WriteGroups:
             group = [pending for pending in group if not pending[1].done()]
             if not group:
                 continue
+            started = time.perf_counter()
+            started_ns = time.time_ns()
             try:
-                outcomes = await self._apply([write for write, _ in group])
+                outcomes = await self._apply([write for write, _, _ in group])
             except asyncio.CancelledError:
-                for _, future in group:
+                for _, future, _ in group:
                     if not future.done():
                         future.set_exception(StoreUnavailable("The store closed."))
                 raise
             except Exception as exc:  # every write of a group that did not commit shares it
-                for _, future in group:
+                for _, future, _ in group:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            if self.observer is not None:
+                self.observer.committed(time.perf_counter() - started, len(group), [])
+            if self.tracer is not None:
+                commit_span(self.tracer, [context for _, _, context in group], started_ns)
             self._answer(group, outcomes)
 
     @staticmethod
     def _answer(group: list[_Pending], outcomes: list[Outcome]) -> None:
         """After commit, for each write of the group: its result or its refusal."""
-        for (_, future), outcome in zip(group, outcomes, strict=True):
+        for (_, future, _), outcome in zip(group, outcomes, strict=True):
             if future.done():  # its request went away; the write stands
                 continue
             if isinstance(outcome, Exception):

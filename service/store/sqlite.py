@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from runstore.client.problems import StoreUnavailable
 
@@ -24,14 +25,16 @@ from . import rules
 from .base import (
     ClaimedRun,
     ClaimQuery,
+    CommitObserver,
     Lease,
     RunPage,
     RunQuery,
     RunStore,
     StoredRun,
+    StoreStats,
     WriteResult,
 )
-from .changes import ChangeListener
+from .changes import ChangeListener, Committed
 from .reads import GET_COLUMNS, list_sql, run_page, stored_run
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunState
@@ -39,8 +42,12 @@ from .sqlite_batch import AcquireLease, PatchRun, PutRun, ReleaseLease, now_ms
 from .sqlite_deletes import delete_batch, delete_run, purge_batch
 from .sqlite_schema import connect, migrate, verify
 from .sqlite_writer import WriterThread, storage_error
+from .tally import RunTally, TallyDelta
 
 __all__ = ["SQLiteEngine", "SQLiteStore"]
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger("runstore.sqlite")
 
@@ -68,7 +75,7 @@ _SET_LEASE: Final = (
 )
 
 
-def _claim(query: ClaimQuery, connection: sqlite3.Connection) -> ClaimedRun | None:
+def _claim(query: ClaimQuery, connection: sqlite3.Connection) -> Committed | None:
     """The claim, inside the one writer's transaction: no other write comes between the
     choice of the run and its new lease."""
     now = now_ms()
@@ -94,7 +101,22 @@ def _claim(query: ClaimQuery, connection: sqlite3.Connection) -> ClaimedRun | No
     )
     run = stored_run(connection.execute(_GET, (run_id,)).fetchone())
     assert run is not None
-    return ClaimedRun(run, lease)
+    tally = TallyDelta()
+    tally.leased(run_id, state.lease_expires_at)
+    return Committed(ClaimedRun(run, lease), [], tally)
+
+
+def _count(
+    tally: RunTally, writer: WriterThread, observer: CommitObserver, connection: sqlite3.Connection
+) -> None:
+    """Count runs by status and live leases into ``tally``, and have ``writer`` tell
+    ``observer`` of every commit after this one."""
+    statuses = connection.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall()
+    leases = connection.execute(
+        "SELECT run_id, lease_expires_at FROM runs WHERE lease_expires_at > ?", (now_ms(),)
+    ).fetchall()
+    tally.reset(statuses, leases)
+    writer.observer = observer
 
 
 def _probe(connection: sqlite3.Connection) -> None:
@@ -286,6 +308,10 @@ class SQLiteStore(RunStore):
         self._opened = engine
         self._engine: SQLiteEngine | None = None
         self._readers: ThreadPoolExecutor | None = None
+        # Reads handed to the reader threads and not yet done (on the event loop only).
+        self._reads_in_flight = 0
+        self._tally = RunTally()
+        self._observer: CommitObserver | None = None
 
     @property
     def engine(self) -> SQLiteEngine:
@@ -315,7 +341,46 @@ class SQLiteStore(RunStore):
     async def _read(self, read: Callable[..., T], *args: Any) -> T:
         if self._readers is None:
             raise StoreUnavailable("The store is not open.")
-        return await asyncio.get_running_loop().run_in_executor(self._readers, read, *args)
+        self._reads_in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, read, *args)
+        finally:
+            self._reads_in_flight -= 1
+
+    async def observe(self, observer: CommitObserver) -> None:
+        self._observer = observer
+        engine = self.engine
+        if engine.writer.observer is not self:
+            # Counted by the writer thread, between two commits: none is missed or counted
+            # twice. Done once, at start-up; the writes keep the tally from then on.
+            await engine.writer.write_async(partial(_count, self._tally, engine.writer, self))
+
+    def committed(self, seconds: float, writes: int, tallies: list[TallyDelta]) -> None:
+        """The writer thread's commits (see CommitObserver): the tally, then the observer."""
+        if tallies:
+            self._tally.apply(tallies)
+        observer = self._observer
+        if observer is not None:
+            observer.committed(seconds, writes, tallies)
+
+    def trace(self, tracer: Tracer) -> None:
+        self.engine.writer.tracer = tracer
+
+    def stats(self) -> StoreStats:
+        engine = self._engine
+        if engine is None:
+            return StoreStats()
+        try:
+            wal_bytes = os.stat(engine.path + "-wal").st_size
+        except OSError:  # no WAL file between a checkpoint that truncated it and a write
+            wal_bytes = 0
+        return StoreStats(
+            write_queue=engine.writer.queued,
+            reads_waiting=max(0, self._reads_in_flight - READER_THREADS),
+            wal_bytes=wal_bytes,
+            runs_by_status=self._tally.runs_by_status() if self._tally.counted else None,
+            live_leases=self._tally.live_leases(now_ms()) if self._tally.counted else None,
+        )
 
     async def put_run(
         self,

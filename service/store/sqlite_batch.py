@@ -29,6 +29,7 @@ from .base import Lease, WriteResult
 from .changes import Change, Committed
 from .records import PatchRecord, SnapshotRecord
 from .rules import RunChange, RunState
+from .tally import TallyDelta
 
 __all__ = ["AcquireLease", "PatchRun", "PutRun", "ReleaseLease", "apply_writes", "now_ms"]
 
@@ -78,6 +79,8 @@ class _Run:
     # (status, started_at, completed_at) as the file has them; None while the row is not in it.
     indexed: tuple[str, int, int | None] | None
     changed: bool = False
+    # The lease expiry the file has, for the count of live leases (.tally).
+    lease_expires_at: int | None = None
 
     @property
     def stored(self) -> bool:
@@ -171,8 +174,12 @@ def _item_chunks(flat: list[object]) -> list[tuple[int, list[object]]]:
 class RunWrites:
     """The runs one group touches, and what it has yet to write."""
 
-    def __init__(self, connection: sqlite3.Connection, run_ids: set[str]) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, run_ids: set[str], tally: TallyDelta | None = None
+    ) -> None:
         self.connection = connection
+        # Told what each flush changes in runs by status and leases.
+        self.tally = tally
         self.now = now_ms()
         ids = list(run_ids)
         rows = connection.execute(_select_runs_sql(len(ids)), ids).fetchall()
@@ -187,6 +194,7 @@ class RunWrites:
                 row[2 + width],
                 row[3 + width],
                 indexed=(state.status, state.started_at, state.completed_at),
+                lease_expires_at=state.lease_expires_at,
             )
         # The key of the next new run (see _next_key), once the group creates one.
         self._next_key: int | None = None
@@ -273,8 +281,15 @@ class RunWrites:
             )
 
     def flush(self) -> None:
-        """Write every changed run, then the pending items (which refer to the runs)."""
+        """Write every changed run, then the pending items (which refer to the runs); what
+        that changed in runs by status and leases goes to the tally."""
         changed = [run for run in self.runs.values() if run.changed]
+        tally = self.tally
+        if tally is not None:
+            for run in changed:
+                tally.moved(None if run.indexed is None else run.indexed[0], run.state.status)
+                if run.state.lease_expires_at != run.lease_expires_at:
+                    tally.leased(run.run_id, run.state.lease_expires_at)
         new: list[tuple[object, ...]] = []
         moved: list[tuple[object, ...]] = []
         in_place: list[tuple[object, ...]] = []
@@ -294,6 +309,7 @@ class RunWrites:
         for run in changed:
             run.changed = False
             run.indexed = run.index_key()
+            run.lease_expires_at = run.state.lease_expires_at
         for table, pending in self.items.items():
             for rows, params in _item_chunks(pending):
                 self.connection.execute(_upsert_items_sql(table, rows), params)
@@ -312,7 +328,8 @@ class _GroupedWrite:
     ) -> list[Committed | RunStoreError]:
         # One entry per accepted write: its change, or None for a lease's (no event).
         changes: list[Change | None] = []
-        outcomes = apply_writes(connection, writes, changes=changes)
+        tally = TallyDelta()
+        outcomes = apply_writes(connection, writes, changes=changes, tally=tally)
         made = iter(changes)
         committed: list[Committed | RunStoreError] = []
         for outcome in outcomes:
@@ -320,7 +337,11 @@ class _GroupedWrite:
                 committed.append(outcome)
             else:
                 change = next(made)
-                committed.append(Committed(outcome, [] if change is None else [change]))
+                # The group's tally goes with its first accepted write (it is one delta).
+                committed.append(
+                    Committed(outcome, [] if change is None else [change], tally or None)
+                )
+                tally = TallyDelta()
         return committed
 
     def __call__(self, connection: sqlite3.Connection) -> Committed:
@@ -412,11 +433,12 @@ def apply_writes(
     writes: Sequence[RunWrite],
     *,
     changes: list[Change | None] | None = None,
+    tally: TallyDelta | None = None,
 ) -> list[WriteResult | Lease | RunStoreError | None]:
     """Apply ``writes`` in order inside the caller's transaction; a result or error each. The
     change each accepted write makes (for watchers; None for a lease's) is added to
-    ``changes``."""
-    state = RunWrites(connection, {write.run_id for write in writes})
+    ``changes``, and what they change in runs by status and leases to ``tally``."""
+    state = RunWrites(connection, {write.run_id for write in writes}, tally)
     outcomes: list[WriteResult | Lease | RunStoreError | None] = []
     for write in writes:
         try:

@@ -23,6 +23,7 @@ from .base import (
 from .changes import Change, Committed
 from .rules import RunState
 from .sqlite_batch import now_ms
+from .tally import TallyDelta
 
 __all__ = ["delete_batch", "delete_run", "purge_batch"]
 
@@ -79,7 +80,10 @@ def delete_run(
     rules.delete(run_id, state, if_match, lease, now_ms())
     assert state is not None
     _drop_runs(connection, [(row[0], state.trace_length, state.history_length or 0)])
-    return Committed(None, [Change.of_delete(run_id)])
+    tally = TallyDelta()
+    tally.moved(state.status, None)
+    tally.leased(run_id, None)
+    return Committed(None, [Change.of_delete(run_id)], tally)
 
 
 def delete_batch(
@@ -92,7 +96,14 @@ def delete_batch(
         retention_candidates_sql(where, "?"), (*params, RETENTION_BATCH_ROWS)
     ).fetchall()
     picked = retention_batch(candidates, RETENTION_BATCH_ROWS)
-    _drop_runs(
-        connection, [(key, steps, turns) for _, _, key, steps, turns in candidates[: len(picked)]]
-    )
-    return Committed(len(picked), [Change.of_delete(run_id) for run_id in picked])
+    dropped = [(key, steps, turns) for _, _, key, steps, turns in candidates[: len(picked)]]
+    # What the deleted runs were, for the metrics' tally (.tally).
+    tally = TallyDelta()
+    for run_id, (key, _, _) in zip(picked, dropped, strict=True):
+        (status,) = connection.execute(
+            "SELECT status FROM runs WHERE run_key = ?", (key,)
+        ).fetchone()
+        tally.moved(status, None)
+        tally.leased(run_id, None)
+    _drop_runs(connection, dropped)
+    return Committed(len(picked), [Change.of_delete(run_id) for run_id in picked], tally)

@@ -8,7 +8,13 @@ Writes that arrive while a commit is on disk share the next one: group commit.
 
 An op that changes runs returns a :class:`~.changes.Committed`; once the transaction has
 committed, the thread hands the group's changes, in commit order, to ``on_commit`` (the server's
-event broker), before it answers the writers.
+event broker), before it answers the writers; and tells ``observer`` (the server's metrics)
+how long the commit took, how many writes it held and what it changed in the runs' tally.
+
+With a ``tracer`` (OpenTelemetry; the server sets one when ``RUNSTORE_TELEMETRY`` is on), each
+asynchronous write is a span, ``runstore.store.write``, from its queueing to its answer, and each
+commit a span, ``runstore.store.commit``: a child of its first write's span, linked from the
+others' (a commit serves many requests; a span has one parent).
 """
 
 from __future__ import annotations
@@ -18,13 +24,21 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from runstore.client.problems import RunStoreError, StoreUnavailable
 
+from .base import CommitObserver
+from .spans import commit_span
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext, Tracer
+
 from .changes import Change, Committed
+from .tally import TallyDelta
 
 __all__ = ["WriteOp", "WriterThread", "storage_error"]
 
@@ -33,9 +47,10 @@ log = logging.getLogger("runstore.sqlite")
 WriteOp = Callable[[sqlite3.Connection], Any]
 # An outcome goes to a concurrent Future (threads) or to an asyncio Future on its loop.
 _Sink = Future[Any] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
-_Item = tuple[WriteOp, _Sink]
+# The op, where its outcome goes, and the span context of its write (None: not traced).
+_Item = tuple[WriteOp, _Sink, "SpanContext | None"]
 _Outcome = tuple[_Sink, Any, BaseException | None]
-_Batch = tuple[list[_Outcome], list[Change]]
+_Batch = tuple[list[_Outcome], list[Change], list[TallyDelta]]
 
 _STOP: Final = object()
 MAX_BATCH: Final = 256
@@ -70,6 +85,8 @@ class WriterThread(threading.Thread):
         self._stopping = False
         # Told the changes of each commit, on this thread, before the writers are answered.
         self.on_commit: Callable[[list[Change]], None] | None = None
+        self.observer: CommitObserver | None = None
+        self.tracer: Tracer | None = None
 
     def start_and_wait(self) -> None:
         """Start the thread and wait until its connection is open (re-raising a failure)."""
@@ -78,18 +95,30 @@ class WriterThread(threading.Thread):
         if self._startup_error is not None:
             raise self._startup_error
 
+    @property
+    def queued(self) -> int:
+        """Writes waiting for the next commit (approximate, as any queue's size)."""
+        return self._queue.qsize()
+
     def write(self, op: WriteOp) -> Any:
         """Queue ``op`` and block until it is committed; returns its result or raises."""
         future: Future[Any] = Future()
-        self._put((op, future))
+        self._put((op, future, None))
         return future.result()
 
     async def write_async(self, op: WriteOp) -> Any:
         """Queue ``op`` and wait, without blocking the loop, until it is committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._put((op, (loop, future)))
-        return await future
+        tracer = self.tracer
+        if tracer is None:
+            self._put((op, (loop, future), None))
+            return await future
+        name = getattr(op, "func", op)  # a partial's function
+        attributes = {"runstore.write": getattr(name, "__name__", type(name).__name__)}
+        with tracer.start_as_current_span("runstore.store.write", attributes=attributes) as span:
+            self._put((op, (loop, future), span.get_span_context()))
+            return await future
 
     def _put(self, item: _Item) -> None:
         if self._closed:
@@ -130,7 +159,16 @@ class WriterThread(threading.Thread):
             if first is _STOP:
                 return
             self._stopping = False
-            outcomes, changes = self._commit(connection, [first])  # type: ignore[list-item]
+            # The observer as the transaction began: the one that sets it is not its own.
+            observer = self.observer
+            started = time.perf_counter()
+            started_ns = time.time_ns()
+            batch: list[_Item] = [first]  # type: ignore[list-item]
+            outcomes, changes, tallies = self._commit(connection, batch)
+            if observer is not None:
+                observer.committed(time.perf_counter() - started, len(batch), tallies)
+            if self.tracer is not None:
+                commit_span(self.tracer, [item[2] for item in batch], started_ns)
             on_commit = self.on_commit
             if changes and on_commit is not None:
                 try:
@@ -158,7 +196,7 @@ class WriterThread(threading.Thread):
         except (sqlite3.Error, _OpFailed) as exc:
             _rollback(connection)
             if len(batch) == 1:
-                return [(batch[0][1], None, _failure(exc))], []
+                return [(batch[0][1], None, _failure(exc))], [], []
             # One write's failure may have undone the whole transaction; give every write its
             # own so that the others are judged on their own.
             log.warning(
@@ -166,16 +204,18 @@ class WriterThread(threading.Thread):
             )
             outcomes: list[_Outcome] = []
             changes: list[Change] = []
+            tallies: list[TallyDelta] = []
             for item in batch:
                 try:
-                    single, single_changes = _run_batch(connection, [item])
+                    single, single_changes, single_tallies = _run_batch(connection, [item])
                 except (sqlite3.Error, _OpFailed) as single_exc:
                     _rollback(connection)
                     outcomes.append((item[1], None, _failure(single_exc)))
                 else:
                     outcomes += single
                     changes += single_changes
-            return outcomes, changes
+                    tallies += single_tallies
+            return outcomes, changes, tallies
 
 
 def _failure(exc: Exception) -> BaseException:
@@ -201,6 +241,7 @@ def _run_batch(
     # function are handed to it together, to be applied with as few statements as it can.
     outcomes: list[_Outcome] = []
     changes: list[Change] = []
+    tallies: list[TallyDelta] = []
     connection.execute("BEGIN IMMEDIATE")
     if take_queued is not None:
         # Taken only now: the event loop went on queueing writes while BEGIN waited for the
@@ -223,17 +264,19 @@ def _run_batch(
             raise
         except Exception as exc:
             raise _OpFailed() from exc
-        for (_, sink), result in zip(batch[start:end], results, strict=True):
+        for (_, sink, _), result in zip(batch[start:end], results, strict=True):
             if isinstance(result, RunStoreError):
                 outcomes.append((sink, None, result))
             elif isinstance(result, Committed):
                 outcomes.append((sink, result.result, None))
                 changes += result.changes
+                if result.tally is not None:
+                    tallies.append(result.tally)
             else:
                 outcomes.append((sink, result, None))
         start = end
     connection.execute("COMMIT")
-    return outcomes, changes
+    return outcomes, changes, tallies
 
 
 def _outcome_of(op: WriteOp, connection: sqlite3.Connection) -> Any:

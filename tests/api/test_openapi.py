@@ -36,6 +36,7 @@ STATUSES: dict[tuple[str, str], set[int]] = {
     ("/healthz", "get"): {200},
     ("/healthz", "head"): {200},
     ("/readyz", "get"): {200, 401, 403, 503},
+    ("/metrics", "get"): {200, 401, 403},
     ("/runs/{runId}/events", "get"): {200, 400, 401, 403, 404, 422, 503},
     ("/events", "get"): {200, 401, 403, 422, 503},
     ("/ui/", "get"): {200, 304},

@@ -82,6 +82,8 @@ def drive(driver: Driver) -> None:
     call("HEAD", "/healthz", 200, token=None)
     call("GET", "/readyz", 200)
     call("GET", "/readyz", 401, token=None)
+    call("GET", "/metrics", 200, token=TOKENS["reader"])
+    call("GET", "/metrics", 401, token=None)
 
     item = "/runs/{runId}"
     call("PUT", item, 201, path=run, json=make_snapshot("r-1"))

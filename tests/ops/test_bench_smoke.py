@@ -80,9 +80,27 @@ def test_http_load_runs_every_scenario_and_pairs_the_rounds(tmp_path: Path) -> N
     assert f"(rounds: {patch['rounds'][0]:.2f} {patch['rounds'][1]:.2f})" in done.stdout
 
 
-@pytest.mark.parametrize("kind", ["patch", "put"])
-def test_app_cpu_runs_the_app_with_an_instant_store(kind: str) -> None:
-    command = [sys.executable, str(ROOT / "bench" / "app_cpu.py"), kind, "-n", "50"]
+def test_http_load_compares_patch_with_instrumentation_on_and_off(tmp_path: Path) -> None:
+    results = tmp_path / "load.json"
+    command = [sys.executable, str(ROOT / "bench" / "http_load.py"), "--scenarios"]
+    command += ["instrumentation", "--seconds", "0.3", "--warmup", "0.1", "--rounds", "2"]
+    command += ["--connections", "2", "--json", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(results.read_text())
+    measured = {(row["target"], row["round"]) for row in report["results"]}
+    targets = ("floor", "uninstrumented", "runstore")
+    assert measured == {(target, n) for target in targets for n in (0, 1)}
+    assert set(report["summary"]) == {"patch_on_vs_off", "patch_vs_floor"}
+    assert all(len(verdict["rounds"]) == 2 for verdict in report["summary"].values())
+
+
+@pytest.mark.parametrize(
+    ("kind", "flags"),
+    [("patch", ()), ("put", ()), ("patch", ("--no-metrics",)), ("metrics", ())],
+)
+def test_app_cpu_runs_the_app_with_an_instant_store(kind: str, flags: tuple[str, ...]) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "app_cpu.py"), kind, "-n", "50", *flags]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     # It checks every answer was a 200 and fails otherwise.
     assert done.returncode == 0, done.stdout + done.stderr

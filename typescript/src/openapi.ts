@@ -64,6 +64,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Prometheus metrics of the server
+         * @description The Prometheus text exposition format (version 0.0.4): requests by route template, method and status class with latency histograms, store commit latency and writes per commit, write queue, waiting reads, SQLite WAL size or PostgreSQL pool, runs by status, live leases, open event streams, process and Python metrics. Read from memory: a scrape never touches the database.
+         */
+        get: operations["metrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/readyz": {
         parameters: {
             query?: never;
@@ -305,6 +325,8 @@ export interface components {
             /** @description With lease-held: who holds the live lease. */
             holder?: string;
             instance?: string | null;
+            /** @description The request's id, as its X-Request-Id answer header says (request ids on). */
+            requestId?: string;
             status: number;
             title: string;
             /** @description urn:runstore:problem:<slug>; the slugs are in the docs. */
@@ -447,6 +469,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -456,6 +480,8 @@ export interface operations {
             /** @description No run qualifies */
             204: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -463,6 +489,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -474,6 +502,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -485,6 +515,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -494,6 +526,8 @@ export interface operations {
             /** @description Request Timeout */
             408: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -503,6 +537,8 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -512,6 +548,8 @@ export interface operations {
             /** @description Unsupported Media Type */
             415: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -521,6 +559,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -532,6 +572,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -559,6 +601,8 @@ export interface operations {
                     "Cache-Control"?: string;
                     /** @description no: a proxy that reads it (nginx) passes events on at once. */
                     "X-Accel-Buffering"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -570,6 +614,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -581,6 +627,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -590,6 +638,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -601,6 +651,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -621,6 +673,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -641,9 +695,59 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+        };
+    };
+    metrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    /** @description Bearer, with error="invalid_token" when a token was sent. */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    /** @description Bearer, with error="insufficient_scope" and the scope needed. */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
         };
     };
@@ -659,6 +763,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -670,6 +776,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -681,6 +789,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -692,6 +802,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -720,6 +832,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -731,6 +845,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -742,6 +858,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -751,6 +869,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -762,6 +882,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -785,6 +907,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -796,6 +920,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -807,6 +933,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -816,6 +944,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -827,6 +957,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -855,6 +987,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -866,6 +1000,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -873,6 +1009,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -884,6 +1022,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -895,6 +1035,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -904,6 +1046,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -913,6 +1057,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -924,6 +1070,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -960,6 +1108,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -973,6 +1123,8 @@ export interface operations {
                     ETag?: string;
                     /** @description The path of the run just created. */
                     Location?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -982,6 +1134,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -993,6 +1147,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1004,6 +1160,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1013,6 +1171,8 @@ export interface operations {
             /** @description Request Timeout */
             408: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1024,6 +1184,8 @@ export interface operations {
                 headers: {
                     /** @description With lease-held: seconds until the live lease expires. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1033,6 +1195,8 @@ export interface operations {
             /** @description Precondition Failed */
             412: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1042,6 +1206,8 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1051,6 +1217,8 @@ export interface operations {
             /** @description Unsupported Media Type */
             415: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1060,6 +1228,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1071,6 +1241,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1099,6 +1271,8 @@ export interface operations {
             /** @description Successful Response */
             204: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1106,6 +1280,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1117,6 +1293,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1128,6 +1306,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1137,6 +1317,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1148,6 +1330,8 @@ export interface operations {
                 headers: {
                     /** @description With lease-held: seconds until the live lease expires. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1157,6 +1341,8 @@ export interface operations {
             /** @description Precondition Failed */
             412: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1166,6 +1352,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1177,6 +1365,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1205,6 +1395,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1214,6 +1406,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1221,6 +1415,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1230,6 +1426,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1239,6 +1437,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1246,6 +1446,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1253,6 +1455,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1262,6 +1466,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1294,6 +1500,8 @@ export interface operations {
                 headers: {
                     /** @description The run's version as an entity tag ("7"); send it in If-Match or If-None-Match. */
                     ETag?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1303,6 +1511,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1314,6 +1524,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1325,6 +1537,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1334,6 +1548,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1343,6 +1559,8 @@ export interface operations {
             /** @description Request Timeout */
             408: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1354,6 +1572,8 @@ export interface operations {
                 headers: {
                     /** @description With lease-held: seconds until the live lease expires. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1363,6 +1583,8 @@ export interface operations {
             /** @description Precondition Failed */
             412: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1372,6 +1594,8 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1381,6 +1605,8 @@ export interface operations {
             /** @description Unsupported Media Type */
             415: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1390,6 +1616,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1401,6 +1629,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1434,6 +1664,8 @@ export interface operations {
                     "Cache-Control"?: string;
                     /** @description no: a proxy that reads it (nginx) passes events on at once. */
                     "X-Accel-Buffering"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1443,6 +1675,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1454,6 +1688,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1465,6 +1701,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1474,6 +1712,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1483,6 +1723,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1494,6 +1736,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1521,6 +1765,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1530,6 +1776,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1541,6 +1789,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1552,6 +1802,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1561,6 +1813,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1570,6 +1824,8 @@ export interface operations {
             /** @description Request Timeout */
             408: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1581,6 +1837,8 @@ export interface operations {
                 headers: {
                     /** @description With lease-held: seconds until the live lease expires. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1590,6 +1848,8 @@ export interface operations {
             /** @description Request Entity Too Large */
             413: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1599,6 +1859,8 @@ export interface operations {
             /** @description Unsupported Media Type */
             415: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1608,6 +1870,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1619,6 +1883,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1645,6 +1911,8 @@ export interface operations {
             /** @description Successful Response */
             204: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1652,6 +1920,8 @@ export interface operations {
             /** @description Bad Request */
             400: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1663,6 +1933,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="invalid_token" when a token was sent. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1674,6 +1946,8 @@ export interface operations {
                 headers: {
                     /** @description Bearer, with error="insufficient_scope" and the scope needed. */
                     "WWW-Authenticate"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1683,6 +1957,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1694,6 +1970,8 @@ export interface operations {
                 headers: {
                     /** @description With lease-held: seconds until the live lease expires. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1703,6 +1981,8 @@ export interface operations {
             /** @description Unprocessable Entity */
             422: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1714,6 +1994,8 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before trying again. */
                     "Retry-After"?: number;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1750,6 +2032,8 @@ export interface operations {
                     "X-Content-Type-Options"?: string;
                     /** @description Always: DENY */
                     "X-Frame-Options"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1775,6 +2059,8 @@ export interface operations {
                     "X-Content-Type-Options"?: string;
                     /** @description Always: DENY */
                     "X-Frame-Options"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1812,6 +2098,8 @@ export interface operations {
                     "X-Content-Type-Options"?: string;
                     /** @description Always: DENY */
                     "X-Frame-Options"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1837,6 +2125,8 @@ export interface operations {
                     "X-Content-Type-Options"?: string;
                     /** @description Always: DENY */
                     "X-Frame-Options"?: string;
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
@@ -1844,6 +2134,8 @@ export interface operations {
             /** @description Not Found */
             404: {
                 headers: {
+                    /** @description The request's id: the X-Request-Id it sent when that was 1-200 visible ASCII characters, else one the server made. Problem bodies repeat it as requestId; the server's log lines of the request name it. */
+                    "X-Request-Id"?: string;
                     [name: string]: unknown;
                 };
                 content: {
