@@ -94,8 +94,9 @@ class Watchers:
 
     def __init__(self, port: int, count: int, *, marks: bool = True) -> None:
         self.control, theirs = multiprocessing.Pipe()
+        # A daemon: should the benchmark fail, its watchers must not keep it from exiting.
         self.process = multiprocessing.Process(
-            target=watcher_process, args=(port, count, marks, theirs)
+            target=watcher_process, args=(port, count, marks, theirs), daemon=True
         )
         self.process.start()
         if not self.control.poll(120):
@@ -161,7 +162,7 @@ def delivery(port: int, watchers: int, events: int, interval: float) -> dict[str
 
 def throughput(port: int, connections: int, seconds: float) -> dict[str, float]:
     body = json.dumps({"text": "t0", "usage": {"tokens": 1}}).encode()
-    counted, measured, errors, latencies = asyncio.run(
+    counted, measured, errors, latencies, _ = asyncio.run(
         drive(
             [port],
             lambda _n, _s: _request("PATCH", f"/runs/{RUN_ID}", body),
@@ -169,6 +170,7 @@ def throughput(port: int, connections: int, seconds: float) -> dict[str, float]:
             seconds=seconds,
             warmup=min(1.0, seconds / 4),
             ok=frozenset({200}),
+            cpu=lambda: (0.0, None),  # CPU per request is http_load's; not sampled here
         )
     )
     return {

@@ -1,4 +1,4 @@
-"""The agent-workload benchmark still runs: a tiny workload, every target, no timing checked."""
+"""The benchmarks still run: tiny workloads, every target, no timing checked."""
 
 from __future__ import annotations
 
@@ -106,3 +106,16 @@ def test_app_cpu_runs_the_app_with_an_instant_store(kind: str, flags: tuple[str,
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith(f"{kind}: ")
     assert float(done.stdout.split()[1]) > 0
+
+
+def test_events_bench_delivers_every_event_and_measures_both_loads() -> None:
+    command = [sys.executable, str(ROOT / "bench" / "events.py"), "--watchers", "1,3"]
+    command += ["--events", "5", "--seconds", "0.5", "--connections", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("  {")]
+    assert [(row["watchers"], row["deliveries"]) for row in rows] == [(1, 5), (3, 15)]
+    assert all(row["watchers_without_last_event"] == 0 for row in rows)
+    assert "without watchers: " in done.stdout
+    assert "with 3 watchers: " in done.stdout
+    assert "p99 ratio" in done.stdout
