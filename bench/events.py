@@ -192,7 +192,10 @@ def main() -> int:
     args = parser.parse_args()
     counts = [int(n) for n in args.watchers.split(",")]
     with tempfile.TemporaryDirectory() as workdir:
-        server = start_runstore(str(Path(workdir, "runs.db")), None, not args.no_pin)
+        # Room for every watcher and the writers beside them: the default cap is 1,000
+        # connections, which the largest watcher count alone would fill.
+        room = {"RUNSTORE_MAX_CONNECTIONS": str(max(counts) + args.connections + 100)}
+        server = start_runstore(str(Path(workdir, "runs.db")), None, not args.no_pin, room)
         if not args.no_pin:
             _pin(0, 1)
         try:
