@@ -2,13 +2,15 @@
 
 A body is read in chunks and refused with 413 as soon as it passes the limit, whatever
 ``Content-Length`` claimed, and with 408 when it has not arrived within the deadline. Parsing it
-is :mod:`..strict_json`'s job.
+is :mod:`..strict_json`'s job; :func:`read_parsed` reads a body with the server's limits and
+hands it to a parser, on the event loop or, for a large body, on a worker thread (:mod:`.offload`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -20,11 +22,15 @@ from runstore.client.problems import (
     UnsupportedMediaType,
 )
 
+from ..config import Settings
 from .deadlines import within
 from .headers import header
 from .limits import BodyHold
+from .offload import THREAD_PARSE_BYTES, on_thread
 
-__all__ = ["read_body"]
+__all__ = ["read_body", "read_parsed"]
+
+T = TypeVar("T")
 
 _JSON_MEDIA: Final = re.compile(r"^application/(?:[\w.+-]+\+)?json$", re.IGNORECASE)
 
@@ -106,3 +112,17 @@ async def read_body(
     if not raw:
         raise MalformedJson("The body is empty; send a JSON object.")
     return raw
+
+
+async def read_parsed(
+    request: Request, settings: Settings, hold: BodyHold, parse: Callable[[bytes], T]
+) -> T:
+    """``parse`` of the body, read within the settings' size limit and deadline (:func:`read_body`):
+    inline, or on a worker thread for a body of THREAD_PARSE_BYTES or more. The raw bytes are let
+    go when this returns, before the caller writes what was parsed."""
+    raw = await read_body(
+        request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
+    )
+    if len(raw) < THREAD_PARSE_BYTES:
+        return parse(raw)
+    return await on_thread(parse, raw)

@@ -19,7 +19,7 @@ from runstore.client.problems import InvalidRun
 from ..store.base import ClaimQuery
 from ..store.records import validated
 from ..strict_json import parse_json
-from .body import read_body
+from .body import read_parsed
 from .headers import LEASE_HEADER, header, parse_lease
 from .openapi import ETAG_HEADER, JSON, LEASE_PARAM, RUN_ID_PARAM, problem_responses
 from .request_state import body_budget_of, run_id_of, settings_of, store_of
@@ -39,10 +39,9 @@ async def _body(request: Request) -> Any:
     # Small bodies, but held against the server's body budget like any other (limits).
     settings = settings_of(request)
     with body_budget_of(request).holding() as hold:
-        raw = await read_body(
-            request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
+        return await read_parsed(
+            request, settings, hold, lambda raw: parse_json(raw, settings.max_json_depth)
         )
-        return parse_json(raw, settings.max_json_depth)
 
 
 def _conflict_doc() -> dict[int | str, dict[str, Any]]:

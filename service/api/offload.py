@@ -2,9 +2,9 @@
 
 Parsing and checking a body takes time in proportion to its size, and on the event loop it holds
 every other request for that long (issue 14: an 8 MB PUT held the server for its whole parse).
-A route parses a body of :data:`THREAD_PARSE_BYTES` or more with :func:`on_thread`, and a
-smaller one inline, where the hop to a thread and back would cost more than the parse (the
-common PATCH carries a few KiB, and its path stays one length test longer).
+:func:`.body.read_parsed` parses a body of :data:`THREAD_PARSE_BYTES` or more with
+:func:`on_thread`, and a smaller one inline, where the hop to a thread and back would cost more
+than the parse (the common PATCH carries a few KiB).
 
 The thread shares the GIL with the loop: the parser's C calls hold it, its Python parts give it
 up every switch interval, so the loop answers other requests between them.

@@ -26,10 +26,9 @@ from ..config import Settings
 from ..store.base import RunQuery, RunStore, WriteResult, decode_cursor, encode_cursor
 from ..store.records import PatchRecord, SnapshotRecord, patch_record, snapshot_record, written_json
 from ..strict_json import parse_json, parse_json_as
-from .body import read_body
+from .body import read_parsed
 from .headers import header, parse_etags, parse_if_match, parse_lease
 from .limits import check_items
-from .offload import THREAD_PARSE_BYTES, on_thread
 from .openapi import ETAG_HEADER, JSON, LEASE_PARAM, RUN_ID_PARAM, problem_responses
 from .request_state import body_budget_of, run_id_of, settings_of, store_of
 from .schemas import Deleted, Health, RunList
@@ -132,14 +131,9 @@ async def patch_run(request: Request) -> Response:
     run_id = run_id_of(request)
     settings = settings_of(request)
     with body_budget_of(request).holding() as hold:
-        raw = await read_body(
-            request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
+        patch = await read_parsed(
+            request, settings, hold, lambda raw: _patch_of(raw, run_id, settings)
         )
-        if len(raw) < THREAD_PARSE_BYTES:
-            patch = _patch_of(raw, run_id, settings)
-        else:
-            patch = await on_thread(_patch_of, raw, run_id, settings)
-        del raw
         lease = parse_lease(header(request, b"runstore-lease"))
         store = store_of(request)
         if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
@@ -170,14 +164,9 @@ async def put_run(request: Request) -> Response:
     run_id = run_id_of(request)
     settings = settings_of(request)
     with body_budget_of(request).holding() as hold:
-        raw = await read_body(
-            request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
+        record = await read_parsed(
+            request, settings, hold, lambda raw: _snapshot_of(raw, run_id, settings)
         )
-        if len(raw) < THREAD_PARSE_BYTES:
-            record = _snapshot_of(raw, run_id, settings)
-        else:
-            record = await on_thread(_snapshot_of, raw, run_id, settings)
-        del raw
         lease = parse_lease(header(request, b"runstore-lease"))
         store = store_of(request)
         if_none_match = header(request, b"if-none-match")
