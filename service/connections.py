@@ -18,6 +18,10 @@ byte reaches the parser or the application:
   process's file descriptors for the clients already connected.
 - **Host**: an HTTP/1.1 request without ``Host`` is answered 400 (RFC 9112 section 3.2).
 
+It also offers GET requests the ASGI extension ``runstore.direct_body`` (:class:`DirectBody`):
+the event broker writes an event to a thousand streams' connections itself, instead of waking
+a thousand tasks to pass it through ``send`` (issue 13).
+
 The answers are problem+json, like the application's, built from the classes of
 :mod:`runstore.client.problems`, each with a new request id (``X-Request-Id`` and
 ``requestId``), logged with the refusal.
@@ -30,7 +34,7 @@ import json
 from typing import Any, ClassVar, Final
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from runstore.client.problems import (
     BadRequest,
@@ -42,8 +46,9 @@ from runstore.client.problems import (
 
 from .api.instrument import new_request_id
 from .api.problems import PROBLEM_MEDIA_TYPE
+from .events import DIRECT_WRITER
 
-__all__ = ["GuardedProtocol", "guarded_protocol", "problem_bytes"]
+__all__ = ["DirectBody", "GuardedProtocol", "guarded_protocol", "problem_bytes"]
 
 _REASONS: Final = {
     400: b"Bad Request",
@@ -73,6 +78,38 @@ def problem_bytes(error: RunStoreError, request_id: str) -> bytes:
     if status == 503:
         lines.append(b"retry-after: 1")
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class DirectBody:
+    """Writes body chunks of a request's streaming answer straight to its connection: the
+    ASGI extension ``runstore.direct_body`` (:class:`~.events.DirectWriter`). It writes only
+    while the answer is what ``send`` would add chunks to: started by the app, in chunked
+    encoding and not complete, the connection open and not paused by flow control (its
+    output over the transport's high-water mark); otherwise the caller uses ``send``, which
+    waits for the connection to drain."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    def encode(self, body: bytes) -> bytes:
+        """``body`` as one HTTP/1.1 chunk, as uvicorn frames what ``send`` is given."""
+        return b"%x\r\n%b\r\n" % (len(body), body)
+
+    def write(self, encoded: bytes) -> bool:
+        cycle = self._cycle
+        if (
+            not cycle.response_started
+            or cycle.response_complete
+            or cycle.disconnected
+            or not cycle.chunked_encoding
+            or cycle.flow.write_paused
+            or cycle.transport.is_closing()
+        ):
+            return False
+        cycle.transport.write(encoded)
+        return True
 
 
 class _Refused(Exception):
@@ -175,6 +212,11 @@ class GuardedProtocol(HttpToolsProtocol):
             self._refusal = BadRequest("An HTTP/1.1 request needs a Host header.")
             raise _Refused
         super().on_headers_complete()
+        cycle = self.cycle
+        # Only GET answers stream (the event routes); the app runs from the next turn of the
+        # loop, so the scope can still be added to.
+        if self.scope["method"] == "GET" and cycle is not None and cycle.scope is self.scope:
+            self.scope.setdefault("extensions", {})[DIRECT_WRITER] = DirectBody(cycle)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_head = True

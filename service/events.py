@@ -2,131 +2,226 @@
 
 The store tells the broker every committed write (:class:`~.store.changes.Change`), on the event
 loop: the SQLite writer thread through ``loop.call_soon_threadsafe``, once per group commit; the
-PostgreSQL store after its own commits and for the other replicas' writes it hears of. The
-broker puts each change in the queue of every watcher of that run, and of every watcher of all
-runs (``GET /events``) whose status filter it passes.
+PostgreSQL store after its own commits and for the other replicas' writes it hears of.
 
-Watchers never slow writers: :meth:`EventBroker.publish` never awaits and never blocks. Each
-watcher's queue is bounded; a watcher whose queue is full has it emptied and marked for a
-resync (its stream then sends the whole run again, or, for ``GET /events``, says it skipped
-some). A stream's watcher is removed when the stream ends for any reason, a client that went
-away included (``api.events``). :meth:`EventBroker.close` ends every stream: the server calls it
-when it is asked to stop, so that open streams do not hold up its shutdown.
+**Feeds.** Each watched run has a :class:`Feed`: its recent changes in version order, each with
+its server-sent event made once; ``GET /events`` has one feed of every run's summaries. A
+watcher is a position in its feed. Publishing appends to the feed, whatever the number of
+watchers, and schedules a hand-out, which gives each watcher what lies past its position, built
+once per distinct position (usually one: every watcher is caught up). A feed keeps its last
+``queue_limit`` changes and drops what every watcher has been given.
+
+**Two ways to serve a watcher.** When the server offers the connection's writer (the ASGI
+extension :data:`DIRECT_WRITER`, :class:`~.connections.DirectBody`) and the stream's task has
+handed its watcher over (:meth:`EventBroker.attach`), the hand-out writes the bytes to the
+connection itself: a change reaches 1,000 streams without waking 1,000 tasks (issue 13). In
+every other case the stream's task takes the bytes (:meth:`EventBroker.take`) and sends them
+through ASGI ``send``, which waits for a slow connection to drain: a server without the
+extension (tests in process), and any watcher the hand-out lets go of: its connection is not
+taking what was written (the server paused writing to it), it must resync, or its stream ends.
+Only one of the two writes to a watcher's connection at a time, so its events stay in order.
+
+**Watchers never slow writers.** :meth:`EventBroker.publish` never awaits. A watcher whose
+position fell off its feed (more than ``queue_limit`` changes behind) is resynced: its stream
+sends the whole run again (one read shared by the streams of the run that resync together) or,
+for ``GET /events``, says it skipped some. Hand-outs go a few watchers per turn of the loop,
+so a request arriving meanwhile waits for one slice, not for a thousand writes; and the next
+hand-out waits long enough to keep the streams' share of the loop near ``STREAMS_SHARE``, by
+the time the last one took (delivery latency grows with the number of watchers instead).
+
+A stream's watcher is removed when the stream ends for any reason, a client that went away
+included (``api.events``). :meth:`EventBroker.close` ends every stream: the server calls it when
+it is asked to stop, so that open streams do not hold up its shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from time import monotonic, perf_counter
+from typing import Final, Protocol
 
 from runstore.client.problems import StoreUnavailable
 
 from .store.base import StoredRun
 from .store.changes import Change
 
-__all__ = ["EventBroker", "Watcher"]
+__all__ = ["DIRECT_WRITER", "DirectWriter", "EventBroker", "Feed", "Watcher", "sse_frame"]
 
 log = logging.getLogger("runstore.events")
 
 DEFAULT_QUEUE_LIMIT: Final = 1000
-# Streams are woken together, at most once per interval, and the interval grows with their
-# number: waking a stream and sending what it has queued costs the event loop some tens of
-# microseconds, so 1,000 streams woken at every write would leave the writers little of it.
-# This keeps the streams' share of the loop near STREAMS_SHARE of it whatever the write rate; a
-# stream then sends several changes at once (bench/events.py measures both sides).
-WAKE_COST: Final = 100e-6
-STREAMS_SHARE: Final = 0.1
-MAX_WAKE_INTERVAL: Final = 0.5
-WAKE_CHUNK: Final = 32
+# The share of the event loop hand-outs may take when changes come faster than they go out.
+STREAMS_SHARE: Final = 0.2
+# Watchers served per turn of the loop: a request that arrives during a hand-out waits for
+# one slice of writes at each of its turns, not for the whole hand-out.
+HAND_OUT_SLICE: Final = 16
+
+# The key of the connection writer in an ASGI scope's "extensions" (runstore serve's
+# protocol, service/connections.py, offers it on GET requests).
+DIRECT_WRITER: Final = "runstore.direct_body"
+
+
+class DirectWriter(Protocol):
+    """Writes body bytes of a streaming answer straight to its connection."""
+
+    def encode(self, body: bytes) -> bytes:
+        """``body`` as written to the connection (the same for every connection: made once
+        for all watchers)."""
+
+    def write(self, encoded: bytes) -> bool:
+        """Write ``encoded``; False, writing nothing, when the connection cannot take it now
+        (closed, the answer not streaming, or the server paused writing to it)."""
+
+
+def sse_frame(event: str, data: bytes, event_id: str | int | None = None) -> bytes:
+    """One event: ``event:``, ``id:`` (if any) and ``data:`` lines (one per line of data)."""
+    head = b"event: " + event.encode() + b"\n"
+    if event_id is not None:
+        head += b"id: " + str(event_id).encode() + b"\n"
+    return head + b"data: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
+
+
+class Feed:
+    """The recent changes of one run (or of every run, for ``GET /events``), each with its
+    event, numbered from 0 in the order published; ``end`` is the number published so far."""
+
+    __slots__ = ("end", "ends_streams", "entries", "last_version", "limit", "version", "watchers")
+
+    def __init__(self, limit: int, *, ends_streams: bool) -> None:
+        self.entries: deque[tuple[Change, bytes]] = deque()
+        self.end = 0
+        self.limit = limit
+        # A run's stream ends after its run is finished or deleted; GET /events never does.
+        self.ends_streams = ends_streams
+        self.watchers: set[Watcher] = set()
+        # The newest version of the run this replica has seen (streams' reads included), and
+        # that of the newest entry (0 after a delete): entries rise in version between deletes.
+        self.version = 0
+        self.last_version = 0
+
+    @property
+    def start(self) -> int:
+        """The number of the oldest entry kept."""
+        return self.end - len(self.entries)
+
+    def append(self, change: Change, frame: bytes) -> None:
+        self.entries.append((change, frame))
+        self.end += 1
+        if len(self.entries) > self.limit:
+            self.entries.popleft()
+
+    def since(self, position: int, statuses: frozenset[str]) -> tuple[bytes, int, bool]:
+        """The events after entry ``position`` (of these statuses, if any), up to the first
+        that ends a stream; the position after them, and whether the stream ends there."""
+        frames: list[bytes] = []
+        for change, frame in itertools.islice(self.entries, position - self.start, None):
+            position += 1
+            if statuses and change.kind != "deleted" and change.status not in statuses:
+                continue
+            frames.append(frame)
+            if self.ends_streams and change.finished:
+                return b"".join(frames), position, True
+        return b"".join(frames), position, False
+
+    def trim(self) -> None:
+        """Drop the entries every watcher has been given."""
+        given = min((watcher.position for watcher in self.watchers), default=self.end)
+        while self.entries and self.start < given:
+            self.entries.popleft()
 
 
 class Watcher:
-    """One event stream's queue of changes."""
+    """One event stream's place in its feed, and how it is served (module docstring)."""
 
-    __slots__ = ("_wakeup", "closed", "limit", "pending", "resync", "resync_after", "statuses")
+    __slots__ = (
+        "_wakeup",
+        "attached",
+        "closed",
+        "direct",
+        "ended",
+        "feed",
+        "position",
+        "resync",
+        "resync_after",
+        "sent_at",
+        "statuses",
+    )
 
-    def __init__(self, limit: int, statuses: frozenset[str] = frozenset()) -> None:
-        self.limit = limit
+    def __init__(
+        self, feed: Feed, statuses: frozenset[str] = frozenset(), direct: DirectWriter | None = None
+    ) -> None:
+        self.feed = feed
+        # Entries of the feed handed to this stream so far (those before it opened included).
+        self.position = feed.end
         # For a watcher of all runs: the statuses it follows (empty: every status).
         self.statuses = statuses
-        self.pending: deque[Change] = deque()
-        # Set when changes were dropped because the queue was full; a read of the run that
-        # started after publication number ``resync_after`` holds them all.
+        self.direct = direct
+        # True while the broker writes to the connection itself; the stream's task then sends
+        # nothing but keep-alive comments.
+        self.attached = False
+        # Its position fell off the feed: a read of the run that began when the feed's end was
+        # at least ``resync_after`` holds what it missed.
         self.resync = False
         self.resync_after = 0
-        self.closed = False
+        self.ended = False  # its stream's last event was handed out
+        self.closed = False  # the stream is over, or the server is stopping
+        # When events last went out to it (time.monotonic()): keep-alives fill silences only.
+        self.sent_at = monotonic()
         self._wakeup = asyncio.Event()
 
-    def offer(self, change: Change, publication: int) -> None:
-        """Queue ``change`` of publication number ``publication`` (the broker wakes the stream
-        later, :meth:`wake`); a full queue is emptied and the watcher marked for a resync."""
-        if len(self.pending) >= self.limit:
-            self.pending.clear()
-            self.resync = True
-            self.resync_after = publication
-        else:
-            self.pending.append(change)
+    def has_work(self) -> bool:
+        """Whether the stream's task has something to do."""
+        if self.closed or self.ended or self.resync:
+            return True
+        return not self.attached and self.position < self.feed.end
 
     def wake(self) -> None:
         self._wakeup.set()
 
-    def close(self) -> None:
-        self.closed = True
+    def let_go(self) -> None:
+        """The broker stops writing for this watcher; its task takes over."""
+        self.attached = False
         self._wakeup.set()
 
     async def wait(self, seconds: float) -> bool:
-        """Wait up to ``seconds`` for a change, a resync or the end; False if none came."""
-        if not (self.pending or self.resync or self.closed):
-            self._wakeup.clear()
-            try:
-                async with asyncio.timeout(seconds):
-                    await self._wakeup.wait()
-            except TimeoutError:
+        """Wait for work for the stream's task; False once the stream has been silent for
+        ``seconds`` (the caller then sends a keep-alive, which counts as sent)."""
+        while not self.has_work():
+            silence = self.sent_at + seconds - monotonic()
+            if silence <= 0:
+                self.sent_at = monotonic()
                 return False
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(silence):
+                    await self._wakeup.wait()
         return True
-
-    def take(self) -> tuple[list[Change], bool]:
-        """The queued changes, and whether a resync is due; both are then cleared."""
-        changes = list(self.pending)
-        self.pending.clear()
-        resync, self.resync = self.resync, False
-        return changes, resync
-
-
-class _RunWatchers:
-    """The watchers of one run, and the newest version of it this replica has seen."""
-
-    __slots__ = ("version", "watchers")
-
-    def __init__(self) -> None:
-        self.watchers: set[Watcher] = set()
-        self.version = 0
 
 
 class EventBroker:
-    """Watchers by run, and of all runs; see the module docstring."""
+    """Feeds by run, and of all runs; see the module docstring."""
 
     def __init__(self, queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
         self.queue_limit = queue_limit
-        self._runs: dict[str, _RunWatchers] = {}
-        self._all: set[Watcher] = set()
+        self._runs: dict[str, Feed] = {}
+        self._all = Feed(queue_limit, ends_streams=False)
+        self._event_ids = itertools.count(1)  # GET /events' ids: opaque, rising
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
-        # Watchers with something queued, woken by the next _wake_all.
-        self._due: set[Watcher] = set()
-        self._wake_scheduled = False
-        self._last_wake = 0.0
-        # Publications so far, and the reads of runs for resyncs in flight, with the number
-        # of publications made when each started: one read serves every stream of the run
-        # that overflowed before it started.
-        self._publications = 0
+        # Feeds with entries not yet handed out, and the state of hand-outs.
+        self._due: set[Feed] = set()
+        self._hand_out_scheduled = False
+        self._handing_out = False
+        self._next_hand_out = 0.0
         # Open watchers, kept as a number: the metrics read it, from any thread.
         self._watchers = 0
+        # Reads of runs for resyncs in flight, with the feed's end when each began.
         self._resync_reads: dict[str, tuple[int, asyncio.Future[StoredRun | None]]] = {}
 
     # What the store calls.
@@ -137,143 +232,250 @@ class EventBroker:
         self.closed = False
 
     def publish(self, changes: Iterable[Change]) -> None:
-        """Queue each change for its watchers (on the event loop; never waits)."""
-        self._publications += 1
-        publication = self._publications
+        """Append each change to its feeds (on the event loop; never waits)."""
+        everything = self._all
         for change in changes:
-            group = self._runs.get(change.run_id)
-            if group is not None:
+            feed = self._runs.get(change.run_id)
+            if feed is not None:
                 if change.kind == "deleted":
-                    group.version = 0
-                elif change.version > group.version:
-                    group.version = change.version
-                for watcher in group.watchers:
-                    watcher.offer(change, publication)
-                self._due.update(group.watchers)
-            if self._all and (change.kind == "deleted" or change.summary is not None):
-                for watcher in self._all:
-                    if (
-                        not watcher.statuses
-                        or change.kind == "deleted"
-                        or change.status in watcher.statuses
-                    ):
-                        watcher.offer(change, publication)
-                        self._due.add(watcher)
-        if self._due and not self._wake_scheduled:
-            self._schedule_wake()
-
-    async def resync_read(
-        self, run_id: str, after: int, read: Callable[[str], Awaitable[StoredRun | None]]
-    ) -> StoredRun | None:
-        """The run read by ``read`` at a moment after publication ``after``, shared by the
-        streams that resync together (1,000 watchers of a run overflow at once)."""
-        entry = self._resync_reads.get(run_id)
-        if entry is None or entry[0] < after:
-            future = asyncio.ensure_future(read(run_id))
-            entry = self._resync_reads[run_id] = (self._publications, future)
-
-            def forget(_: object, run_id: str = run_id, entry: Any = entry) -> None:
-                if self._resync_reads.get(run_id) is entry:
-                    del self._resync_reads[run_id]
-
-            future.add_done_callback(forget)
-        return await asyncio.shield(entry[1])
-
-    def _schedule_wake(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = min(MAX_WAKE_INTERVAL, self.watcher_count * WAKE_COST / STREAMS_SHARE)
-        delay = self._last_wake + interval - loop.time()
-        self._wake_scheduled = True
-        if delay <= 0:
-            loop.call_soon(self._wake_all)
-        else:
-            loop.call_later(delay, self._wake_all)
-
-    def _wake_all(self) -> None:
-        self._wake_scheduled = False
-        self._last_wake = asyncio.get_running_loop().time()
-        due, self._due = list(self._due), set()
-        self._wake_some(due, 0)
-
-    def _wake_some(self, due: list[Watcher], start: int) -> None:
-        # A few streams per turn of the loop: the loop reads sockets between turns, so
-        # requests go on being served while 1,000 streams send.
-        for watcher in due[start : start + WAKE_CHUNK]:
-            watcher.wake()
-        if start + WAKE_CHUNK < len(due):
-            asyncio.get_running_loop().call_soon(self._wake_some, due, start + WAKE_CHUNK)
+                    feed.version = feed.last_version = 0
+                    feed.append(change, sse_frame("deleted", change.data))
+                    self._due.add(feed)
+                else:
+                    feed.version = max(feed.version, change.version)
+                    # A version already appended (a replica may hear of a write twice) is not.
+                    if change.version > feed.last_version:
+                        feed.last_version = change.version
+                        feed.append(change, change.frame)
+                        self._due.add(feed)
+            if everything.watchers:
+                if change.kind == "deleted":
+                    everything.append(
+                        change, sse_frame("deleted", change.data, next(self._event_ids))
+                    )
+                elif change.summary is not None:
+                    summary = change.summary.encode()
+                    everything.append(change, sse_frame("summary", summary, next(self._event_ids)))
+                else:
+                    continue
+                self._due.add(everything)
+        if self._due:
+            self._schedule_hand_out()
 
     def publish_threadsafe(self, changes: list[Change]) -> None:
         """:meth:`publish` from another thread (the SQLite writer): one wake-up of the loop per
         call. Changes of a commit made while no loop is bound are nobody's to hear."""
         loop = self._loop
-        if loop is None or (not self._runs and not self._all):
+        if loop is None or (not self._runs and not self._all.watchers):
             return
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is left to tell
             loop.call_soon_threadsafe(self.publish, changes)
 
     def watching(self, run_id: str) -> bool:
         """Whether anyone here follows ``run_id`` (or every run)."""
-        return bool(self._all) or run_id in self._runs
+        return bool(self._all.watchers) or run_id in self._runs
 
     def known_version(self, run_id: str) -> int | None:
         """The newest version of ``run_id`` handed to its watchers (0: none yet); None when
         nobody here follows the run itself."""
-        group = self._runs.get(run_id)
-        return None if group is None else group.version
+        feed = self._runs.get(run_id)
+        return None if feed is None else feed.version
 
     @property
     def following_all(self) -> bool:
-        return bool(self._all)
+        return bool(self._all.watchers)
 
     def watched_runs(self) -> list[str]:
         return list(self._runs)
 
     def saw(self, run_id: str, version: int) -> None:
         """A stream of ``run_id`` read it at ``version``: its watchers have that much."""
-        group = self._runs.get(run_id)
-        if group is not None and version > group.version:
-            group.version = version
+        feed = self._runs.get(run_id)
+        if feed is not None and version > feed.version:
+            feed.version = version
+
+    # Hand-outs.
+
+    def _schedule_hand_out(self) -> None:
+        if self._hand_out_scheduled or self._handing_out:
+            return  # the hand-out under way schedules the next when it is done
+        loop = asyncio.get_running_loop()
+        self._hand_out_scheduled = True
+        delay = self._next_hand_out - loop.time()
+        if delay <= 0:
+            loop.call_soon(self._hand_out)
+        else:
+            loop.call_later(delay, self._hand_out)
+
+    def _hand_out(self) -> None:
+        self._hand_out_scheduled = False
+        self._handing_out = True
+        feeds, self._due = self._due, set()
+        served = [(feed, watcher) for feed in feeds for watcher in feed.watchers]
+        self._hand_out_slice(feeds, served, 0, {}, 0.0)
+
+    def _hand_out_slice(
+        self,
+        feeds: set[Feed],
+        served: list[tuple[Feed, Watcher]],
+        start: int,
+        built: dict[tuple[Feed, int, int, frozenset[str]], tuple[bytes, int, bool]],
+        spent: float,
+    ) -> None:
+        began = perf_counter()
+        now = monotonic()
+        for feed, watcher in served[start : start + HAND_OUT_SLICE]:
+            self._serve(feed, watcher, built, now)
+        spent += perf_counter() - began
+        start += HAND_OUT_SLICE
+        loop = asyncio.get_running_loop()
+        if start < len(served):
+            loop.call_soon(self._hand_out_slice, feeds, served, start, built, spent)
+            return
+        for feed in feeds:
+            feed.trim()
+        self._handing_out = False
+        self._next_hand_out = loop.time() + spent * (1 - STREAMS_SHARE) / STREAMS_SHARE
+        if self._due:
+            self._schedule_hand_out()
+
+    def _serve(
+        self,
+        feed: Feed,
+        watcher: Watcher,
+        built: dict[tuple[Feed, int, int, frozenset[str]], tuple[bytes, int, bool]],
+        now: float,
+    ) -> None:
+        """Write to ``watcher``'s connection what it lacks, or wake its task to."""
+        if watcher.closed or watcher.position >= feed.end:
+            return
+        if not watcher.attached or watcher.direct is None:
+            watcher.wake()
+            return
+        if watcher.position < feed.start:
+            watcher.let_go()  # its task resyncs it (take)
+            return
+        key = (feed, watcher.position, feed.end, watcher.statuses)
+        chunk = built.get(key)
+        if chunk is None:
+            body, after, ends = feed.since(watcher.position, watcher.statuses)
+            chunk = built[key] = (watcher.direct.encode(body) if body else b"", after, ends)
+        encoded, after, ends = chunk
+        if encoded:
+            if not watcher.direct.write(encoded):
+                watcher.let_go()  # the connection is not taking more: ASGI send waits for it
+                return
+            watcher.sent_at = now
+        watcher.position = after
+        if ends:
+            watcher.ended = True
+            watcher.let_go()
 
     # What the streams call.
 
+    def take(self, watcher: Watcher) -> bytes:
+        """What lies past the watcher's position, for its task to send (moving it on); empty
+        when there is nothing, or when a resync is due (``watcher.resync`` is then set)."""
+        feed = watcher.feed
+        if watcher.position >= feed.end or watcher.ended:
+            return b""
+        if watcher.position < feed.start:
+            watcher.resync = True
+            watcher.resync_after = feed.end
+            return b""
+        body, watcher.position, ends = feed.since(watcher.position, watcher.statuses)
+        watcher.ended = ends
+        if body:
+            watcher.sent_at = monotonic()
+        return body
+
+    def attach(self, watcher: Watcher) -> None:
+        """The broker writes to the watcher's connection from now on, if the server offers a
+        writer; call with nothing left to take and nothing being sent."""
+        if watcher.direct is not None and not watcher.has_work():
+            watcher.attached = True
+
+    def skip_seen(self, watcher: Watcher, version: int) -> None:
+        """Move past the changes a read of the run at ``version`` holds."""
+        feed = watcher.feed
+        if watcher.position < feed.start:
+            return  # a resync is due anyway
+        for change, _ in itertools.islice(feed.entries, watcher.position - feed.start, None):
+            if change.kind == "deleted" or change.version > version:
+                break
+            watcher.position += 1
+
+    def skip_all(self, watcher: Watcher) -> None:
+        """Give up what the watcher missed: it moves to the end of its feed."""
+        watcher.position = watcher.feed.end
+        watcher.resync = False
+
+    async def resync_read(
+        self, watcher: Watcher, run_id: str, read: Callable[[str], Awaitable[StoredRun | None]]
+    ) -> StoredRun | None:
+        """The run, read by ``read`` late enough to hold what ``watcher`` missed; one read is
+        shared by the streams that resync together (1,000 watchers of a run fall behind at
+        once). The watcher's position moves to where the read began."""
+        feed = watcher.feed
+        entry = self._resync_reads.get(run_id)
+        if entry is None or entry[0] < watcher.resync_after:
+            future = asyncio.ensure_future(read(run_id))
+            entry = self._resync_reads[run_id] = (feed.end, future)
+
+            def forget(_: object, run_id: str = run_id, entry: tuple[int, object] = entry) -> None:
+                if self._resync_reads.get(run_id) is entry:
+                    del self._resync_reads[run_id]
+
+            future.add_done_callback(forget)
+        began_at, reading = entry
+        stored = await asyncio.shield(reading)
+        watcher.position = max(watcher.position, began_at)
+        watcher.resync = False
+        return stored
+
     @contextmanager
-    def watch_run(self, run_id: str) -> Iterator[Watcher]:
-        """A watcher of ``run_id`` for the ``with`` block."""
-        watcher = self._new_watcher()
-        group = self._runs.get(run_id)
-        if group is None:
-            group = self._runs[run_id] = _RunWatchers()
-        group.watchers.add(watcher)
-        self._watchers += 1
+    def watch_run(self, run_id: str, direct: DirectWriter | None = None) -> Iterator[Watcher]:
+        """A watcher of ``run_id`` for the ``with`` block, served through ``direct`` when
+        given (once attached)."""
+        self._refuse_if_closed()
+        feed = self._runs.get(run_id)
+        if feed is None:
+            feed = self._runs[run_id] = Feed(self.queue_limit, ends_streams=True)
         try:
-            yield watcher
+            with self._watching(feed, Watcher(feed, direct=direct)) as watcher:
+                yield watcher
         finally:
-            self._watchers -= 1
-            watcher.close()
-            self._due.discard(watcher)
-            group.watchers.discard(watcher)
-            if not group.watchers and self._runs.get(run_id) is group:
+            if not feed.watchers and self._runs.get(run_id) is feed:
                 del self._runs[run_id]
 
     @contextmanager
-    def watch_all(self, statuses: Iterable[str] = ()) -> Iterator[Watcher]:
+    def watch_all(
+        self, statuses: Iterable[str] = (), direct: DirectWriter | None = None
+    ) -> Iterator[Watcher]:
         """A watcher of every run (of these statuses, if any) for the ``with`` block."""
-        watcher = self._new_watcher(frozenset(statuses))
-        self._all.add(watcher)
+        self._refuse_if_closed()
+        try:
+            with self._watching(self._all, Watcher(self._all, frozenset(statuses), direct)) as w:
+                yield w
+        finally:
+            if not self._all.watchers:
+                self._all.entries.clear()
+
+    @contextmanager
+    def _watching(self, feed: Feed, watcher: Watcher) -> Iterator[Watcher]:
+        feed.watchers.add(watcher)
         self._watchers += 1
         try:
             yield watcher
         finally:
             self._watchers -= 1
-            watcher.close()
-            self._due.discard(watcher)
-            self._all.discard(watcher)
+            watcher.closed = True
+            watcher.let_go()
+            feed.watchers.discard(watcher)
 
-    def _new_watcher(self, statuses: frozenset[str] = frozenset()) -> Watcher:
+    def _refuse_if_closed(self) -> None:
         if self.closed:
             raise StoreUnavailable("The server is shutting down; follow the run elsewhere.")
-        return Watcher(self.queue_limit, statuses)
 
     @property
     def watcher_count(self) -> int:
@@ -289,10 +491,9 @@ class EventBroker:
         loop.call_soon_threadsafe(self.close)
 
     def close(self) -> None:
-        """End every stream (each sends what it has queued first) and refuse new ones."""
+        """End every stream (each sends what it has been handed first) and refuse new ones."""
         self.closed = True
-        for group in self._runs.values():
-            for watcher in group.watchers:
-                watcher.close()
-        for watcher in self._all:
-            watcher.close()
+        for feed in [*self._runs.values(), self._all]:
+            for watcher in feed.watchers:
+                watcher.closed = True
+                watcher.let_go()

@@ -9,12 +9,14 @@ the broker here is closed by the server's own stop (``cli``) and by the app's li
 
 Each stream holds a watcher of :class:`~..events.EventBroker` for as long as it is open, and
 gives it back however it ends (:class:`EventStream`), before the body ever started included.
+A stream's task sends what the broker does not write to the connection itself: its first
+event, what it takes while its watcher is let go (a slow connection, a resync, the end), and
+keep-alive comments; once caught up it hands its watcher back (``broker.attach``).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from itertools import count
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request
@@ -25,14 +27,14 @@ from runstore.client.models import STATUS_PATTERN
 from runstore.client.problems import BadRequest, RunNotFound
 
 from ..config import Settings
-from ..events import EventBroker, Watcher
+from ..events import DIRECT_WRITER, DirectWriter, EventBroker, Watcher, sse_frame
 from ..store.base import RunStore, StoredRun
 from ..store.records import is_finished
 from .headers import header
 from .openapi import RUN_ID_PARAM, problem_responses
 from .request_state import broker_of, run_id_of, settings_of, store_of
 
-__all__ = ["EVENT_STREAM", "STREAM_HEADERS", "EventStream", "events_router", "sse_frame"]
+__all__ = ["EVENT_STREAM", "STREAM_HEADERS", "EventStream", "events_router"]
 
 EVENT_STREAM: Final = "text/event-stream"
 KEEP_ALIVE: Final = b": keep-alive\n\n"
@@ -41,14 +43,6 @@ events_router = APIRouter(tags=["events"])
 
 # No caching of a live stream, and no proxy buffering (nginx's X-Accel-Buffering).
 STREAM_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-
-
-def sse_frame(event: str, data: bytes, event_id: str | int | None = None) -> bytes:
-    """One event: ``event:``, ``id:`` (if any) and ``data:`` lines (one per line of data)."""
-    head = b"event: " + event.encode() + b"\n"
-    if event_id is not None:
-        head += b"id: " + str(event_id).encode() + b"\n"
-    return head + b"data: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
 
 
 class EventStream(StreamingResponse):
@@ -67,6 +61,12 @@ class EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._on_close()
+
+
+def _direct_writer(request: Request) -> DirectWriter | None:
+    """The connection's writer, if the server offers one (``runstore serve`` does)."""
+    extensions = request.scope.get("extensions")
+    return None if extensions is None else extensions.get(DIRECT_WRITER)
 
 
 def _resume_point(request: Request, after: int | None) -> int | None:
@@ -131,7 +131,7 @@ async def run_events(
     store, settings = store_of(request), settings_of(request)
     # Watch first, then read: a write committed after the read is then surely queued.
     broker = broker_of(request)
-    watching = broker.watch_run(run_id)
+    watching = broker.watch_run(run_id, _direct_writer(request))
     watcher = watching.__enter__()
     try:
         stored = await store.get_run(run_id)
@@ -154,46 +154,33 @@ async def _run_events(
     stored: StoredRun,
     resume: int | None,
 ) -> AsyncIterator[bytes]:
-    version = stored.version
-    if resume != version:
-        yield sse_frame("run", stored.body, version)
+    if resume != stored.version:
+        yield sse_frame("run", stored.body, stored.version)
     if is_finished(stored.body):
         return
-    while True:
-        if not await watcher.wait(settings.events_keepalive):
-            yield KEEP_ALIVE
-            continue
-        after = watcher.resync_after
-        changes, resync = watcher.take()
-        if resync:
-            # The queue overflowed: what it held is gone; the run as it is now replaces it.
-            fresh = await broker.resync_read(run_id, after, store.get_run)
+    broker.skip_seen(watcher, stored.version)
+    while not watcher.ended:
+        if watcher.resync:
+            # It fell too far behind: what it missed is gone; the run as it is now replaces it.
+            fresh = await broker.resync_read(watcher, run_id, store.get_run)
             if fresh is None:
                 yield sse_frame("deleted", b'{"runId":"%s"}' % run_id.encode())
                 return
-            if fresh.version != version:
-                version = fresh.version
-                yield sse_frame("run", fresh.body, version)
+            broker.skip_seen(watcher, fresh.version)
+            yield sse_frame("run", fresh.body, fresh.version)
             if is_finished(fresh.body):
                 return
-        # What the wake-up brought goes out as one chunk: one send, however many changes.
-        frames: list[bytes] = []
-        for change in changes:
-            if change.kind == "deleted":
-                frames.append(sse_frame("deleted", change.data))
-                yield b"".join(frames)
+            continue
+        # What it lacks goes out as one chunk: one send, however many changes.
+        events = broker.take(watcher)
+        if events:
+            yield events
+        elif not watcher.resync:
+            if watcher.closed:
                 return
-            if change.version <= version:
-                continue  # already in what was sent
-            version = change.version
-            frames.append(change.frame)
-            if change.finished:
-                yield b"".join(frames)
-                return
-        if frames:
-            yield b"".join(frames)
-        if watcher.closed:
-            return
+            broker.attach(watcher)
+            if not await watcher.wait(settings.events_keepalive):
+                yield KEEP_ALIVE
 
 
 @events_router.get(
@@ -210,32 +197,28 @@ async def all_events(
     ] = None,
 ) -> StreamingResponse:
     """``summary`` after every write of a run, ``deleted`` when one is deleted; no replay."""
-    watching = broker_of(request).watch_all(status or ())
+    broker = broker_of(request)
+    watching = broker.watch_all(status or (), _direct_writer(request))
     watcher = watching.__enter__()
-    events = _all_events(settings_of(request), watcher)
+    events = _all_events(settings_of(request), broker, watcher)
     return EventStream(events, lambda: watching.__exit__(None, None, None))
 
 
-_EVENT_IDS = count(1)
-
-
-async def _all_events(settings: Settings, watcher: Watcher) -> AsyncIterator[bytes]:
+async def _all_events(
+    settings: Settings, broker: EventBroker, watcher: Watcher
+) -> AsyncIterator[bytes]:
     # A first comment, so that a client sees the stream open before the first write.
     yield KEEP_ALIVE
     while True:
-        if not await watcher.wait(settings.events_keepalive):
-            yield KEEP_ALIVE
-            continue
-        changes, skipped = watcher.take()
-        if skipped:
+        if watcher.resync:
+            broker.skip_all(watcher)
             yield b": this client fell behind: some summaries were skipped\n\n"
-        frames: list[bytes] = []
-        for change in changes:
-            if change.kind == "deleted":
-                frames.append(sse_frame("deleted", change.data, next(_EVENT_IDS)))
-            elif change.summary is not None:
-                frames.append(sse_frame("summary", change.summary.encode(), next(_EVENT_IDS)))
-        if frames:
-            yield b"".join(frames)
-        if watcher.closed:
-            return
+        events = broker.take(watcher)
+        if events:
+            yield events
+        elif not watcher.resync:
+            if watcher.closed:
+                return
+            broker.attach(watcher)
+            if not await watcher.wait(settings.events_keepalive):
+                yield KEEP_ALIVE

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,18 +23,30 @@ def _change(run_id: str, version: int, status: str = "running") -> Change:
     return Change.ready(run_id, version, "patch", status, False, b"{}", "{}")
 
 
+def _events(body: bytes) -> list[tuple[str, str]]:
+    """(event, id) of each event in ``body``."""
+    found = []
+    for block in body.decode().split("\n\n")[:-1]:
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        found.append((fields["event"], fields.get("id", "")))
+    return found
+
+
 @pytest.mark.anyio
-async def test_a_full_queue_is_replaced_by_a_resync() -> None:
+async def test_a_watcher_that_fell_off_its_feed_is_resynced() -> None:
     broker = EventBroker(queue_limit=3)
-    with broker.watch_run("a") as watcher:
-        for version in range(2, 6):
+    with broker.watch_run("a") as behind, broker.watch_run("a") as caught_up:
+        broker.publish([_change("a", 2)])
+        assert _events(broker.take(caught_up)) == [("patch", "2")]
+        for version in range(3, 6):
             broker.publish([_change("a", version)])
-        assert await watcher.wait(1)
-        changes, resync = watcher.take()
-    # The fourth change found the queue full: everything pending went (the fourth too, which
-    # the resync's fresh read includes), and a resync is due.
-    assert resync
-    assert changes == []
+        assert await behind.wait(1)
+        # The feed keeps three changes: the first is gone, so `behind` gets none of them
+        # but a resync, and `caught_up`, which lacks only the kept ones, gets them.
+        assert broker.take(behind) == b""
+        assert behind.resync
+        assert _events(broker.take(caught_up)) == [("patch", "3"), ("patch", "4"), ("patch", "5")]
+        assert not caught_up.resync
 
 
 @pytest.mark.anyio
@@ -46,17 +59,79 @@ async def test_publishing_reaches_the_runs_watchers_and_the_matching_firehoses()
         broker.watch_all(["failed"]) as failed,
     ):
         broker.publish([_change("a", 2), _change("b", 2, "failed"), Change.of_delete("a")])
-        assert [c.version for c in of_a.take()[0]] == [2, 0]
-        assert [c.run_id for c in of_b.take()[0]] == ["b"]
-        assert [(c.run_id, c.kind) for c in everything.take()[0]] == [
-            ("a", "patch"),
-            ("b", "patch"),
-            ("a", "deleted"),
+        broker.publish([_change("b", 2, "failed")])  # heard twice: sent once
+        assert _events(broker.take(of_a)) == [("patch", "2"), ("deleted", "")]
+        assert of_a.ended  # the stream ends after `deleted`
+        assert _events(broker.take(of_b)) == [("patch", "2")]
+        summaries = _events(broker.take(everything))
+        assert [kind for kind, _ in summaries] == ["summary", "summary", "deleted", "summary"]
+        assert [kind for kind, _ in _events(broker.take(failed))] == [
+            "summary",
+            "deleted",
+            "summary",
         ]
-        assert [(c.run_id, c.kind) for c in failed.take()[0]] == [("b", "patch"), ("a", "deleted")]
         assert broker.watcher_count == 4
     assert broker.watcher_count == 0
     assert broker.watched_runs() == []
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    """Let the loop run (hand-outs are scheduled on it) until ``done()``."""
+    deadline = time.monotonic() + 10
+    while not done():
+        assert time.monotonic() < deadline, "the hand-out did not happen"
+        await asyncio.sleep(0.001)
+
+
+class _Connection:
+    """A connection's writer that takes ``room`` writes, then refuses (flow control)."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.written: list[bytes] = []
+
+    def encode(self, body: bytes) -> bytes:
+        return body
+
+    def write(self, encoded: bytes) -> bool:
+        if len(self.written) == self.room:
+            return False
+        self.written.append(encoded)
+        return True
+
+
+@pytest.mark.anyio
+async def test_the_broker_writes_to_attached_connections_and_lets_go_of_full_ones() -> None:
+    broker = EventBroker()
+    fast, slow = _Connection(room=10), _Connection(room=1)
+    with broker.watch_run("a", fast) as quick, broker.watch_run("a", slow) as lagging:
+        broker.attach(quick)
+        broker.attach(lagging)
+        broker.publish([_change("a", 2), _change("a", 3)])
+        broker.publish([_change("a", 4)])
+        await _until(lambda: quick.position == 3)
+        # One chunk per hand-out, the same bytes for both; the writes happened without their
+        # tasks, which have nothing to do.
+        assert [_events(chunk) for chunk in fast.written] == [
+            [("patch", "2"), ("patch", "3"), ("patch", "4")]
+        ]
+        assert slow.written == fast.written
+        assert not quick.has_work()
+        broker.publish([_change("a", 5)])
+        await _until(lambda: quick.position == 4)
+        assert _events(fast.written[-1]) == [("patch", "5")]
+        # The slow connection refused it: its task takes it and sends it (through ASGI send,
+        # which waits for the connection).
+        assert not lagging.attached
+        assert await lagging.wait(1)
+        assert _events(broker.take(lagging)) == [("patch", "5")]
+        finished = Change.ready("a", 6, "patch", "completed", True, b"{}", "{}")
+        broker.publish([finished, _change("a", 7, "completed")])
+        await _until(lambda: quick.ended)
+        # The stream ends after the run finished: the writer is let go, nothing after it sent.
+        assert _events(fast.written[-1]) == [("patch", "6")]
+        assert quick.ended
+        assert not quick.attached
 
 
 @pytest.mark.anyio
@@ -123,18 +198,25 @@ async def test_a_resync_shares_only_reads_that_began_after_the_overflow() -> Non
 
     with broker.watch_run("a") as early, broker.watch_run("a") as late:
         broker.publish([_change("a", 2)])
-        broker.publish([_change("a", 3)])  # both overflow here
-        first = asyncio.create_task(broker.resync_read("a", early.resync_after, read))
-        shared = asyncio.create_task(broker.resync_read("a", late.resync_after, read))
+        broker.publish([_change("a", 3)])  # both fall off the feed here
+        assert broker.take(early) == broker.take(late) == b""
+        assert early.resync
+        assert late.resync
+        first = asyncio.create_task(broker.resync_read(early, "a", read))
+        shared = asyncio.create_task(broker.resync_read(late, "a", read))
         for _ in range(3):
             await asyncio.sleep(0)
         assert len(reads) == 1  # one read for both streams
+        late.position = 0  # `late` falls off again, after that read began
         broker.publish([_change("a", 4)])
-        broker.publish([_change("a", 5)])  # `late` overflows again, after that read began
-        again = asyncio.create_task(broker.resync_read("a", late.resync_after, read))
+        assert broker.take(late) == b""
+        again = asyncio.create_task(broker.resync_read(late, "a", read))
         for _ in range(3):
             await asyncio.sleep(0)
         assert len(reads) == 2  # the earlier read may predate what it lost: a new one
         release.set()
         assert (await first).version == (await shared).version == 2
         assert (await again).version == 2
+        # Each moves to where its read began: `early` lacks change 4 only.
+        assert _events(broker.take(early)) == [("patch", "4")]
+        assert broker.take(late) == b""
