@@ -46,7 +46,7 @@ from runstore.client.problems import (
 
 from .api.instrument import new_request_id
 from .api.problems import PROBLEM_MEDIA_TYPE
-from .events import DIRECT_WRITER
+from .feeds import DIRECT_WRITER
 
 __all__ = ["DirectBody", "GuardedProtocol", "guarded_protocol", "problem_bytes"]
 

@@ -24,10 +24,11 @@ Only one of the two writes to a watcher's connection at a time, so its events st
 **Watchers never slow writers.** :meth:`EventBroker.publish` never awaits. A watcher whose
 position fell off its feed (more than ``queue_limit`` changes behind) is resynced: its stream
 sends the whole run again (one read shared by the streams of the run that resync together) or,
-for ``GET /events``, says it skipped some. Hand-outs go a few watchers per turn of the loop,
-so a request arriving meanwhile waits for one slice, not for a thousand writes; and the next
-hand-out waits long enough to keep the streams' share of the loop near ``STREAMS_SHARE``, by
-the time the last one took (delivery latency grows with the number of watchers instead).
+for ``GET /events``, says it skipped some. Hand-outs go in slices of a few watchers with a
+pause between them, so a request arriving meanwhile waits for one slice, not for a thousand
+writes; and the next hand-out waits long enough to keep the streams' share of the loop's CPU
+time near ``STREAMS_SHARE``, by the time the last one took (delivery latency grows with the
+number of watchers instead).
 
 A stream's watcher is removed when the stream ends for any reason, a client that went away
 included (``api.events``). :meth:`EventBroker.close` ends every stream: the server calls it when
@@ -40,14 +41,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from time import monotonic, perf_counter
-from typing import Final, Protocol
+from time import monotonic, thread_time
+from typing import Final
 
 from runstore.client.problems import StoreUnavailable
 
+from .feeds import DIRECT_WRITER, DirectWriter, Feed, Watcher, sse_frame
 from .store.base import StoredRun
 from .store.changes import Change
 
@@ -56,152 +57,16 @@ __all__ = ["DIRECT_WRITER", "DirectWriter", "EventBroker", "Feed", "Watcher", "s
 log = logging.getLogger("runstore.events")
 
 DEFAULT_QUEUE_LIMIT: Final = 1000
-# The share of the event loop hand-outs may take when changes come faster than they go out.
-STREAMS_SHARE: Final = 0.2
-# Watchers served per turn of the loop: a request that arrives during a hand-out waits for
-# one slice of writes at each of its turns, not for the whole hand-out.
-HAND_OUT_SLICE: Final = 16
-
-# The key of the connection writer in an ASGI scope's "extensions" (runstore serve's
-# protocol, service/connections.py, offers it on GET requests).
-DIRECT_WRITER: Final = "runstore.direct_body"
-
-
-class DirectWriter(Protocol):
-    """Writes body bytes of a streaming answer straight to its connection."""
-
-    def encode(self, body: bytes) -> bytes:
-        """``body`` as written to the connection (the same for every connection: made once
-        for all watchers)."""
-
-    def write(self, encoded: bytes) -> bool:
-        """Write ``encoded``; False, writing nothing, when the connection cannot take it now
-        (closed, the answer not streaming, or the server paused writing to it)."""
-
-
-def sse_frame(event: str, data: bytes, event_id: str | int | None = None) -> bytes:
-    """One event: ``event:``, ``id:`` (if any) and ``data:`` lines (one per line of data)."""
-    head = b"event: " + event.encode() + b"\n"
-    if event_id is not None:
-        head += b"id: " + str(event_id).encode() + b"\n"
-    return head + b"data: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
-
-
-class Feed:
-    """The recent changes of one run (or of every run, for ``GET /events``), each with its
-    event, numbered from 0 in the order published; ``end`` is the number published so far."""
-
-    __slots__ = ("end", "ends_streams", "entries", "last_version", "limit", "version", "watchers")
-
-    def __init__(self, limit: int, *, ends_streams: bool) -> None:
-        self.entries: deque[tuple[Change, bytes]] = deque()
-        self.end = 0
-        self.limit = limit
-        # A run's stream ends after its run is finished or deleted; GET /events never does.
-        self.ends_streams = ends_streams
-        self.watchers: set[Watcher] = set()
-        # The newest version of the run this replica has seen (streams' reads included), and
-        # that of the newest entry (0 after a delete): entries rise in version between deletes.
-        self.version = 0
-        self.last_version = 0
-
-    @property
-    def start(self) -> int:
-        """The number of the oldest entry kept."""
-        return self.end - len(self.entries)
-
-    def append(self, change: Change, frame: bytes) -> None:
-        self.entries.append((change, frame))
-        self.end += 1
-        if len(self.entries) > self.limit:
-            self.entries.popleft()
-
-    def since(self, position: int, statuses: frozenset[str]) -> tuple[bytes, int, bool]:
-        """The events after entry ``position`` (of these statuses, if any), up to the first
-        that ends a stream; the position after them, and whether the stream ends there."""
-        frames: list[bytes] = []
-        for change, frame in itertools.islice(self.entries, position - self.start, None):
-            position += 1
-            if statuses and change.kind != "deleted" and change.status not in statuses:
-                continue
-            frames.append(frame)
-            if self.ends_streams and change.finished:
-                return b"".join(frames), position, True
-        return b"".join(frames), position, False
-
-    def trim(self) -> None:
-        """Drop the entries every watcher has been given."""
-        given = min((watcher.position for watcher in self.watchers), default=self.end)
-        while self.entries and self.start < given:
-            self.entries.popleft()
-
-
-class Watcher:
-    """One event stream's place in its feed, and how it is served (module docstring)."""
-
-    __slots__ = (
-        "_wakeup",
-        "attached",
-        "closed",
-        "direct",
-        "ended",
-        "feed",
-        "position",
-        "resync",
-        "resync_after",
-        "sent_at",
-        "statuses",
-    )
-
-    def __init__(
-        self, feed: Feed, statuses: frozenset[str] = frozenset(), direct: DirectWriter | None = None
-    ) -> None:
-        self.feed = feed
-        # Entries of the feed handed to this stream so far (those before it opened included).
-        self.position = feed.end
-        # For a watcher of all runs: the statuses it follows (empty: every status).
-        self.statuses = statuses
-        self.direct = direct
-        # True while the broker writes to the connection itself; the stream's task then sends
-        # nothing but keep-alive comments.
-        self.attached = False
-        # Its position fell off the feed: a read of the run that began when the feed's end was
-        # at least ``resync_after`` holds what it missed.
-        self.resync = False
-        self.resync_after = 0
-        self.ended = False  # its stream's last event was handed out
-        self.closed = False  # the stream is over, or the server is stopping
-        # When events last went out to it (time.monotonic()): keep-alives fill silences only.
-        self.sent_at = monotonic()
-        self._wakeup = asyncio.Event()
-
-    def has_work(self) -> bool:
-        """Whether the stream's task has something to do."""
-        if self.closed or self.ended or self.resync:
-            return True
-        return not self.attached and self.position < self.feed.end
-
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    def let_go(self) -> None:
-        """The broker stops writing for this watcher; its task takes over."""
-        self.attached = False
-        self._wakeup.set()
-
-    async def wait(self, seconds: float) -> bool:
-        """Wait for work for the stream's task; False once the stream has been silent for
-        ``seconds`` (the caller then sends a keep-alive, which counts as sent)."""
-        while not self.has_work():
-            silence = self.sent_at + seconds - monotonic()
-            if silence <= 0:
-                self.sent_at = monotonic()
-                return False
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(silence):
-                    await self._wakeup.wait()
-        return True
+# The share of the loop's thread's CPU time hand-outs may take when changes come faster than
+# they go out. A write to a connection costs the kernel some microseconds, so a change handed
+# to 1,000 streams costs milliseconds: more share, fresher events, slower writes (issue 13,
+# docs/performance.md).
+STREAMS_SHARE: Final = 0.05
+# Watchers written to per slice, and the pause between slices: a request that arrives during a
+# hand-out waits for one slice, not for 1,000 writes; and in the pause the loop sleeps, so
+# the SQLite writer thread, which needs the GIL to commit, need not wait for it.
+HAND_OUT_SLICE: Final = 32
+HAND_OUT_PAUSE: Final = 0.001
 
 
 class EventBroker:
@@ -322,15 +187,19 @@ class EventBroker:
         built: dict[tuple[Feed, int, int, frozenset[str]], tuple[bytes, int, bool]],
         spent: float,
     ) -> None:
-        began = perf_counter()
+        # The thread's CPU time, not the clock's: time the process spent preempted by others
+        # was not the loop's to give.
+        began = thread_time()
         now = monotonic()
         for feed, watcher in served[start : start + HAND_OUT_SLICE]:
             self._serve(feed, watcher, built, now)
-        spent += perf_counter() - began
+        spent += thread_time() - began
         start += HAND_OUT_SLICE
         loop = asyncio.get_running_loop()
         if start < len(served):
-            loop.call_soon(self._hand_out_slice, feeds, served, start, built, spent)
+            loop.call_later(
+                HAND_OUT_PAUSE, self._hand_out_slice, feeds, served, start, built, spent
+            )
             return
         for feed in feeds:
             feed.trim()

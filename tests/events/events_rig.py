@@ -22,6 +22,7 @@ from runstore.client._events import apply_event
 from runstore.client.models import RunEvent
 from runstore.service import Settings
 from runstore.service.app import create_app
+from runstore.service.connections import guarded_protocol
 
 
 @dataclass
@@ -143,11 +144,22 @@ def check_rebuilds(events: list[RunEvent], stored: dict[int, dict[str, Any]]) ->
 
 
 @contextmanager
-def uvicorn_in_thread(settings: Settings) -> Iterator[tuple[str, FastAPI]]:
+def uvicorn_in_thread(settings: Settings, *, guarded: bool) -> Iterator[tuple[str, FastAPI]]:
     """The app under a real uvicorn on a free port, in this process, so a test can look at its
-    broker; yields the base URL and the app."""
+    broker; yields the base URL and the app. ``guarded``: with ``runstore serve``'s protocol,
+    which lets the broker write to streams' connections itself; otherwise uvicorn's own, where
+    every event goes through the streams' tasks."""
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    protocol: Any = "httptools"
+    if guarded:
+        protocol = guarded_protocol(
+            max_head_bytes=settings.max_head_bytes,
+            head_timeout=settings.head_timeout,
+            max_connections=settings.max_connections,
+        )
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", http=protocol
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

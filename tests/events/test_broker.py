@@ -9,8 +9,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
-from events_rig import StreamReader, uvicorn_in_thread
+from events_rig import StreamReader, check_rebuilds, uvicorn_in_thread, write_patches
 from support import make_snapshot
 
 from runstore.client.problems import StoreUnavailable
@@ -150,12 +151,11 @@ async def test_a_silent_wait_times_out_and_close_ends_every_wait() -> None:
 
 @pytest.mark.server
 @pytest.mark.slow
-def test_a_thousand_clients_that_go_away_leave_no_watcher(tmp_path: Path) -> None:
+@pytest.mark.parametrize("guarded", [True, False], ids=["written-by-broker", "sent-by-tasks"])
+def test_a_thousand_clients_that_go_away_leave_no_watcher(tmp_path: Path, guarded: bool) -> None:
     settings = Settings(db=str(tmp_path / "runs.db"), tokens=None, database_url=None)
-    with uvicorn_in_thread(settings) as (url, app):
+    with uvicorn_in_thread(settings, guarded=guarded) as (url, app):
         broker: EventBroker = app.state.events
-        import httpx
-
         with httpx.Client(base_url=url, timeout=30) as http:
             assert http.put("/runs/a", json=make_snapshot("a")).status_code == 201
         host, port = url.removeprefix("http://").split(":")
@@ -181,6 +181,26 @@ def test_a_thousand_clients_that_go_away_leave_no_watcher(tmp_path: Path) -> Non
             assert time.monotonic() < deadline, f"{broker.watcher_count} watchers left"
             time.sleep(0.05)
         assert broker.watched_runs() == []
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("guarded", [True, False], ids=["written-by-broker", "sent-by-tasks"])
+def test_streams_rebuild_the_run_however_events_reach_them(tmp_path: Path, guarded: bool) -> None:
+    settings = Settings(db=str(tmp_path / "runs.db"), tokens=None, database_url=None)
+    with uvicorn_in_thread(settings, guarded=guarded) as (url, app):
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert http.put("/runs/a", json=make_snapshot("a")).status_code == 201
+            readers = [StreamReader(url, "/runs/a/events").start() for _ in range(3)]
+            for reader in readers:
+                reader.wait_for(1)
+            stored = write_patches(http, "a", 150)
+        for reader in readers:
+            reader.join()
+            assert reader.ended
+            assert [event.kind for event in reader.events] == ["run"] + ["patch"] * 150
+            check_rebuilds(reader.events, stored)
+        broker: EventBroker = app.state.events
+        assert broker.watcher_count == 0
 
 
 @pytest.mark.anyio
