@@ -43,11 +43,18 @@ def _command(target: str) -> list[str]:
     return [sys.executable, str(HERE / "reference_apps.py"), target, "--port", "0", "--db"]
 
 
-def _start(target: str, workdir: str) -> tuple[subprocess.Popen[bytes], int]:
+def _start(
+    target: str, workdir: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     command = ["valgrind", "--tool=callgrind", "--separate-threads=yes"]
     command += [f"--callgrind-out-file={workdir}/callgrind.out"]
     command += [*_command(target), f"{workdir}/bench.db"]
-    env = {**os.environ, "RUNSTORE_ACCESS_LOG": "false", "RUNSTORE_AUTH_DISABLED": "true"}
+    env = {
+        **os.environ,
+        "RUNSTORE_ACCESS_LOG": "false",
+        "RUNSTORE_AUTH_DISABLED": "true",
+        **(env or {}),
+    }
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert server.stdout is not None
     output = b""
