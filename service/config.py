@@ -152,8 +152,9 @@ class Settings(BaseSettings):
         1000,
         ge=1,
         le=1_000_000,
-        description="Changes queued for one event stream; a stream that falls further behind "
-        "skips them and is sent the whole run again (GET /events: told it skipped some).",
+        description="Changes kept for the event streams of a run (and of GET /events); a stream "
+        "that falls further behind is sent the whole run again (GET /events: told it skipped "
+        "some).",
     )
     access_log: bool = Field(True, description="Log one line per request.")
     telemetry: bool = Field(

@@ -7,7 +7,7 @@ PostgreSQL store after its own commits and for the other replicas' writes it hea
 **Feeds.** Each watched run has a :class:`Feed`: its recent changes in version order, each with
 its server-sent event made once; ``GET /events`` has one feed of every run's summaries. A
 watcher is a position in its feed. Publishing appends to the feed, whatever the number of
-watchers, and schedules a hand-out, which gives each watcher what lies past its position, built
+watchers, and schedules a hand-out, which gives each watcher what lies past its position, made
 once per distinct position (usually one: every watcher is caught up). A feed keeps its last
 ``queue_limit`` changes and drops what every watcher has been given.
 
@@ -61,7 +61,7 @@ DEFAULT_QUEUE_LIMIT: Final = 1000
 # they go out. A write to a connection costs the kernel some microseconds, so a change handed
 # to 1,000 streams costs milliseconds: more share, fresher events, slower writes (issue 13,
 # docs/performance.md).
-STREAMS_SHARE: Final = 0.05
+STREAMS_SHARE: Final = 0.1
 # Watchers written to per slice, and the pause between slices: a request that arrives during a
 # hand-out waits for one slice, not for 1,000 writes; and in the pause the loop sleeps, so
 # the SQLite writer thread, which needs the GIL to commit, need not wait for it.
@@ -177,14 +177,13 @@ class EventBroker:
         self._handing_out = True
         feeds, self._due = self._due, set()
         served = [(feed, watcher) for feed in feeds for watcher in feed.watchers]
-        self._hand_out_slice(feeds, served, 0, {}, 0.0)
+        self._hand_out_slice(feeds, served, 0, 0.0)
 
     def _hand_out_slice(
         self,
         feeds: set[Feed],
         served: list[tuple[Feed, Watcher]],
         start: int,
-        built: dict[tuple[Feed, int, int, frozenset[str]], tuple[bytes, int, bool]],
         spent: float,
     ) -> None:
         # The thread's CPU time, not the clock's: time the process spent preempted by others
@@ -192,14 +191,12 @@ class EventBroker:
         began = thread_time()
         now = monotonic()
         for feed, watcher in served[start : start + HAND_OUT_SLICE]:
-            self._serve(feed, watcher, built, now)
+            self._serve(feed, watcher, now)
         spent += thread_time() - began
         start += HAND_OUT_SLICE
         loop = asyncio.get_running_loop()
         if start < len(served):
-            loop.call_later(
-                HAND_OUT_PAUSE, self._hand_out_slice, feeds, served, start, built, spent
-            )
+            loop.call_later(HAND_OUT_PAUSE, self._hand_out_slice, feeds, served, start, spent)
             return
         for feed in feeds:
             feed.trim()
@@ -212,7 +209,6 @@ class EventBroker:
         self,
         feed: Feed,
         watcher: Watcher,
-        built: dict[tuple[Feed, int, int, frozenset[str]], tuple[bytes, int, bool]],
         now: float,
     ) -> None:
         """Write to ``watcher``'s connection what it lacks, or wake its task to."""
@@ -224,19 +220,16 @@ class EventBroker:
         if watcher.position < feed.start:
             watcher.let_go()  # its task resyncs it (take)
             return
-        key = (feed, watcher.position, feed.end, watcher.statuses)
-        chunk = built.get(key)
-        if chunk is None:
-            body, after, ends = feed.since(watcher.position, watcher.statuses)
-            chunk = built[key] = (watcher.direct.encode(body) if body else b"", after, ends)
-        encoded, after, ends = chunk
-        if encoded:
-            if not watcher.direct.write(encoded):
+        batch = feed.since(watcher.position, watcher.statuses)
+        if batch.body:
+            if batch.encoded is None:
+                batch.encoded = watcher.direct.encode(batch.body)
+            if not watcher.direct.write(batch.encoded):
                 watcher.let_go()  # the connection is not taking more: ASGI send waits for it
                 return
             watcher.sent_at = now
-        watcher.position = after
-        if ends:
+        watcher.position = batch.after
+        if batch.ends:
             watcher.ended = True
             watcher.let_go()
 
@@ -252,11 +245,11 @@ class EventBroker:
             watcher.resync = True
             watcher.resync_after = feed.end
             return b""
-        body, watcher.position, ends = feed.since(watcher.position, watcher.statuses)
-        watcher.ended = ends
-        if body:
+        batch = feed.since(watcher.position, watcher.statuses)
+        watcher.position, watcher.ended = batch.after, batch.ends
+        if batch.body:
             watcher.sent_at = monotonic()
-        return body
+        return batch.body
 
     def attach(self, watcher: Watcher) -> None:
         """The broker writes to the watcher's connection from now on, if the server offers a

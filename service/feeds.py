@@ -14,7 +14,7 @@ from typing import Final, Protocol
 
 from .store.changes import Change
 
-__all__ = ["DIRECT_WRITER", "DirectWriter", "Feed", "Watcher", "sse_frame"]
+__all__ = ["DIRECT_WRITER", "Batch", "DirectWriter", "Feed", "Watcher", "sse_frame"]
 
 # The key of the connection writer in an ASGI scope's "extensions" (runstore serve's
 # protocol, service/connections.py, offers it on GET requests).
@@ -41,11 +41,38 @@ def sse_frame(event: str, data: bytes, event_id: str | int | None = None) -> byt
     return head + b"data: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
 
 
+# Batches kept per feed between appends: watchers are nearly all at one position (or a few).
+MADE_LIMIT: Final = 8
+
+
+class Batch:
+    """What watchers at one position of a feed lack: the events, the position after them,
+    whether their stream ends there, and the events as written to a connection (made once)."""
+
+    __slots__ = ("after", "body", "encoded", "ends")
+
+    def __init__(self, body: bytes, after: int, ends: bool) -> None:
+        self.body = body
+        self.after = after
+        self.ends = ends
+        self.encoded: bytes | None = None
+
+
 class Feed:
     """The recent changes of one run (or of every run, for ``GET /events``), each with its
     event, numbered from 0 in the order published; ``end`` is the number published so far."""
 
-    __slots__ = ("end", "ends_streams", "entries", "last_version", "limit", "version", "watchers")
+    __slots__ = (
+        "_made",
+        "_made_at",
+        "end",
+        "ends_streams",
+        "entries",
+        "last_version",
+        "limit",
+        "version",
+        "watchers",
+    )
 
     def __init__(self, limit: int, *, ends_streams: bool) -> None:
         self.entries: deque[tuple[Change, bytes]] = deque()
@@ -58,6 +85,8 @@ class Feed:
         # that of the newest entry (0 after a delete): entries rise in version between deletes.
         self.version = 0
         self.last_version = 0
+        self._made: dict[tuple[int, frozenset[str]], Batch] = {}
+        self._made_at = 0
 
     @property
     def start(self) -> int:
@@ -70,9 +99,19 @@ class Feed:
         if len(self.entries) > self.limit:
             self.entries.popleft()
 
-    def since(self, position: int, statuses: frozenset[str]) -> tuple[bytes, int, bool]:
+    def since(self, position: int, statuses: frozenset[str]) -> Batch:
         """The events after entry ``position`` (of these statuses, if any), up to the first
-        that ends a stream; the position after them, and whether the stream ends there."""
+        that ends a stream: made once for all the watchers at ``position`` until the next
+        append, whether the hand-out writes them or the streams' tasks take them."""
+        if self._made_at != self.end or len(self._made) >= MADE_LIMIT:
+            self._made.clear()
+            self._made_at = self.end
+        batch = self._made.get((position, statuses))
+        if batch is None:
+            batch = self._made[position, statuses] = self._batch(position, statuses)
+        return batch
+
+    def _batch(self, position: int, statuses: frozenset[str]) -> Batch:
         frames: list[bytes] = []
         for change, frame in itertools.islice(self.entries, position - self.start, None):
             position += 1
@@ -80,8 +119,8 @@ class Feed:
                 continue
             frames.append(frame)
             if self.ends_streams and change.finished:
-                return b"".join(frames), position, True
-        return b"".join(frames), position, False
+                return Batch(b"".join(frames), position, True)
+        return Batch(b"".join(frames), position, False)
 
     def trim(self) -> None:
         """Drop the entries every watcher has been given."""
