@@ -42,6 +42,7 @@ from uuid import UUID, uuid4
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -314,22 +315,27 @@ class PostgresStore(RunStore):
             # Set once COMMIT may have been sent: the transaction id and the result.
             sent: tuple[str, T] | None = None
             try:
-                # In a pipeline, BEGIN and the mark travel with the first statement, and the
-                # queued writes with COMMIT: two round trips for a group instead of several
-                # per write.
-                async with (
-                    self._connection(until) as connection,
-                    connection.pipeline(),
-                    connection.transaction(),
-                ):
-                    marked = await commit_marks.mark(connection, token)
-                    result = await op(connection)
-                    # op waited for an answer after the mark's, so this one is in already.
-                    xid = await marked.fetchone()
-                    assert xid is not None
-                    sent = (str(xid[0]), result)
-                # Leaving the pipeline sent COMMIT and read every answer: any error of the
-                # queued writes or of COMMIT was raised there.
+                async with self._connection(until) as connection:
+                    try:
+                        # BEGIN and the commit mark travel with op's first statement, and what
+                        # op queues after its last wait travels with COMMIT: a group takes two
+                        # round trips, its lock and its commit. (psycopg's transaction() would
+                        # sync the pipeline as it enters and leaves, a round trip each.)
+                        async with connection.pipeline():
+                            # Unprepared, as psycopg sends its own: there is nothing to plan.
+                            await connection.execute("BEGIN", prepare=False)
+                            marked = await commit_marks.mark(connection, token)
+                            result = await op(connection)
+                            # op waited for an answer after the mark's, so this one is in.
+                            xid = await marked.fetchone()
+                            assert xid is not None
+                            sent = (str(xid[0]), result)
+                            await connection.execute("COMMIT", prepare=False)
+                        # Leaving the pipeline sent COMMIT and read every answer: any error of
+                        # the queued writes or of COMMIT was raised there.
+                    except Exception:
+                        await _roll_back(connection)
+                        raise
                 return result
             except psycopg.Error as exc:
                 if sent is not None and _connection_lost(exc):
@@ -560,6 +566,13 @@ class PostgresStore(RunStore):
             self.get_run,
         )
         await self._follower.start()
+
+
+async def _roll_back(connection: Connection) -> None:
+    """End the failed transaction a statement left open (the pool would warn of it)."""
+    if connection.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        with contextlib.suppress(psycopg.Error):  # a lost connection: the pool drops it
+            await connection.execute("ROLLBACK")
 
 
 def _now_ms() -> int:
