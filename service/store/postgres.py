@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -150,6 +151,16 @@ def _retryable(exc: psycopg.Error) -> bool:
     # A unique violation can only be a run another transaction created after the group's lock
     # found none: the next attempt finds and locks it.
     return _transient(exc) or isinstance(exc, psycopg.errors.UniqueViolation)
+
+
+def _refused(exc: Exception) -> bool:
+    """True when a group failed for what one of its writes is (PostgreSQL refused a statement,
+    or applying it raised), not because the database was unreachable or busy past the deadline:
+    its writes alone may then succeed."""
+    if not isinstance(exc, StoreUnavailable):
+        return True
+    cause = exc.__cause__
+    return isinstance(cause, psycopg.Error) and not _retryable(cause)
 
 
 def _describe(exc: psycopg.Error) -> str:
@@ -401,7 +412,21 @@ class PostgresStore(RunStore):
     # Writes.
 
     async def _apply_group(self, group: Sequence[Write]) -> list[Outcome]:
-        return await self._write(lambda c: writes.apply_group(c, group))
+        try:
+            return await self._write(lambda c: writes.apply_group(c, group))
+        except Exception as exc:
+            if len(group) == 1 or not _refused(exc):
+                raise
+            # One write's failure undid the whole transaction: give every write its own, so
+            # that the others are judged on their own (as the SQLite writer does).
+            log.warning("group of %d writes failed (%s); retrying one by one", len(group), exc)
+        outcomes: list[Outcome] = []
+        for write in group:
+            try:
+                outcomes += await self._write(functools.partial(writes.apply_group, group=[write]))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def _submit(self, write: Write) -> WriteResult | Lease | None:
         groups = self._groups

@@ -246,8 +246,9 @@ class ReleaseLease:
 
 
 Write = PutRun | PatchRun | DeleteRun | AcquireLease | ReleaseLease
-# What each write of a group answers once the group commits: its result, or its refusal.
-Outcome = WriteResult | Lease | None | RunStoreError
+# What each write of a group answers once the group commits: its result, or its refusal (or,
+# applied alone after its group failed, what it failed with).
+Outcome = WriteResult | Lease | None | Exception
 
 
 @dataclass(slots=True)
