@@ -136,7 +136,6 @@ def test_the_server_fsyncs_each_acknowledged_write_before_answering(
     assert_synced_before_each_answer(traced_calls(log), db, answer, WRITES)
 
 
-
 @pytest.mark.server
 def test_a_commit_writes_the_wal_and_no_temporary_file(strace: str, tmp_path: Path) -> None:
     """A statement that changes many stored pages keeps their old content in a statement
