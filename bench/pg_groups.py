@@ -12,7 +12,8 @@ transaction. It prints, per write, the CPU time of this process (the store's wor
 judging, psycopg, the event loop) and of the PostgreSQL backends serving it (read from /proc,
 so the database must run on this machine), and the writes per second. Each size is measured
 ``--rounds`` times, taking turns, so a machine that slows down favours none; compare CPU per
-write, which a busy machine disturbs far less than throughput.
+write, which a busy machine disturbs far less than throughput. At the end it checks that every
+run holds every PATCH it was sent.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"database {result[1]:.3f} ms/write, {result[2]:,.0f} writes/s",
                     flush=True,
                 )
+        # Every PATCH was answered 200; each run must hold them all.
+        for size in args.sizes:
+            for run in range(size):
+                stored = await store.get_run(f"{tag}-{size}-{run}")
+                assert stored is not None
+                assert stored.version == next_index[size] - 4, "a PATCH is missing"
     print()
     for size, rounds in results.items():
         replica = statistics.median(r[0] for r in rounds)
