@@ -109,6 +109,14 @@ WITH {_WRITES}, run AS (
     RETURNING run_key, run_id, version
 ), {_items("steps", upsert=False)}, {_items("turns", upsert=False)}, {_TOLD}"""
 
+# Before _UPDATE, for the rest of the group's transaction: its joins with runs and run_events
+# then use their primary keys whatever the tables' size. PostgreSQL keeps one plan for a prepared
+# statement per connection; made while the tables are small (or have no statistics yet, as
+# without autovacuum), it scans them whole, and goes on doing so in every group as they grow:
+# on a fresh database the database's CPU per write rose by a third within a minute
+# (bench/pg_groups.py, docs/performance.md).
+_INDEXES_ONLY: Final = "SET LOCAL enable_seqscan = off"
+
 # Locked runs, changed.
 _UPDATE: Final = f"""
 WITH {_WRITES}, run AS (
@@ -243,6 +251,7 @@ class RunRows:
             await connection.execute(_CREATE, self._created.columns)
             self._created = _Rows()
         if self._updated:
+            await connection.execute(_INDEXES_ONLY, prepare=False)
             await connection.execute(_UPDATE, self._updated.columns)
             for table, run_id, end in self._updated.cuts:
                 await connection.execute(_CUT[table], (run_id, end))
