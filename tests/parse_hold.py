@@ -1,9 +1,10 @@
 """A PUT's parser that waits, in the parser process, until a test lets it go.
 
-The parser process imports this module by name (tests/ is on the path it is given), so the test
-swaps it in for ``routes.snapshot_of`` and, for a PUT of the run :data:`HELD_RUN`, talks to it through files in the directory that
-:data:`HOLD_DIR` names in the environment the process starts with: ``pid`` (written when the
-parse begins: the process that parses) and ``release`` (written by the test).
+The parser process imports this module by name (tests/ is on the path it is given), so a test
+swaps it in for ``routes.snapshot_of``. For a PUT of the run :data:`HELD_RUN` it talks to the
+test through files in the directory :data:`HOLD_DIR` names in the environment the process starts
+with: ``pid`` (written when the parse begins: the process that parses) and ``release`` (written
+by the test).
 """
 
 from __future__ import annotations
