@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
 import statistics
@@ -54,7 +55,10 @@ _LISTENING = re.compile(r"Uvicorn running on (http://\S+)")
 
 
 @contextmanager
-def server(python: str, db: Path, env: dict[str, str], database_url: str | None) -> Iterator[str]:
+def server(
+    python: str, db: Path, env: dict[str, str], database_url: str | None
+) -> Iterator[tuple[str, int]]:
+    """The URL and process id of a ``runstore serve`` on a free port."""
     command = [python, "-m", "runstore.service", "serve", "--port", "0", "--db", str(db)]
     if database_url is not None:
         command += ["--database-url", database_url]
@@ -75,10 +79,19 @@ def server(python: str, db: Path, env: dict[str, str], database_url: str | None)
         raise SystemExit(f"the server did not start: {process.wait()}")
     threading.Thread(target=lambda: [None for _ in process.stdout or ()], daemon=True).start()
     try:
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def process_cpu(pid: int) -> float:
+    """Seconds of CPU the process ``pid`` has used, all its threads (not its children): with
+    the GIL, about how long the server could not run Python for others. Less noisy on a shared
+    machine than the waits, which count time the machine gave to other work."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # utime and stime, fields 14 and 15 of proc(5), counted from the state (field 3).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class OrdinaryWriter:
@@ -339,7 +352,7 @@ def storage(python: str, env: dict[str, str], args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory() as directory:
         db = Path(directory) / "runs.db"
         run_id = "r" * args.id_chars
-        with server(python, db, env, None) as url:
+        with server(python, db, env, None) as (url, _):
             large_run(url, run_id, args.large_steps)
         # The server checkpointed the WAL into the file as it stopped.
         size = sum(path.stat().st_size for path in Path(directory).iterdir())
@@ -399,7 +412,7 @@ def main() -> None:
             continue
         with (
             tempfile.TemporaryDirectory() as directory,
-            server(args.python, Path(directory) / "runs.db", env, args.database_url) as url,
+            server(args.python, Path(directory) / "runs.db", env, args.database_url) as (url, pid),
         ):
             # The store to delete from, before the writer starts.
             if scenario == "retention":
@@ -409,6 +422,7 @@ def main() -> None:
             elif scenario in ("tiny-items", "large-put"):
                 start_parser(url)
             with OrdinaryWriter(url) as writer:
+                cpu_before = process_cpu(pid)
                 if scenario == "head":
                     outcome = head(url, args)
                 elif scenario == "connections":
@@ -421,7 +435,12 @@ def main() -> None:
                     outcome = delete_large(url, args)
                 else:
                     outcome = delete_old(url, args)
-            print(f"{scenario}: {outcome}\n    {writer.report()}", flush=True)
+                cpu = process_cpu(pid) - cpu_before
+            print(
+                f"{scenario}: {outcome}\n    {writer.report()}\n    server process CPU "
+                f"meanwhile {cpu * 1000:.0f} ms (its own threads, not its parser process)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +36,7 @@ T = TypeVar("T")
 Args = TypeVarTuple("Args")
 
 PROCESS_PARSE_BYTES: Final = 256 * 1024
+PARSER_NICENESS: Final = 10
 
 
 class BodyParser:
@@ -52,7 +54,13 @@ class BodyParser:
         """``parse(*args)`` in the worker process; ``parse`` must be a module's function."""
         if self._pool is None:
             # spawn: a fork would copy the server's threads' locks in whatever state they are.
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            # Niced: where cores are few, the server's own process gets the CPU first.
+            self._pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=os.nice,
+                initargs=(PARSER_NICENESS,),
+            )
         pool = self._pool
         try:
             return await asyncio.wrap_future(pool.submit(parse, *args))
