@@ -47,7 +47,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from runstore.client.problems import StoreUnavailable
+from runstore.client.problems import RunNotFound, StoreUnavailable
 
 from . import postgres_marks as commit_marks
 from . import postgres_writes as writes
@@ -461,7 +461,12 @@ class PostgresStore(RunStore):
     async def delete_run(
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
-        await self._submit(DeleteRun(run_id, if_match, lease))
+        try:
+            await self._submit(DeleteRun(run_id, if_match, lease))
+        except RunNotFound:
+            # A retried DELETE (the first one deleted the run) finishes what its purge left.
+            await self._purge()
+            raise
         await self._purge()
 
     async def _purge(self) -> None:
