@@ -5,17 +5,19 @@ accepted to a :class:`RunRows`, which gathers it column by column: one entry per
 arrays of the runs' rows, and the items of every run, flat, in the arrays of the steps and
 turns. :meth:`RunRows.flush` queues one statement for the new runs and one for the changed
 ones, each taking its rows from ``unnest`` of the arrays (sent in binary), so a group of any
-size costs the replica and the database two statements, not one per write: psycopg adapts a
-handful of arrays instead of some twenty parameters per write, and PostgreSQL plans and
-starts one executor instead of one per write.
+size costs the replica and the database a statement or two, not one per write: psycopg adapts a
+handful of arrays instead of some twenty parameters per write, and PostgreSQL starts one
+executor instead of one per write.
 
 A statement updates each row once, so a run holds one write in a batch; a second write to the
 same run (or a delete or lease of it) flushes the batch first, and goes into the next one.
 Writes to one run thus stay in order; writes to different runs commute.
 
-Each statement also adds the event row of every write it applies, cuts the run's rows to the
-last :data:`EVENTS_KEPT`, and notifies ``runstore_events`` with ``<runId>:<version>`` (see
-:mod:`.postgres_writes` for what the events and notices are for).
+Each statement also adds the event row of every write it applies and notifies
+``runstore_events`` with ``<runId>:<version>`` (see :mod:`.postgres_writes` for what the events
+and notices are for). An update deletes its run's event row :data:`EVENTS_KEPT` versions back:
+every write raises its run's version by one and adds one row, so a run keeps the rows of its
+last EVENTS_KEPT writes, and the delete finds its one row by the primary key.
 """
 
 from __future__ import annotations
