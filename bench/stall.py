@@ -13,25 +13,29 @@ and meanwhile does one hostile thing:
 - ``head``: sends a request whose one header is ``--head-mib`` MiB;
 - ``connections``: opens ``--silent`` connections that send nothing and ``--half`` that send
   half a request head, then checks that a new client is still served;
-- ``tiny-items``: PUTs one run of ``--tiny-steps`` one-character steps;
+- ``tiny-items``: PUTs one run of ``--tiny-steps`` one-character steps (refused 413 for its
+  items; like ``large-put``, after one large body has started the server's parser process);
 - ``retention``: stores ``--runs`` finished runs of 40 steps, then ``DELETE /runs`` them all;
 - ``large-delete``: stores one run of ``--large-steps`` one-digit steps (in writes of 100,000),
   then ``DELETE``s it;
-- ``large-put``: PUTs one valid run of 8 MB, 2,000 steps of 4 KiB each (parsed off the event
-  loop);
+- ``large-put``: PUTs one valid run of 8 MB, 2,000 steps of 4 KiB each (parsed in the server's
+  parser process, which one large body has started beforehand: a server starts it with the
+  first large body it gets);
 - ``storage``: stores one run of ``--large-steps`` one-digit steps under an id of
   ``--id-chars`` characters, and prints the size of the SQLite file it made (issue 14: a
   200-character id and 2 MB of such steps made a 470 MB file).
 
 It prints, per scenario, what the hostile request got (status and seconds) and the longest
-wait of an ordinary write while it ran, next to the ordinary write's median. Timings on a
-shared machine are noisy; compare runs made back to back.
+wait of an ordinary write while it ran, next to the ordinary write's median, and the longest
+wait of a ``GET /healthz`` sent meanwhile (which waits for the event loop only, not the store).
+Timings on a shared machine are noisy; compare runs made back to back.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
 import statistics
@@ -51,7 +55,10 @@ _LISTENING = re.compile(r"Uvicorn running on (http://\S+)")
 
 
 @contextmanager
-def server(python: str, db: Path, env: dict[str, str], database_url: str | None) -> Iterator[str]:
+def server(
+    python: str, db: Path, env: dict[str, str], database_url: str | None
+) -> Iterator[tuple[str, int]]:
+    """The URL and process id of a ``runstore serve`` on a free port."""
     command = [python, "-m", "runstore.service", "serve", "--port", "0", "--db", str(db)]
     if database_url is not None:
         command += ["--database-url", database_url]
@@ -72,10 +79,19 @@ def server(python: str, db: Path, env: dict[str, str], database_url: str | None)
         raise SystemExit(f"the server did not start: {process.wait()}")
     threading.Thread(target=lambda: [None for _ in process.stdout or ()], daemon=True).start()
     try:
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def process_cpu(pid: int) -> float:
+    """Seconds of CPU the process ``pid`` has used, all its threads (not its children): with
+    the GIL, about how long the server could not run Python for others. Less noisy on a shared
+    machine than the waits, which count time the machine gave to other work."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # utime and stime, fields 14 and 15 of proc(5), counted from the state (field 3).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class OrdinaryWriter:
@@ -98,8 +114,12 @@ class OrdinaryWriter:
         self.http.put(self.path, json=snapshot).raise_for_status()
         self.steps = 0
         self.latencies: list[float] = []
+        # GET /healthz meanwhile: it waits only for the event loop, a write also for the store.
+        self.probe = httpx.Client(base_url=url, timeout=120)
+        self.probe_latencies: list[float] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.probe_thread = threading.Thread(target=self._probe, daemon=True)
 
     def _run(self) -> None:
         while not self.stop.is_set():
@@ -111,8 +131,16 @@ class OrdinaryWriter:
                 self.steps += 1
             time.sleep(0.01)
 
+    def _probe(self) -> None:
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            self.probe.get("/healthz")
+            self.probe_latencies.append(time.perf_counter() - started)
+            time.sleep(0.01)
+
     def __enter__(self) -> OrdinaryWriter:
         self.thread.start()
+        self.probe_thread.start()
         time.sleep(0.5)  # a baseline before the hostile request
         return self
 
@@ -120,7 +148,9 @@ class OrdinaryWriter:
         time.sleep(0.3)
         self.stop.set()
         self.thread.join()
+        self.probe_thread.join()
         self.http.close()
+        self.probe.close()
 
     def report(self) -> str:
         if not self.latencies:
@@ -128,7 +158,8 @@ class OrdinaryWriter:
         return (
             f"ordinary writes: {len(self.latencies)}, median "
             f"{statistics.median(self.latencies) * 1000:.1f} ms, longest "
-            f"{max(self.latencies) * 1000:.0f} ms"
+            f"{max(self.latencies) * 1000:.0f} ms; GET /healthz longest "
+            f"{max(self.probe_latencies, default=0) * 1000:.0f} ms"
         )
 
 
@@ -267,6 +298,22 @@ def large_run(url: str, run_id: str, steps: int) -> None:
             http.patch(f"/runs/{run_id}", json=body).raise_for_status()
 
 
+def start_parser(url: str) -> None:
+    """One body large enough for the parser process, which the server starts with the first."""
+    snapshot = {
+        "runId": "first-large",
+        "status": "running",
+        "startedAt": 1,
+        "input": "x" * 300_000,
+        "trace": [],
+        "usage": {},
+        "stepIndex": 0,
+        "iterations": 0,
+        "revisions": 0,
+    }
+    httpx.put(url + "/runs/first-large", json=snapshot, timeout=120).raise_for_status()
+
+
 def large_put(url: str, args: argparse.Namespace) -> str:
     snapshot = {
         "runId": "large-put",
@@ -305,7 +352,7 @@ def storage(python: str, env: dict[str, str], args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory() as directory:
         db = Path(directory) / "runs.db"
         run_id = "r" * args.id_chars
-        with server(python, db, env, None) as url:
+        with server(python, db, env, None) as (url, _):
             large_run(url, run_id, args.large_steps)
         # The server checkpointed the WAL into the file as it stopped.
         size = sum(path.stat().st_size for path in Path(directory).iterdir())
@@ -365,14 +412,17 @@ def main() -> None:
             continue
         with (
             tempfile.TemporaryDirectory() as directory,
-            server(args.python, Path(directory) / "runs.db", env, args.database_url) as url,
+            server(args.python, Path(directory) / "runs.db", env, args.database_url) as (url, pid),
         ):
             # The store to delete from, before the writer starts.
             if scenario == "retention":
                 retention(url, args)
             elif scenario == "large-delete":
                 large_run(url, "large", args.large_steps)
+            elif scenario in ("tiny-items", "large-put"):
+                start_parser(url)
             with OrdinaryWriter(url) as writer:
+                cpu_before = process_cpu(pid)
                 if scenario == "head":
                     outcome = head(url, args)
                 elif scenario == "connections":
@@ -385,7 +435,12 @@ def main() -> None:
                     outcome = delete_large(url, args)
                 else:
                     outcome = delete_old(url, args)
-            print(f"{scenario}: {outcome}\n    {writer.report()}", flush=True)
+                cpu = process_cpu(pid) - cpu_before
+            print(
+                f"{scenario}: {outcome}\n    {writer.report()}\n    server process CPU "
+                f"meanwhile {cpu * 1000:.0f} ms (its own threads, not its parser process)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

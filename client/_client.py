@@ -54,8 +54,26 @@ from ._wire import (
     view_of,
 )
 from .models import ClaimedRun, Lease, RunEvent, RunPatch, RunSnapshot, RunSummary, WriteAck
+from .problems import UnexpectedResponse
 
 __all__ = ["RunStoreClient"]
+
+
+def _stream_refused(response: httpx.Response) -> Failure | None:
+    """What the first answer to an event-stream request says: None when the stream is open
+    (200), a Failure to retry after when the answer is one to retry (503, say); any other
+    answer is read and raised as its error."""
+    if response.status_code == 200:
+        return None
+    response.read()
+    if response.status_code in RETRYABLE_STATUSES:
+        return Failure.of_response(response)
+    check(response)
+    # check raises for every status but 2xx: another success is no event stream either.
+    raise UnexpectedResponse(
+        f"GET {response.request.url.path} answered {response.status_code}, not an event stream.",
+        status=response.status_code,
+    )
 
 
 class RunStoreClient:
@@ -327,14 +345,8 @@ class RunStoreClient:
                     headers=headers,
                     timeout=httpx.Timeout(**timeout),
                 ) as source:
-                    response = source.response
-                    if response.status_code in RETRYABLE_STATUSES:
-                        response.read()
-                        failure = Failure.of_response(response)
-                    elif response.status_code != 200:
-                        response.read()
-                        check(response)
-                    else:
+                    failure = _stream_refused(source.response)
+                    if failure is None:
                         for sse in source.iter_sse():
                             event = run_event(sse)
                             if event is None:
@@ -393,14 +405,8 @@ class RunStoreClient:
                 with connect_sse(
                     self._http, "GET", "/events", params=params, timeout=httpx.Timeout(**timeout)
                 ) as source:
-                    response = source.response
-                    if response.status_code in RETRYABLE_STATUSES:
-                        response.read()
-                        failure = Failure.of_response(response)
-                    elif response.status_code != 200:
-                        response.read()
-                        check(response)
-                    else:
+                    failure = _stream_refused(source.response)
+                    if failure is None:
                         schedule = self.retry_policy.schedule()
                         for sse in source.iter_sse():
                             event = run_event(sse)

@@ -57,6 +57,7 @@ from .api.instrument import ObservedRequests
 from .api.leases import lease_router
 from .api.limits import BodyBudget
 from .api.metrics import metrics_router
+from .api.offload import BodyParser
 from .api.openapi import for_generators, operation_id
 from .api.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from .api.routes import RUN_ENDPOINTS, router
@@ -116,15 +117,18 @@ def create_app(settings: Settings | None = None, *, store: RunStore | None = Non
                 from opentelemetry import trace
 
                 opened.trace(trace.get_tracer("runstore"))
+            body_parser = BodyParser()
             try:
                 yield {
                     "store": opened,
                     "settings": settings,
                     "events": broker,
                     "body_budget": BodyBudget(settings.max_body_memory),
+                    "body_parser": body_parser,
                 }
             finally:
                 broker.close()
+                await body_parser.close()
 
     # /docs and /redoc with their assets served from the fastapi-offline wheel, not a CDN: the
     # pages work on a machine with no internet access (issue 15).

@@ -56,8 +56,10 @@ _REASONS: Final = {
     431: b"Request Header Fields Too Large",
     503: b"Service Unavailable",
 }
-# How long a refused connection's further input is read and dropped before it is closed.
-_DRAIN_SECONDS: Final = 2.0
+# A refused connection's further input is read and dropped until the client has sent nothing
+# for _DRAIN_QUIET_SECONDS, or for _DRAIN_MAX_SECONDS at the most, then the connection closes.
+_DRAIN_QUIET_SECONDS: Final = 2.0
+_DRAIN_MAX_SECONDS: Final = 30.0
 # A head ends with an empty line; httptools (llhttp) also takes a bare LF as a line end.
 _HEAD_ENDS: Final = (b"\r\n\r\n", b"\n\n")
 
@@ -138,6 +140,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._messages_completed = 0
         self._refusal: RunStoreError | None = None
         self._draining = False
+        # While draining: when input last arrived, and when the drain ends whatever arrives.
+        self._drained_at = 0.0
+        self._drain_until = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -159,6 +164,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._draining:
+            self._drained_at = self.loop.time()
             return
         self._unset_keepalive_if_required()
         if self._in_head:
@@ -258,9 +264,10 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse(self, error: RunStoreError, *, drain: bool = True) -> None:
         """Answer ``error`` and close. With ``drain``, what the client is still sending is
-        read and dropped, unparsed, for up to ``_DRAIN_SECONDS`` after the answer (a "lingering
-        close", as nginx does): closing a socket with unread input sends a reset, which may
-        destroy the answer before the client reads it."""
+        read and dropped, unparsed, until it stops (a "lingering close", as nginx does): closing
+        a socket with unread input sends a reset, which may destroy the answer before the
+        client reads it, and a client still sending a large head when the answer comes reads
+        it only once it has sent everything."""
         self._disarm_head_timer()
         if self.transport.is_closing():
             return
@@ -275,10 +282,24 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.write(problem_bytes(error, request_id))
         if drain and self.transport.can_write_eof():
             self._draining = True
+            self._drained_at = self.loop.time()
+            self._drain_until = self._drained_at + _DRAIN_MAX_SECONDS
             self.transport.write_eof()
-            self.loop.call_later(_DRAIN_SECONDS, self.transport.close)
+            self.loop.call_later(_DRAIN_QUIET_SECONDS, self._end_drain)
         else:
             self.transport.close()
+
+    def _end_drain(self) -> None:
+        """Close the refused connection if its client has gone quiet or its time is up; else
+        look again when it would be."""
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        quiet_at = self._drained_at + _DRAIN_QUIET_SECONDS
+        if now >= quiet_at or now >= self._drain_until:
+            self.transport.close()
+        else:
+            self.loop.call_at(min(quiet_at, self._drain_until), self._end_drain)
 
 
 def guarded_protocol(

@@ -99,12 +99,17 @@ async def in_process_app(settings: Settings) -> AsyncIterator[ASGIApp]:
     """
     app = create_app(settings)
     async with app.router.lifespan_context(app) as state:
+        yield with_state(app, state)
 
-        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-            scope["state"] = dict(state or {})
-            await app(scope, receive, send)
 
-        yield with_state
+def with_state(app: ASGIApp, state: Mapping[str, Any] | None) -> ASGIApp:
+    """``app`` handing each request the lifespan's ``state``, as a server would."""
+
+    async def app_with_state(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["state"] = dict(state or {})
+        await app(scope, receive, send)
+
+    return app_with_state
 
 
 def empty_postgres_database(url: str) -> str:

@@ -2,15 +2,15 @@
 
 A body is read in chunks and refused with 413 as soon as it passes the limit, whatever
 ``Content-Length`` claimed, and with 408 when it has not arrived within the deadline. Parsing it
-is :mod:`..strict_json`'s job; :func:`read_parsed` reads a body with the server's limits and
-hands it to a parser, on the event loop or, for a large body, on a worker thread (:mod:`.offload`).
+is :mod:`.parsers`' job; :func:`read_parsed` reads a body with the server's limits and hands it
+to a parser, on the event loop or, for a large body, in the parser process (:mod:`.offload`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Final, TypeVar, TypeVarTuple, Unpack
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -26,11 +26,13 @@ from ..config import Settings
 from .deadlines import within
 from .headers import header
 from .limits import BodyHold
-from .offload import THREAD_PARSE_BYTES, on_thread
+from .offload import PROCESS_PARSE_BYTES
+from .request_state import body_parser_of
 
 __all__ = ["read_body", "read_parsed"]
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 _JSON_MEDIA: Final = re.compile(r"^application/(?:[\w.+-]+\+)?json$", re.IGNORECASE)
 
@@ -115,14 +117,19 @@ async def read_body(
 
 
 async def read_parsed(
-    request: Request, settings: Settings, hold: BodyHold, parse: Callable[[bytes], T]
+    request: Request,
+    settings: Settings,
+    hold: BodyHold,
+    parse: Callable[[bytes, Unpack[Args]], T],
+    *args: *Args,
 ) -> T:
-    """``parse`` of the body, read within the settings' size limit and deadline (:func:`read_body`):
-    inline, or on a worker thread for a body of THREAD_PARSE_BYTES or more. The raw bytes are let
-    go when this returns, before the caller writes what was parsed."""
+    """``parse(body, *args)``, the body read within the settings' size limit and deadline
+    (:func:`read_body`): inline, or in the parser process for a body of PROCESS_PARSE_BYTES or
+    more (``parse`` is then called by its name there: a module's function, see :mod:`.parsers`).
+    The raw bytes are let go when this returns, before the caller writes what was parsed."""
     raw = await read_body(
         request, limit=settings.max_body_bytes, seconds=settings.body_timeout, hold=hold
     )
-    if len(raw) < THREAD_PARSE_BYTES:
-        return parse(raw)
-    return await on_thread(parse, raw)
+    if len(raw) < PROCESS_PARSE_BYTES:
+        return parse(raw, *args)
+    return await body_parser_of(request).parse(parse, raw, *args)

@@ -18,10 +18,10 @@ from runstore.client.problems import InvalidRun
 
 from ..store.base import ClaimQuery
 from ..store.records import validated
-from ..strict_json import parse_json
 from .body import read_parsed
 from .headers import LEASE_HEADER, header, parse_lease
 from .openapi import ETAG_HEADER, JSON, LEASE_PARAM, RUN_ID_PARAM, problem_responses
+from .parsers import BodyRules, json_of
 from .request_state import body_budget_of, run_id_of, settings_of, store_of
 
 __all__ = ["lease_router"]
@@ -39,9 +39,8 @@ async def _body(request: Request) -> Any:
     # Small bodies, but held against the server's body budget like any other (limits).
     settings = settings_of(request)
     with body_budget_of(request).holding() as hold:
-        return await read_parsed(
-            request, settings, hold, lambda raw: parse_json(raw, settings.max_json_depth)
-        )
+        rules = BodyRules(settings.max_json_depth, settings.max_items_per_write)
+        return await read_parsed(request, settings, hold, json_of, rules)
 
 
 def _conflict_doc() -> dict[int | str, dict[str, Any]]:

@@ -1,6 +1,6 @@
 """What routes read from a request besides its headers and body: the app's state (the store,
-the settings, the body budget, the event broker), put in the ASGI scope by the lifespan, and the
-run id of the path, checked against the contract's pattern."""
+the settings, the body budget, the body parser, the event broker), put in the ASGI scope by the
+lifespan, and the run id of the path, checked against the contract's pattern."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from ..config import Settings
 from ..events import EventBroker
 from ..store.base import RunStore
 from .limits import BodyBudget
+from .offload import BodyParser
 
-__all__ = ["body_budget_of", "broker_of", "run_id_of", "settings_of", "store_of"]
+__all__ = ["body_budget_of", "body_parser_of", "broker_of", "run_id_of", "settings_of", "store_of"]
 
 
 def store_of(request: Request) -> RunStore:
@@ -30,6 +31,11 @@ def settings_of(request: Request) -> Settings:
 def body_budget_of(request: Request) -> BodyBudget:
     budget: BodyBudget = request.scope["state"]["body_budget"]
     return budget
+
+
+def body_parser_of(request: Request) -> BodyParser:
+    parser: BodyParser = request.scope["state"]["body_parser"]
+    return parser
 
 
 def broker_of(request: Request) -> EventBroker:

@@ -18,18 +18,15 @@ from runstore.client.problems import (
     BadRequest,
     InvalidRun,
     PreconditionFailed,
-    RunIdMismatch,
     RunNotFound,
 )
 
 from ..config import Settings
 from ..store.base import RunQuery, RunStore, WriteResult, decode_cursor, encode_cursor
-from ..store.records import PatchRecord, SnapshotRecord, patch_record, snapshot_record, written_json
-from ..strict_json import parse_json, parse_json_as
 from .body import read_parsed
 from .headers import header, parse_etags, parse_if_match, parse_lease
-from .limits import check_items
 from .openapi import ETAG_HEADER, JSON, LEASE_PARAM, RUN_ID_PARAM, problem_responses
+from .parsers import BodyRules, patch_of, snapshot_of
 from .request_state import body_budget_of, run_id_of, settings_of, store_of
 from .schemas import Deleted, Health, RunList
 
@@ -62,13 +59,8 @@ _CREATE_ONLY_PARAM: Final = {
 router = APIRouter()
 
 
-def _check_body_run_id(body: Any, run_id: str) -> None:
-    if isinstance(body, dict):
-        sent = body.get("runId")
-        if isinstance(sent, str) and sent != run_id:
-            raise RunIdMismatch(
-                f"The body's runId {sent[:200]!r} differs from the URL's {run_id!r}.",
-            )
+def _rules(settings: Settings) -> BodyRules:
+    return BodyRules(settings.max_json_depth, settings.max_items_per_write)
 
 
 async def _resolve_if_match(store: RunStore, run_id: str, value: str | None) -> int | None:
@@ -131,9 +123,7 @@ async def patch_run(request: Request) -> Response:
     run_id = run_id_of(request)
     settings = settings_of(request)
     with body_budget_of(request).holding() as hold:
-        patch = await read_parsed(
-            request, settings, hold, lambda raw: _patch_of(raw, run_id, settings)
-        )
+        patch = await read_parsed(request, settings, hold, patch_of, run_id, _rules(settings))
         lease = parse_lease(header(request, b"runstore-lease"))
         store = store_of(request)
         if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
@@ -164,9 +154,7 @@ async def put_run(request: Request) -> Response:
     run_id = run_id_of(request)
     settings = settings_of(request)
     with body_budget_of(request).holding() as hold:
-        record = await read_parsed(
-            request, settings, hold, lambda raw: _snapshot_of(raw, run_id, settings)
-        )
+        record = await read_parsed(request, settings, hold, snapshot_of, run_id, _rules(settings))
         lease = parse_lease(header(request, b"runstore-lease"))
         store = store_of(request)
         if_none_match = header(request, b"if-none-match")
@@ -180,30 +168,6 @@ async def put_run(request: Request) -> Response:
             record, if_match=if_match, if_none_match=create_only, lease=lease
         )
     return _Ack(result, 201 if result.created else 200, run_id)
-
-
-def _patch_of(raw: bytes, run_id: str, settings: Settings) -> PatchRecord:
-    """The patch record of a PATCH body."""
-    body = parse_json(raw, settings.max_json_depth)
-    _check_body_run_id(body, run_id)
-    check_items(body, settings.max_items_per_write)
-    return patch_record(body)
-
-
-def _snapshot_of(raw: bytes, run_id: str, settings: Settings) -> SnapshotRecord:
-    """The snapshot record of a PUT body; its duplicate-key check counts what the record
-    wrote, which encodes every part anyway (strict_json.parse_json_as)."""
-
-    def record_of(body: Any) -> SnapshotRecord:
-        _check_body_run_id(body, run_id)
-        return snapshot_record(body)
-
-    def items_within_limit(body: Any) -> None:
-        check_items(body, settings.max_items_per_write)
-
-    return parse_json_as(
-        raw, record_of, written_json, settings.max_json_depth, check=items_within_limit
-    )
 
 
 def _etag_matches(value: str, version: int) -> bool:

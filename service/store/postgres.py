@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -42,10 +43,11 @@ from uuid import UUID, uuid4
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from runstore.client.problems import StoreUnavailable
+from runstore.client.problems import RunNotFound, StoreUnavailable
 
 from . import postgres_marks as commit_marks
 from . import postgres_writes as writes
@@ -149,6 +151,16 @@ def _retryable(exc: psycopg.Error) -> bool:
     # A unique violation can only be a run another transaction created after the group's lock
     # found none: the next attempt finds and locks it.
     return _transient(exc) or isinstance(exc, psycopg.errors.UniqueViolation)
+
+
+def _refused(exc: Exception) -> bool:
+    """True when a group failed for what one of its writes is (PostgreSQL refused a statement,
+    or applying it raised), not because the database was unreachable or busy past the deadline:
+    its writes alone may then succeed."""
+    if not isinstance(exc, StoreUnavailable):
+        return True
+    cause = exc.__cause__
+    return isinstance(cause, psycopg.Error) and not _retryable(cause)
 
 
 def _describe(exc: psycopg.Error) -> str:
@@ -314,22 +326,27 @@ class PostgresStore(RunStore):
             # Set once COMMIT may have been sent: the transaction id and the result.
             sent: tuple[str, T] | None = None
             try:
-                # In a pipeline, BEGIN and the mark travel with the first statement, and the
-                # queued writes with COMMIT: two round trips for a group instead of several
-                # per write.
-                async with (
-                    self._connection(until) as connection,
-                    connection.pipeline(),
-                    connection.transaction(),
-                ):
-                    marked = await commit_marks.mark(connection, token)
-                    result = await op(connection)
-                    # op waited for an answer after the mark's, so this one is in already.
-                    xid = await marked.fetchone()
-                    assert xid is not None
-                    sent = (str(xid[0]), result)
-                # Leaving the pipeline sent COMMIT and read every answer: any error of the
-                # queued writes or of COMMIT was raised there.
+                async with self._connection(until) as connection:
+                    try:
+                        # BEGIN and the commit mark travel with op's first statement, and what
+                        # op queues after its last wait travels with COMMIT: a group takes two
+                        # round trips, its lock and its commit. (psycopg's transaction() would
+                        # sync the pipeline as it enters and leaves, a round trip each.)
+                        async with connection.pipeline():
+                            # Unprepared, as psycopg sends its own: there is nothing to plan.
+                            await connection.execute("BEGIN", prepare=False)
+                            marked = await commit_marks.mark(connection, token)
+                            result = await op(connection)
+                            # op waited for an answer after the mark's, so this one is in.
+                            xid = await marked.fetchone()
+                            assert xid is not None
+                            sent = (str(xid[0]), result)
+                            await connection.execute("COMMIT", prepare=False)
+                        # Leaving the pipeline sent COMMIT and read every answer: any error of
+                        # the queued writes or of COMMIT was raised there.
+                    except Exception:
+                        await _roll_back(connection)
+                        raise
                 return result
             except psycopg.Error as exc:
                 if sent is not None and _connection_lost(exc):
@@ -395,7 +412,21 @@ class PostgresStore(RunStore):
     # Writes.
 
     async def _apply_group(self, group: Sequence[Write]) -> list[Outcome]:
-        return await self._write(lambda c: writes.apply_group(c, group))
+        try:
+            return await self._write(lambda c: writes.apply_group(c, group))
+        except Exception as exc:
+            if len(group) == 1 or not _refused(exc):
+                raise
+            # One write's failure undid the whole transaction: give every write its own, so
+            # that the others are judged on their own (as the SQLite writer does).
+            log.warning("group of %d writes failed (%s); retrying one by one", len(group), exc)
+        outcomes: list[Outcome] = []
+        for write in group:
+            try:
+                outcomes += await self._write(functools.partial(writes.apply_group, group=[write]))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def _submit(self, write: Write) -> WriteResult | Lease | None:
         groups = self._groups
@@ -430,7 +461,12 @@ class PostgresStore(RunStore):
     async def delete_run(
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
-        await self._submit(DeleteRun(run_id, if_match, lease))
+        try:
+            await self._submit(DeleteRun(run_id, if_match, lease))
+        except RunNotFound:
+            # A retried DELETE (the first one deleted the run) finishes what its purge left.
+            await self._purge()
+            raise
         await self._purge()
 
     async def _purge(self) -> None:
@@ -560,6 +596,13 @@ class PostgresStore(RunStore):
             self.get_run,
         )
         await self._follower.start()
+
+
+async def _roll_back(connection: Connection) -> None:
+    """End the failed transaction a statement left open (the pool would warn of it)."""
+    if connection.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        with contextlib.suppress(psycopg.Error):  # a lost connection: the pool drops it
+            await connection.execute("ROLLBACK")
 
 
 def _now_ms() -> int:

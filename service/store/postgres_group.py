@@ -1,12 +1,14 @@
 """Group commit for the PostgreSQL backend: a replica's concurrent writes in one transaction.
 
-Writes that reach a replica together wait in one queue; a few writer tasks each take what is
-waiting (up to :data:`MAX_GROUP` writes) and apply it as one transaction
+Writes that reach a replica together wait in one queue; a writer task takes what is waiting
+(up to :data:`MAX_GROUP` writes) and applies it as one transaction
 (:func:`.postgres_writes.apply_group`), so one COMMIT and one WAL flush serve the whole group,
 and the next group gathers while this one commits. Each write is answered only after its
 group's transaction committed, in :meth:`WriteGroups._answer`, the one place that sees every
-accepted change after commit. A write its own rules refuse is answered with its refusal alone;
-a group that cannot be committed answers every write of it with the same error (a 503).
+accepted change after commit. A write its own rules refuse is answered with its refusal alone.
+A group the database refuses is applied again one write per transaction (by ``apply``, the
+store's), so only the writes that fail alone fail; a group that cannot be committed (the
+database unreachable past the deadline) answers every write of it with the same error (a 503).
 
 The queue is asyncio's; the grouping mirrors the SQLite writer thread's (:mod:`.sqlite_writer`),
 and so do the spans of writes and commits when a ``tracer`` is set.
@@ -31,9 +33,12 @@ if TYPE_CHECKING:
 
 __all__ = ["GROUP_WRITERS", "MAX_GROUP", "WriteGroups"]
 
-# Two groups in flight: one gathering and locking while the other commits. More would mostly
-# wait on each other's row locks and on the two cores.
-GROUP_WRITERS: Final = 2
+# One group in flight: the next gathers while it locks and commits, so it is as large as the
+# writes that arrived meanwhile. On two shared cores a second writer task made the groups half
+# as large and each write cost the database about a quarter more CPU (bench/http_load.py,
+# docs/performance.md); a group takes two round trips, so one writer still keeps up with
+# thousands of writes per second when the database is on another machine.
+GROUP_WRITERS: Final = 1
 # Enough to fill a WAL flush; a group's statements are queued in one pipeline.
 MAX_GROUP: Final = 64
 

@@ -4,11 +4,13 @@ A replica's concurrent writes are applied as a group in one transaction (:func:`
 run by the store inside ``BEGIN ... COMMIT`` on one connection in pipeline mode. The group's
 rows are locked with one ``SELECT ... FOR UPDATE`` in run id order (so replicas whose groups
 share runs take turns and never deadlock), and that is the only answer waited for: each write is
-then judged by :mod:`.rules` against the locked state as the group has left it, and only queued,
-so every write of the group travels with COMMIT in one round trip. A write the rules refuse
-writes nothing and its neighbours go on; writes to one run in a group see each other, as if they
-had run one after another. A failed statement makes PostgreSQL refuse the COMMIT, so nothing
-half-done is kept. This module only locks, reads and writes rows.
+then judged by :mod:`.rules` against the locked state as the group has left it, and what it
+writes only queued, so every write of the group travels with COMMIT in one round trip. The
+group's PUTs and PATCHes are written with a statement or two whatever their number
+(:mod:`.postgres_batch`); deletes and leases with one statement each. A write the rules refuse
+writes nothing and its neighbours go on; writes to one run in a group see each other, as if
+they had run one after another. A failed statement makes PostgreSQL refuse the COMMIT, so
+nothing half-done is kept. This module only locks, reads and writes rows.
 
 Every accepted write also tells the other replicas (and its own) what it changed, in the
 statement that writes it: it adds a row to ``run_events`` (a PATCH's delta; a PUT's mark), cuts
@@ -45,10 +47,10 @@ from .base import (
     retention_candidates_sql,
     retention_filter,
 )
-from .changes import patch_delta
+from .postgres_batch import CHANNEL, EVENTS_KEPT, NOW_MS, RunRows
 from .reads import GET_COLUMNS, stored_run
 from .records import PatchRecord, SnapshotRecord
-from .rules import RunChange, RunState
+from .rules import RunState
 
 __all__ = [
     "CHANNEL",
@@ -73,21 +75,6 @@ __all__ = [
 
 Connection = AsyncConnection[TupleRow]
 
-NOW_MS: Final = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
-# The NOTIFY channel of committed writes.
-CHANNEL: Final = "runstore_events"
-# How many of a run's latest writes keep their event row: a replica further behind than this
-# sends its watchers the whole run.
-EVENTS_KEPT: Final = 100
-_EVENT: Final = f"""
-event_written AS (
-    INSERT INTO run_events (run_key, version, kind, finished, data)
-    SELECT run_key, %(version)s, %(event_kind)s, %(finished)s, %(event_data)s FROM run
-), events_cut AS (
-    DELETE FROM run_events
-    WHERE run_key = (SELECT run_key FROM run) AND version <= %(version)s - {EVENTS_KEPT}
-)"""
-_TOLD: Final = f"pg_notify('{CHANNEL}', %(notice)s)"
 _TOLD_DELETED: Final = f"pg_notify('{CHANNEL}', run_id || ':deleted')"
 
 # The store's clock for leases: the database's, read when the statement reaches it (not when
@@ -128,68 +115,6 @@ WHERE runs.status = ANY(%(statuses)s)
 ORDER BY {rules.CLAIM_ORDER}
 LIMIT 1
 FOR UPDATE OF runs SKIP LOCKED
-"""
-
-# Item arrays travel in binary (``%(trace)b``): psycopg's text format escapes every item with a
-# regular expression, which was most of a 50-step PUT's CPU in the replica.
-#
-# A new run and its items in one statement. If another transaction created the run after the
-# lock found none, the insert fails (a unique violation) and the store runs the group again,
-# which then finds and locks that run.
-_CREATE: Final = f"""
-WITH run AS (
-    INSERT INTO runs (run_id, status, started_at, completed_at, version, updated_at,
-                      trace_length, history_length, doc, plan)
-    VALUES (%(run_id)s, %(status)s, %(started_at)s, %(completed_at)s, %(version)s, {NOW_MS},
-            %(trace_length)s, %(history_length)s, %(doc)s, %(plan)s)
-    RETURNING run_key, run_id
-), steps_written AS (
-    INSERT INTO steps (run_key, idx, item)
-    SELECT run.run_key, item.ord - 1, item.text
-    FROM run, unnest(%(trace)b::text[]) WITH ORDINALITY AS item (text, ord)
-), turns_written AS (
-    INSERT INTO turns (run_key, idx, item)
-    SELECT run.run_key, item.ord - 1, item.text
-    FROM run, unnest(%(history)b::text[]) WITH ORDINALITY AS item (text, ord)
-), {_EVENT}
-SELECT run_id, {_TOLD} FROM run
-"""
-
-# An update of a locked run. Items from *_from on are upserted (unchanged ones are not
-# rewritten) and items from *_end on are cut. A NULL doc keeps the stored one, so a PATCH that
-# sends no field does not rewrite it: its cost stays that of what it sends.
-_UPDATE: Final = f"""
-WITH run AS (
-    UPDATE runs SET
-        status = %(status)s,
-        started_at = %(started_at)s,
-        completed_at = %(completed_at)s,
-        doc = coalesce(%(doc)s, doc),
-        plan = CASE WHEN %(set_plan)s THEN %(plan)s::text ELSE plan END,
-        trace_length = %(trace_length)s,
-        history_length = %(history_length)s,
-        updated_at = {NOW_MS},
-        version = %(version)s
-    WHERE run_id = %(run_id)s
-    RETURNING run_key, version
-), steps_written AS (
-    INSERT INTO steps (run_key, idx, item)
-    SELECT run.run_key, %(trace_from)s + item.ord - 1, item.text
-    FROM run, unnest(%(trace)b::text[]) WITH ORDINALITY AS item (text, ord)
-    ON CONFLICT (run_key, idx) DO UPDATE SET item = excluded.item
-    WHERE steps.item <> excluded.item
-), steps_cut AS (
-    DELETE FROM steps WHERE run_key = (SELECT run_key FROM run) AND idx >= %(trace_end)s
-), turns_written AS (
-    INSERT INTO turns (run_key, idx, item)
-    SELECT run.run_key, %(history_from)s + item.ord - 1, item.text
-    FROM run, unnest(%(history)b::text[]) WITH ORDINALITY AS item (text, ord)
-    ON CONFLICT (run_key, idx) DO UPDATE SET item = excluded.item
-    WHERE turns.item <> excluded.item
-), turns_cut AS (
-    DELETE FROM turns WHERE run_key = (SELECT run_key FROM run) AND idx >= %(history_end)s
-), {_EVENT}
-SELECT version, {_TOLD} FROM run
 """
 
 # What follows a ``gone`` CTE of deleted run rows (run_key, run_id, held: the items they held):
@@ -243,35 +168,6 @@ WITH doomed AS (
 SELECT count(*) FROM doomed
 """
 _STATE_WIDTH: Final = len(RunState._fields)
-
-
-def _values(run_id: str, change: RunChange, patch: PatchRecord | None = None) -> dict[str, Any]:
-    """The parameters of _CREATE and _UPDATE for a change the rules accepted (by ``patch``,
-    or by a PUT)."""
-    state = change.state
-    return {
-        "event_kind": "run" if patch is None else "patch",
-        "event_data": None if patch is None else patch_delta(patch, state.version).decode(),
-        "finished": state.completed_at is not None,
-        "notice": f"{run_id}:{state.version}",
-        "run_id": run_id,
-        "version": state.version,
-        "status": state.status,
-        "started_at": state.started_at,
-        "completed_at": state.completed_at,
-        "trace_length": state.trace_length,
-        "history_length": state.history_length,
-        "doc": change.doc,
-        "set_plan": change.set_plan,
-        "plan": change.plan,
-        "trace": change.trace,
-        "trace_from": change.trace_from,
-        "trace_end": state.trace_length,
-        "history": change.history,
-        "history_from": change.history_from,
-        # A cleared history (None) keeps no turn.
-        "history_end": state.history_length or 0,
-    }
 
 
 async def fetch_one(connection: Connection, sql: str, params: Any) -> TupleRow:
@@ -350,8 +246,9 @@ class ReleaseLease:
 
 
 Write = PutRun | PatchRun | DeleteRun | AcquireLease | ReleaseLease
-# What each write of a group answers once the group commits: its result, or its refusal.
-Outcome = WriteResult | Lease | None | RunStoreError
+# What each write of a group answers once the group commits: its result, or its refusal (or,
+# applied alone after its group failed, what it failed with).
+Outcome = WriteResult | Lease | None | Exception
 
 
 @dataclass(slots=True)
@@ -376,20 +273,25 @@ async def apply_group(connection: Connection, group: Sequence[Write]) -> list[Ou
     for row in rows:
         runs[row[0]] = _Run(RunState._make(row[1 : _STATE_WIDTH + 1]), row[-2])
     now = int(rows[0][-1]) if rows else int((await fetch_one(connection, _CLOCK, ()))[0])
+    batch = RunRows()
     outcomes: list[Outcome] = []
     for write in group:
         run = runs[write.run_id]
+        if write.run_id in batch:  # one write per run in a batch: this one goes in the next
+            await batch.flush(connection)
         try:
-            outcomes.append(await _apply(connection, write, run, now))
+            outcomes.append(await _apply(connection, write, run, now, batch))
         except RunStoreError as refusal:
             outcomes.append(refusal)
+    await batch.flush(connection)
     return outcomes
 
 
 async def _apply(
-    connection: Connection, write: Write, run: _Run, now: int
+    connection: Connection, write: Write, run: _Run, now: int, batch: RunRows
 ) -> WriteResult | Lease | None:
-    """Judge one write against ``run``, queue its statement and move ``run`` on."""
+    """Judge one write against ``run``, queue its statement (or add its rows to ``batch``) and
+    move ``run`` on."""
     run_id = write.run_id
     if isinstance(write, DeleteRun):
         rules.delete(run_id, run.state, write.if_match, write.lease, now)
@@ -407,17 +309,21 @@ async def _apply(
         await connection.execute(_SET_LEASE, _lease_values(run_id, state, now))
         run.state = state
         return granted
+    patch: PatchRecord | None = None
     if isinstance(write, PutRun):
         change = rules.put(
             run.state, write.record, write.if_match, write.if_none_match, write.lease, now
         )
-        values = _values(run_id, change)
     else:
-        change = rules.patch(
-            run_id, run.state, run.doc, write.patch, write.if_match, write.lease, now
-        )
-        values = _values(run_id, change, write.patch)
-    await connection.execute(_CREATE if run.state is None else _UPDATE, values)
+        patch = write.patch
+        change = rules.patch(run_id, run.state, run.doc, patch, write.if_match, write.lease, now)
+    stored = run.state
+    batch.add(
+        run_id,
+        change,
+        patch,
+        None if stored is None else (stored.trace_length, stored.history_length or 0),
+    )
     run.state = change.state
     if change.doc is not None:
         run.doc = change.doc

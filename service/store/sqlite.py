@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
-from runstore.client.problems import StoreUnavailable
+from runstore.client.problems import RunNotFound, StoreUnavailable
 
 from . import rules
 from .base import (
@@ -212,7 +212,12 @@ class SQLiteEngine:
     def delete_run(
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
-        self._writer.write(partial(delete_run, run_id, if_match, lease))
+        try:
+            self._writer.write(partial(delete_run, run_id, if_match, lease))
+        except RunNotFound:
+            # A retried DELETE (the first one deleted the run) finishes what its purge left.
+            self.purge()
+            raise
         self.purge()
 
     def purge(self) -> None:
@@ -411,7 +416,12 @@ class SQLiteStore(RunStore):
     async def delete_run(
         self, run_id: str, *, if_match: int | None = None, lease: int | None = None
     ) -> None:
-        await self.engine.writer.write_async(partial(delete_run, run_id, if_match, lease))
+        try:
+            await self.engine.writer.write_async(partial(delete_run, run_id, if_match, lease))
+        except RunNotFound:
+            # As in SQLiteEngine.delete_run: a retried DELETE finishes a purge that failed.
+            await self._purge()
+            raise
         await self._purge()
 
     async def _purge(self) -> None:

@@ -165,6 +165,11 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     connection.execute("PRAGMA foreign_keys = ON")
     # FULL: a commit returns after the WAL is fsync'd, so an answered write survives power loss.
     connection.execute("PRAGMA synchronous = FULL")
+    # A multi-row statement inside a transaction keeps the pages it changes in a statement
+    # journal (to undo itself alone); past 64 KiB SQLite spills that journal to a temporary
+    # file created and unlinked on every group commit: a file-system transaction and a copy of
+    # each page more per commit. In memory, a commit writes only its WAL frames.
+    connection.execute("PRAGMA temp_store = MEMORY")
     if readonly:
         connection.execute("PRAGMA query_only = ON")
     return connection

@@ -95,17 +95,34 @@ def test_another_cancellation_passes_through(run: Any) -> None:
     run(main())
 
 
-def test_a_cancellation_at_the_deadline_is_not_swallowed(run: Any) -> None:
+@pytest.mark.parametrize("first", ["owner", "deadline"])
+def test_a_cancellation_at_the_deadline_is_not_swallowed(run: Any, first: str) -> None:
     async def main() -> None:
-        reader = asyncio.create_task(body.read_body(Sender().request(), limit=1000, seconds=0.1))
-        await asyncio.sleep(0)  # the read has started
-        # Cancelled by its owner in the same loop turn as the deadline's timer fires.
-        when = deadlines()._waits[reader]
-        asyncio.get_running_loop().call_at(when, reader.cancel)
-        with pytest.raises(asyncio.CancelledError):
-            await reader
-        assert not deadlines()._waits
-        assert not deadlines()._expired
+        watched = deadlines()
+        expire = watched._expire
+        reader: asyncio.Task[bytes] | None = None
+
+        def expire_and_cancel() -> None:
+            # The owner cancels the read in the same loop turn as the deadline passes, before
+            # or after the deadline's own cancellation.
+            assert reader is not None
+            if first == "owner":
+                reader.cancel()
+            expire()
+            if first == "deadline":
+                reader.cancel()
+
+        watched._expire = expire_and_cancel  # the timer armed for the read calls this
+        try:
+            reader = asyncio.create_task(
+                body.read_body(Sender().request(), limit=1000, seconds=0.1)
+            )
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+        finally:
+            del watched._expire
+        assert not watched._waits
+        assert not watched._expired
 
     run(main())
 

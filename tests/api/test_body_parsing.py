@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from runstore.client.models import OPTIONAL_FIELDS, REQUIRED_FIELDS, RESERVED_FIELDS
 from runstore.client.problems import MalformedJson, NestingTooDeep
 from runstore.service import strict_json
-from runstore.service.api import routes
+from runstore.service.api import parsers
 from runstore.service.config import Settings
 from runstore.service.store.records import snapshot_record
 
@@ -203,7 +203,7 @@ def test_any_depth_past_the_limit_is_a_400_nesting_too_deep(depth: int) -> None:
 # ---------------------------------------------------------------- PUT bodies
 #
 # A PUT's duplicate-key check counts the colons of the parts its snapshot record encodes anyway
-# (strict_json.parse_json_as, routes._snapshot_of). Whatever the body, the outcome must be the one
+# (strict_json.parse_json_as, parsers.snapshot_of). Whatever the body, the outcome must be the one
 # the strict parser leads to.
 
 KNOWN_FIELDS = REQUIRED_FIELDS | OPTIONAL_FIELDS | RESERVED_FIELDS
@@ -248,7 +248,9 @@ def _with_duplicate(obj: dict[str, Any], key: str, extra: Any) -> str:
 
 
 def snapshot_of(raw: bytes) -> Any:
-    return routes._snapshot_of(raw, "run-1", Settings(tokens=None))
+    defaults = Settings(tokens=None)
+    rules = parsers.BodyRules(defaults.max_json_depth, defaults.max_items_per_write)
+    return parsers.snapshot_of(raw, "run-1", rules)
 
 
 @given(snapshot_fields())

@@ -78,18 +78,40 @@ def test_a_head_over_the_limit_is_431_while_others_are_served(
     # head passes the limit, and serves another client meanwhile.
     sock = connect(guarded)
     head = b"GET /healthz HTTP/1.1\r\nHost: runstore\r\nX-Big: "
-    received: list[bytes] = []
-    sender = threading.Thread(
-        target=lambda: received.append(answer(sock, head + b"a" * (size - len(head))))
-    )
+    received: list[bytes | BaseException] = []
+
+    def send() -> None:
+        try:
+            received.append(answer(sock, head + b"a" * (size - len(head))))
+        except BaseException as exc:  # reported below, not lost in the thread
+            received.append(exc)
+
+    sender = threading.Thread(target=send)
     sender.start()
     with guarded.client() as http:
         assert http.get("/healthz").status_code == 200
     sender.join(timeout=60)
+    assert received, "the big head's client got no answer within 60 s"
+    assert isinstance(received[0], bytes), f"the big head's client failed: {received[0]!r}"
     status, problem = status_and_problem(received[0])
     assert status == 431
     assert problem["type"] == "urn:runstore:problem:head-too-large"
     assert str(HEAD_LIMIT) in str(problem["detail"])
+
+
+def test_a_client_still_sending_after_its_431_reads_it(guarded: ServerProcess) -> None:
+    # A client that goes on sending its head well past the 431 (as a slow uploader of a large
+    # head does) reads the answer once it stops: the server reads and drops its input until it
+    # falls quiet, rather than closing on unread input, whose reset would destroy the answer.
+    sock = connect(guarded)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: runstore\r\nX-Big: " + b"a" * HEAD_LIMIT)
+    sending_until = time.monotonic() + 3.0
+    while time.monotonic() < sending_until:
+        time.sleep(0.3)
+        sock.sendall(b"a" * 1024)
+    status, problem = status_and_problem(answer(sock))
+    assert status == 431
+    assert problem["type"] == "urn:runstore:problem:head-too-large"
 
 
 def test_a_request_line_over_the_limit_is_431(guarded: ServerProcess) -> None:

@@ -25,6 +25,7 @@ from runstore.client import (
     BodyTooLarge,
     RunStoreClient,
     StoreUnavailable,
+    UnexpectedResponse,
 )
 
 MODES = ["sync", "async"]
@@ -371,6 +372,38 @@ def test_an_answer_sent_before_the_body_was_read(mode: str) -> None:
         pytest.raises(BodyTooLarge),
     ):
         call("put_run", snapshot)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("method", "args"), [("watch", ("run-1",)), ("events", ())])
+def test_an_event_stream_answered_with_another_success_is_an_error_not_a_reconnect(
+    mode: str, method: str, args: tuple[str, ...]
+) -> None:
+    # A 204 (from a proxy, say) is no stream and no failure to retry: connecting again would
+    # get it again, for ever.
+    requests: list[Request] = []
+
+    def no_content(request: Request) -> bytes:
+        requests.append(request)
+        return answer(204, b"")
+
+    with raw_server(keep_alive(no_content)) as server:
+        if mode == "sync":
+            with (
+                RunStoreClient(server.url, retries=0) as client,
+                pytest.raises(UnexpectedResponse, match="204"),
+            ):
+                next(iter(getattr(client, method)(*args)))
+        else:
+
+            async def first_event() -> None:
+                async with AsyncRunStoreClient(server.url, retries=0) as client:
+                    async for _ in getattr(client, method)(*args):
+                        return
+
+            with pytest.raises(UnexpectedResponse, match="204"):
+                asyncio.run(first_event())
+    assert len(requests) == 1
 
 
 # ---------------------------------------------------------------- httpx's rules: URL, environment

@@ -1,7 +1,7 @@
 """Traces (docs/operations.md, "Traces"): with RUNSTORE_TELEMETRY and an OpenTelemetry SDK
 provider, each request is a span (the run routes' included), with the store's write and its
-group commit as child spans. Run in a process of its own: a tracer provider is set once per
-process, for good."""
+group commit as child spans, on either backend. Run in a process of its own: a tracer provider
+is set once per process, for good."""
 
 from __future__ import annotations
 
@@ -33,7 +33,11 @@ provider.add_span_processor(SimpleSpanProcessor(exporter))
 trace.set_tracer_provider(provider)
 
 async def main():
-    settings = Settings(db=sys.argv[1], telemetry=True)
+    where = sys.argv[1]
+    if where.startswith("postgresql://"):
+        settings = Settings(database_url=where, telemetry=True)
+    else:
+        settings = Settings(db=where, telemetry=True)
     async with in_process_app(settings) as app:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://rs") as http:
@@ -57,11 +61,20 @@ print(json.dumps(spans))
 """
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file, or the PostgreSQL test database with no runs in it."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_database")
+        return url
+    return str(tmp_path / "runs.db")
+
+
 def test_a_patch_is_a_request_span_with_store_write_and_commit_children(
-    tmp_path: Path,
+    store_location: str,
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "runs.db")],
+        [sys.executable, "-c", SCRIPT, store_location],
         cwd=TESTS,
         capture_output=True,
         text=True,

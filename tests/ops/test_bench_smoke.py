@@ -119,3 +119,14 @@ def test_events_bench_delivers_every_event_and_measures_both_loads() -> None:
     assert "without watchers: " in done.stdout
     assert "with 3 watchers: " in done.stdout
     assert "p99 ratio" in done.stdout
+
+
+@pytest.mark.postgres
+def test_pg_groups_measures_each_group_size(postgres_database: str) -> None:
+    command = [sys.executable, str(ROOT / "bench" / "pg_groups.py"), "--database-url"]
+    command += [postgres_database, "--sizes", "1", "3", "--groups", "5", "--rounds", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    # It reads every run back and fails when a PATCH is missing.
+    assert done.returncode == 0, done.stdout + done.stderr
+    medians = [line for line in done.stdout.splitlines() if "median replica" in line]
+    assert [line.split(":")[0] for line in medians] == ["group of   1", "group of   3"]

@@ -136,6 +136,29 @@ def test_the_server_fsyncs_each_acknowledged_write_before_answering(
     assert_synced_before_each_answer(traced_calls(log), db, answer, WRITES)
 
 
+@pytest.mark.server
+def test_a_commit_writes_the_wal_and_no_temporary_file(strace: str, tmp_path: Path) -> None:
+    """A statement that changes many stored pages keeps their old content in a statement
+    journal; SQLite spills one over 64 KiB to a temporary file (``etilqs_...``), created and
+    unlinked within the commit: a file-system transaction more on every commit. The store keeps
+    it in memory (``PRAGMA temp_store = MEMORY``)."""
+    db = tmp_path / "runs.db"
+    log = tmp_path / "strace.log"
+    prefix = (strace, "-f", "-qq", "-e", "trace=openat,unlink,unlinkat", "-o", str(log))
+    steps = [{"step": i, "output": "x" * 3000} for i in range(128)]
+    with ServerProcess(db, prefix=prefix) as server:
+        run = f"{server.url}/runs/big"
+        created = httpx.put(run, json=make_snapshot("big", trace=steps))
+        assert created.status_code == 201, created.text
+        # Every stored step changes: each statement of 64 rows rewrites about 64 stored pages.
+        changed = [{**step, "output": "y" * 3000} for step in steps]
+        replaced = httpx.put(run, json=make_snapshot("big", trace=changed))
+        assert replaced.status_code == 200, replaced.text
+        assert httpx.get(run).json()["trace"] == changed
+    temporary = [line for line in log.read_text().splitlines() if "etilqs_" in line]
+    assert not temporary, "a commit made a temporary file:\n" + "\n".join(temporary[:5])
+
+
 EMBEDDED_AGENT = textwrap.dedent(
     """
     import os, sys

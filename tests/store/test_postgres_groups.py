@@ -17,7 +17,12 @@ import psycopg
 import pytest
 from support import make_snapshot
 
-from runstore.client.problems import PreconditionFailed, RunNotFound, TraceGap
+from runstore.client.problems import (
+    PreconditionFailed,
+    RunNotFound,
+    StoreUnavailable,
+    TraceGap,
+)
 from runstore.service.store.postgres import PostgresStore
 from runstore.service.store.postgres_writes import CHANNEL, EVENTS_KEPT
 from runstore.service.store.records import patch_record, snapshot_record
@@ -80,6 +85,40 @@ async def test_concurrent_writes_share_transactions_and_a_refused_one_fails_alon
     assert marks(postgres_database) - before < WRITES, "every write had its own transaction"
     for n in range(WRITES):
         assert await stored(store, f"run-{n}") == ((1, 0) if n in (5, 9) else (2, 1))
+
+
+async def test_a_write_the_database_refuses_fails_alone_and_its_group_commits(
+    store: PostgresStore, postgres_database: str
+) -> None:
+    """A write the rules accept but PostgreSQL refuses aborts its group's transaction; the
+    group's other writes are then applied one by one, and only the refused write fails."""
+    for n in range(WRITES):
+        await store.put_run(snapshot_record(make_snapshot(f"run-{n}")))
+    with psycopg.connect(postgres_database, autocommit=True) as connection:
+        # A rule of the database the store does not know of, as a refusal it cannot foresee.
+        connection.execute("ALTER TABLE runs ADD CONSTRAINT vetoed CHECK (status <> 'vetoed')")
+    try:
+        outcomes = await asyncio.gather(
+            *(
+                store.patch_run(
+                    f"run-{n}",
+                    patch_record({"status": "vetoed"}) if n == 7 else append(f"run-{n}", 0),
+                )
+                for n in range(WRITES)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        with psycopg.connect(postgres_database, autocommit=True) as connection:
+            connection.execute("ALTER TABLE runs DROP CONSTRAINT vetoed")
+
+    assert isinstance(outcomes[7], StoreUnavailable)
+    for n in set(range(WRITES)) - {7}:
+        result = outcomes[n]
+        assert not isinstance(result, BaseException), result
+        assert (result.version, result.trace_length) == (2, 1)
+    for n in range(WRITES):
+        assert await stored(store, f"run-{n}") == ((1, 0) if n == 7 else (2, 1))
 
 
 async def test_writes_to_one_run_in_a_group_see_each_other(store: PostgresStore) -> None:

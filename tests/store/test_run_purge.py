@@ -1,19 +1,23 @@
 """Deleting a large run (issue 14): the run is gone from its first transaction, its items are
 purged in bounded batches with other writes between them, a run re-created under its id never
-sees them, and items left by a delete that stopped half-way are purged when the store opens."""
+sees them, and items left by a delete that stopped half-way, or whose purge failed, are purged
+when the store opens or the DELETE is retried."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from support import make_snapshot
+from support import make_snapshot, with_state
 from test_postgres_store import query
 
+from runstore.service import Settings, create_app
 from runstore.service.store import RunStore, SQLiteStore
 from runstore.service.store.base import PURGE_BATCH_ROWS
 from runstore.service.store.records import snapshot_record
@@ -27,9 +31,12 @@ STEPS = BATCHES * PURGE_BATCH_ROWS
 class Backend:
     """A store to open (again) and the SQL to look at its rows with."""
 
-    def __init__(self, open_store: Callable[[], RunStore], rows: Callable[[str], Any]) -> None:
+    def __init__(
+        self, open_store: Callable[[], RunStore], rows: Callable[[str], Any], *, sqlite: bool
+    ) -> None:
         self.open = open_store
         self.rows = rows
+        self.sqlite = sqlite
 
     def count(self, table: str) -> int:
         return int(self.rows(f"SELECT count(*) FROM {table}")[0][0])
@@ -47,11 +54,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
             finally:
                 connection.close()
 
-        return Backend(lambda: SQLiteStore(path), sqlite_rows)
+        return Backend(lambda: SQLiteStore(path), sqlite_rows, sqlite=True)
     from runstore.service.store.postgres import PostgresStore
 
     url = request.getfixturevalue("postgres_database")
-    return Backend(lambda: PostgresStore(url), lambda sql: query(url, sql))
+    return Backend(lambda: PostgresStore(url), lambda sql: query(url, sql), sqlite=False)
 
 
 @pytest.fixture
@@ -60,12 +67,29 @@ async def store(backend: Backend) -> AsyncIterator[RunStore]:
         yield opened
 
 
-def large_run(run_id: str = "large") -> Any:
-    snapshot = make_snapshot(run_id) | {
+def large_snapshot(run_id: str = "large") -> dict[str, Any]:
+    return make_snapshot(run_id) | {
         "trace": list(range(STEPS)),
         "history": [{"role": "user", "content": str(n)} for n in range(3)],
     }
-    return snapshot_record(snapshot)
+
+
+def large_run(run_id: str = "large") -> Any:
+    return snapshot_record(large_snapshot(run_id))
+
+
+@asynccontextmanager
+async def served(backend: Backend) -> AsyncIterator[tuple[httpx.AsyncClient, RunStore]]:
+    """The app over a newly opened store of ``backend``, and the store."""
+    store = backend.open()
+    app = create_app(Settings(tokens=None), store=store)
+    async with (
+        app.router.lifespan_context(app) as state,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=with_state(app, state)), base_url="http://runstore"
+        ) as http,
+    ):
+        yield http, store
 
 
 async def test_a_large_run_is_gone_at_once_and_purged_in_batches_between_other_writes(
@@ -129,3 +153,75 @@ async def stop_after_first_transaction(store: RunStore, run_id: str) -> None:
         from runstore.service.store.postgres_writes import DeleteRun
 
         await store._submit(DeleteRun(run_id, None))  # type: ignore[attr-defined]
+
+
+# A purge batch that fails: every delete of steps refused, as a full or failing disk would.
+_REFUSE_SQLITE = (
+    "CREATE TRIGGER refuse_purge BEFORE DELETE ON steps "
+    "BEGIN SELECT RAISE(ABORT, 'the disk refused'); END",
+)
+_REFUSE_POSTGRES = (
+    "CREATE OR REPLACE FUNCTION refuse_purge() RETURNS trigger LANGUAGE plpgsql "
+    "AS $$ BEGIN RAISE EXCEPTION 'the disk refused'; END $$",
+    "CREATE TRIGGER refuse_purge BEFORE DELETE ON steps "
+    "FOR EACH ROW EXECUTE FUNCTION refuse_purge()",
+)
+
+
+def refuse_purges(backend: Backend, store: RunStore) -> None:
+    for statement in _REFUSE_SQLITE if isinstance(store, SQLiteStore) else _REFUSE_POSTGRES:
+        backend.rows(statement)
+
+
+def allow_purges(backend: Backend) -> None:
+    if backend.sqlite:
+        backend.rows("DROP TRIGGER IF EXISTS refuse_purge")
+    else:
+        backend.rows("DROP FUNCTION IF EXISTS refuse_purge() CASCADE")
+
+
+@pytest.fixture
+def purging(backend: Backend) -> Iterator[Backend]:
+    """``backend``, purges allowed again at the end whatever happened (the PostgreSQL database
+    outlives the test)."""
+    yield backend
+    allow_purges(backend)
+
+
+async def delete_with_failing_purge(
+    http: httpx.AsyncClient, backend: Backend, store: RunStore
+) -> None:
+    """PUT a large run, then DELETE it while every purge batch fails: the DELETE is answered as
+    done (the run is gone) and its items wait in ``deleted_runs``."""
+    assert (await http.put("/runs/large", json=large_snapshot())).status_code == 201
+    refuse_purges(backend, store)
+    response = await http.delete("/runs/large")
+    assert response.status_code == 204
+    assert (await http.get("/runs/large")).status_code == 404
+    assert backend.count("deleted_runs") == 1
+    assert backend.count("steps") == STEPS
+
+
+async def test_a_failing_purge_leaves_the_delete_answered_and_a_retry_finishes_it(
+    purging: Backend,
+) -> None:
+    backend = purging
+    async with served(backend) as (http, store):
+        await delete_with_failing_purge(http, backend, store)
+        allow_purges(backend)
+        retry = await http.delete("/runs/large")
+        assert retry.status_code == 404
+        assert backend.count("steps") == 0
+        assert backend.count("turns") == 0
+        assert backend.count("deleted_runs") == 0
+
+
+async def test_a_failing_purge_is_finished_when_the_store_opens_next(purging: Backend) -> None:
+    backend = purging
+    async with served(backend) as (http, store):
+        await delete_with_failing_purge(http, backend, store)
+    allow_purges(backend)
+    async with served(backend) as (http, _):
+        assert backend.count("steps") == 0
+        assert backend.count("deleted_runs") == 0
+        assert (await http.get("/runs/large")).status_code == 404
