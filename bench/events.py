@@ -210,7 +210,9 @@ def interleaved(port: int, watchers: int, args: argparse.Namespace) -> None:
         order = (RUN_ID, QUIET_RUN) if block % 2 == 0 else (QUIET_RUN, RUN_ID)
         for run_id in order:
             sent = asyncio.run(
-                _paced_patches(port, args.events // args.blocks, args.interval / 1000, run_id)
+                _paced_patches(
+                    port, max(1, args.events // args.blocks), args.interval / 1000, run_id
+                )
             )
             paced[run_id] += [ms for _, _, ms in sent]
         for run_id in order:

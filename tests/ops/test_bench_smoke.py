@@ -119,6 +119,8 @@ def test_events_bench_delivers_every_event_and_measures_both_loads() -> None:
     assert "without watchers: " in done.stdout
     assert "with 3 watchers: " in done.stdout
     assert "p99 ratio" in done.stdout
+    assert "paced p99 ratio" in done.stdout  # the interleaved comparison
+    assert "saturating p99 ratio" in done.stdout
 
 
 @pytest.mark.postgres
