@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from typing import Any, ClassVar, Final
 
 import httptools
@@ -93,16 +94,20 @@ class DirectBody:
     __slots__ = ("_cycle",)
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = cycle
+        # Weak: the cycle holds the scope, which holds this; a strong reference would make
+        # every GET's scope and cycle garbage that only the cyclic collector frees, in pauses
+        # that showed in GET latency (p99 twice as high under load).
+        self._cycle = weakref.ref(cycle)
 
     def encode(self, body: bytes) -> bytes:
         """``body`` as one HTTP/1.1 chunk, as uvicorn frames what ``send`` is given."""
         return b"%x\r\n%b\r\n" % (len(body), body)
 
     def write(self, encoded: bytes) -> bool:
-        cycle = self._cycle
+        cycle = self._cycle()
         if (
-            not cycle.response_started
+            cycle is None
+            or not cycle.response_started
             or cycle.response_complete
             or cycle.disconnected
             or not cycle.chunked_encoding
@@ -219,10 +224,16 @@ class GuardedProtocol(HttpToolsProtocol):
             raise _Refused
         super().on_headers_complete()
         cycle = self.cycle
-        # Only GET answers stream (the event routes); the app runs from the next turn of the
-        # loop, so the scope can still be added to.
-        if self.scope["method"] == "GET" and cycle is not None and cycle.scope is self.scope:
-            self.scope.setdefault("extensions", {})[DIRECT_WRITER] = DirectBody(cycle)  # type: ignore[assignment]
+        # Only the event routes' GET answers stream (.../events); the app runs from the next
+        # turn of the loop, so the scope can still be added to.
+        scope = self.scope
+        if (
+            scope["method"] == "GET"
+            and scope["path"].endswith("/events")
+            and cycle is not None
+            and cycle.scope is scope
+        ):
+            scope.setdefault("extensions", {})[DIRECT_WRITER] = DirectBody(cycle)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_head = True
