@@ -49,6 +49,17 @@ sys.path.insert(0, str(HERE))
 from http_load import _exchange, _pin, _request, drive, start_runstore  # noqa: E402
 
 RUN_ID = "bench"
+# The followed run as it is created (its id added), by this benchmark and by events_cpu.py.
+SNAPSHOT: dict[str, object] = {
+    "status": "running",
+    "startedAt": 1,
+    "input": "bench",
+    "trace": [],
+    "usage": {},
+    "stepIndex": 0,
+    "iterations": 0,
+    "revisions": 0,
+}
 QUIET_RUN = "quiet"  # a run nobody follows
 _SENT = re.compile(rb'"text":"(t[0-9.]+)"')
 _EVENT = re.compile(rb"\nevent: |^event: ")
@@ -264,17 +275,7 @@ def main() -> int:
         if not args.no_pin:
             _pin(0, 1)
         try:
-            snapshot = {
-                "runId": RUN_ID,
-                "status": "running",
-                "startedAt": 1,
-                "input": "bench",
-                "trace": [],
-                "usage": {},
-                "stepIndex": 0,
-                "iterations": 0,
-                "revisions": 0,
-            }
+            snapshot = {"runId": RUN_ID, **SNAPSHOT}
 
             async def create(run_id: str) -> None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

@@ -28,19 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from events import SNAPSHOT
 from http_load import _exchange, _request
 from server_cpu import _SUMMARY, _start
-
-SNAPSHOT = {
-    "status": "running",
-    "startedAt": 1,
-    "input": "bench",
-    "trace": [],
-    "usage": {},
-    "stepIndex": 0,
-    "iterations": 0,
-    "revisions": 0,
-}
 
 
 def _callgrind(command: str, pid: int) -> None:

@@ -171,16 +171,11 @@ async def _run_events(
             if is_finished(fresh.body):
                 return
             continue
-        # What it lacks goes out as one chunk: one send, however many changes.
-        events = broker.take(watcher)
-        if events:
-            yield events
-        elif not watcher.resync:
-            if watcher.closed:
-                return
-            broker.attach(watcher)
-            if not await watcher.wait(settings.events_keepalive):
-                yield KEEP_ALIVE
+        chunk = await _pending(settings, broker, watcher)
+        if chunk is None:
+            return
+        if chunk:
+            yield chunk
 
 
 @events_router.get(
@@ -213,12 +208,23 @@ async def _all_events(
         if watcher.resync:
             broker.skip_all(watcher)
             yield b": this client fell behind: some summaries were skipped\n\n"
-        events = broker.take(watcher)
-        if events:
-            yield events
-        elif not watcher.resync:
-            if watcher.closed:
-                return
-            broker.attach(watcher)
-            if not await watcher.wait(settings.events_keepalive):
-                yield KEEP_ALIVE
+        chunk = await _pending(settings, broker, watcher)
+        if chunk is None:
+            return
+        if chunk:
+            yield chunk
+
+
+async def _pending(settings: Settings, broker: EventBroker, watcher: Watcher) -> bytes | None:
+    """The next chunk a stream's task sends: what its watcher lacks, as one chunk however many
+    changes, or a keep-alive after a silence; b"" when there is nothing yet (it must resync,
+    or it was woken); None when the stream is over."""
+    events = broker.take(watcher)
+    if events or watcher.resync:
+        return events
+    if watcher.closed:
+        return None
+    broker.attach(watcher)
+    if not await watcher.wait(settings.events_keepalive):
+        return KEEP_ALIVE
+    return b""
