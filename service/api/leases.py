@@ -39,8 +39,7 @@ async def _body(request: Request) -> Any:
     # Small bodies, but held against the server's body budget like any other (limits).
     settings = settings_of(request)
     with body_budget_of(request).holding() as hold:
-        rules = BodyRules(settings.max_json_depth, settings.max_items_per_write)
-        return await read_parsed(request, settings, hold, json_of, rules)
+        return await read_parsed(request, settings, hold, json_of, BodyRules.of(settings))
 
 
 def _conflict_doc() -> dict[int | str, dict[str, Any]]:

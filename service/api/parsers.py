@@ -9,13 +9,16 @@ its arguments by pickle. This module imports nothing of HTTP, which keeps that p
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from runstore.client.problems import RunIdMismatch
 
 from ..store.records import PatchRecord, SnapshotRecord, patch_record, snapshot_record, written_json
 from ..strict_json import parse_json, parse_json_as
 from .limits import check_items
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 __all__ = ["BodyRules", "json_of", "patch_of", "snapshot_of"]
 
@@ -25,6 +28,11 @@ class BodyRules(NamedTuple):
 
     max_depth: int
     max_items: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> BodyRules:
+        """The rules the server's settings set."""
+        return cls(settings.max_json_depth, settings.max_items_per_write)
 
 
 def check_body_run_id(body: Any, run_id: str) -> None:

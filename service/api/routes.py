@@ -21,7 +21,6 @@ from runstore.client.problems import (
     RunNotFound,
 )
 
-from ..config import Settings
 from ..store.base import RunQuery, RunStore, WriteResult, decode_cursor, encode_cursor
 from .body import read_parsed
 from .headers import header, parse_etags, parse_if_match, parse_lease
@@ -57,10 +56,6 @@ _CREATE_ONLY_PARAM: Final = {
 
 
 router = APIRouter()
-
-
-def _rules(settings: Settings) -> BodyRules:
-    return BodyRules(settings.max_json_depth, settings.max_items_per_write)
 
 
 async def _resolve_if_match(store: RunStore, run_id: str, value: str | None) -> int | None:
@@ -123,7 +118,7 @@ async def patch_run(request: Request) -> Response:
     run_id = run_id_of(request)
     settings = settings_of(request)
     with body_budget_of(request).holding() as hold:
-        patch = await read_parsed(request, settings, hold, patch_of, run_id, _rules(settings))
+        patch = await read_parsed(request, settings, hold, patch_of, run_id, BodyRules.of(settings))
         lease = parse_lease(header(request, b"runstore-lease"))
         store = store_of(request)
         if_match = await _resolve_if_match(store, run_id, header(request, b"if-match"))
@@ -154,7 +149,9 @@ async def put_run(request: Request) -> Response:
     run_id = run_id_of(request)
     settings = settings_of(request)
     with body_budget_of(request).holding() as hold:
-        record = await read_parsed(request, settings, hold, snapshot_of, run_id, _rules(settings))
+        record = await read_parsed(
+            request, settings, hold, snapshot_of, run_id, BodyRules.of(settings)
+        )
         lease = parse_lease(header(request, b"runstore-lease"))
         store = store_of(request)
         if_none_match = header(request, b"if-none-match")

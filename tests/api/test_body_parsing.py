@@ -248,9 +248,7 @@ def _with_duplicate(obj: dict[str, Any], key: str, extra: Any) -> str:
 
 
 def snapshot_of(raw: bytes) -> Any:
-    defaults = Settings(tokens=None)
-    rules = parsers.BodyRules(defaults.max_json_depth, defaults.max_items_per_write)
-    return parsers.snapshot_of(raw, "run-1", rules)
+    return parsers.snapshot_of(raw, "run-1", parsers.BodyRules.of(Settings(tokens=None)))
 
 
 @given(snapshot_fields())
