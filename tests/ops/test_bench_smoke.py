@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +46,7 @@ def test_http_load_runs_every_scenario_and_pairs_the_rounds(tmp_path: Path) -> N
     rows = report["results"]
     expected = {
         ("floor", "PATCH 1 step"),
+        ("durable", "PATCH 1 step"),
         ("runstore", "PATCH 1 step"),
         ("naive", "PUT 50 steps"),
         ("runstore", "PUT 50 steps"),
@@ -55,14 +59,21 @@ def test_http_load_runs_every_scenario_and_pairs_the_rounds(tmp_path: Path) -> N
         measured = [row for row in rows if row["round"] == round_number]
         assert {(row["target"], row["scenario"]) for row in measured} == expected
         assert all(row["requests"] > 0 and row["errors"] == 0 for row in measured)
-    # Runstore and its reference take turns at going first.
+    # Runstore and its references take turns at going first.
     firsts = [
         next(row["target"] for row in rows if row["round"] == n and row["scenario"] == scenario)
         for scenario in ("PATCH 1 step", "PUT 50 steps")
         for n in (0, 1)
     ]
-    assert firsts == ["floor", "runstore", "naive", "runstore"]
-    names = ("patch_vs_floor", "put_vs_naive", "get_p99_over_p50", "leased_patch_vs_unleased")
+    assert firsts == ["floor", "durable", "naive", "runstore"]
+    names = (
+        "patch_vs_floor",
+        "durable_patch_vs_floor",
+        "patch_vs_durable",
+        "put_vs_naive",
+        "get_p99_over_p50",
+        "leased_patch_vs_unleased",
+    )
     for name in names:
         verdict = report["summary"][name]
         assert len(verdict["rounds"]) == 2
@@ -78,6 +89,36 @@ def test_http_load_runs_every_scenario_and_pairs_the_rounds(tmp_path: Path) -> N
         round(by_round["runstore", n] / by_round["floor", n], 3) for n in (0, 1)
     ]
     assert f"(rounds: {patch['rounds'][0]:.2f} {patch['rounds'][1]:.2f})" in done.stdout
+    # The durable reference's figures have no target, and are printed as such.
+    assert report["summary"]["patch_vs_durable"]["met"] is None
+    assert "patch_vs_durable" in done.stdout
+
+
+def test_the_durable_reference_answers_once_the_body_is_committed(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from http_load import start_reference
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    db = tmp_path / "durable.db"
+    bodies = [f'{{"step": {n}}}'.encode() for n in range(20)]
+    server = start_reference("durable", str(db), False)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
+            for n, body in enumerate(bodies):
+                assert client.patch(f"/runs/run-{n % 3}", content=body).status_code == 204
+                # Read on another connection at once: what was answered is committed.
+                with contextlib.closing(sqlite3.connect(db)) as reader:
+                    stored = reader.execute("SELECT count(*) FROM bodies").fetchone()[0]
+                assert stored == n + 1
+    finally:
+        server.stop()
+    with contextlib.closing(sqlite3.connect(db)) as reader:
+        rows = reader.execute("SELECT run_id, body FROM bodies ORDER BY rowid").fetchall()
+        mode = reader.execute("PRAGMA journal_mode").fetchone()
+    assert rows == [(f"run-{n % 3}", body) for n, body in enumerate(bodies)]
+    assert mode == ("wal",)
 
 
 def test_http_load_compares_patch_with_instrumentation_on_and_off(tmp_path: Path) -> None:
