@@ -16,8 +16,9 @@ generator (this process).
   group commit's fsync (the PATCH's own latency is printed beside it). Each watcher must get
   the last event.
 - **PATCH throughput and latency** with ``--connections`` writers on that run for
-  ``--seconds``, without watchers and then with the largest N watching it; the p99 ratio is the
-  one issue 13 states (<= 1.3).
+  ``--seconds``, without watchers and then with the largest N watching it: the p99 ratio under
+  a saturating load (issue 13's target, <= 1.3, is met for paced writes, not at saturation: see
+  docs/performance.md).
 - **Interleaved**, the same comparison made robust to a shared machine: with the largest N
   watching run ``bench``, paced PATCHes and then ``--connections`` writers alternate, in
   ``--blocks`` blocks (ABBA order), between ``bench`` and run ``quiet`` that nobody follows.

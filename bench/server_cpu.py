@@ -102,7 +102,9 @@ def instructions(target: str, kind: str, count: int) -> dict[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=["patch", "put"])
-    parser.add_argument("--target", choices=["runstore", "floor", "naive"], default="runstore")
+    parser.add_argument(
+        "--target", choices=["runstore", "floor", "durable", "naive"], default="runstore"
+    )
     parser.add_argument("-n", "--requests", type=int, default=100)
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
