@@ -311,7 +311,7 @@ async def test_a_lost_commit_is_answered_by_its_mark_not_by_its_transaction_id(
     # An id not handed out again (yet) since the crash.
     future = str(int(reused) + 1_000_000)
     until = time.monotonic() + 5
-    assert await postgres_store._commit_outcome(committed, tokens["committed"], until) is True
-    assert await postgres_store._commit_outcome(aborted, tokens["aborted"], until) is False
-    assert await postgres_store._commit_outcome(reused, tokens["reused"], until) is False
-    assert await postgres_store._commit_outcome(future, tokens["future"], until) is False
+    assert await postgres_store._pool._commit_outcome(committed, tokens["committed"], until) is True
+    assert await postgres_store._pool._commit_outcome(aborted, tokens["aborted"], until) is False
+    assert await postgres_store._pool._commit_outcome(reused, tokens["reused"], until) is False
+    assert await postgres_store._pool._commit_outcome(future, tokens["future"], until) is False
