@@ -102,7 +102,8 @@ def _append_in_groups(db: str, appends: queue.SimpleQueue[Append]) -> None:
 
         def answer(group: list[Append] = group) -> None:
             for _, _, done in group:
-                done.set_result(None)
+                if not done.done():  # its request may have been cancelled (client gone)
+                    done.set_result(None)
 
         # One wake-up of the event loop per group, not per write.
         group[0][2].get_loop().call_soon_threadsafe(answer)
