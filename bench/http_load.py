@@ -440,15 +440,9 @@ def servers(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, list[
                 server.stop()
 
 
-def _paired(reference: str, round_number: int) -> tuple[str, str]:
-    """Each round measures runstore and its reference back to back, taking turns at going
-    first, so that a machine that slows down or speeds up favours neither."""
-    pair = (reference, "runstore")
-    return pair if round_number % 2 == 0 else (pair[1], pair[0])
-
-
 def _in_turn(targets: list[str], round_number: int) -> list[str]:
-    """Three or more targets back to back, each first in turn."""
+    """The targets of a round, measured back to back, each first in turn from round to round,
+    so that a machine that slows down or speeds up favours none."""
     shift = round_number % len(targets)
     return targets[shift:] + targets[:shift]
 
@@ -522,21 +516,18 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> list[Result]:
                 continue
 
             # PATCH: every connection appends to its own run, created first with 5 steps.
-            patch_targets = (
-                _paired(versus, round_number)
-                if versus
-                else _in_turn(["floor", "durable", "runstore"], round_number)
-            )
+            patch_references = [versus] if versus else ["floor", "durable"]
+            patch_targets = _in_turn([*patch_references, "runstore"], round_number)
             for target in patch_targets:
                 if target in ("runstore", "sqlite"):
                     await seed_runs(ports[target][0], f"{prefix}-patch", args.connections, 5)
             for target in patch_targets:
                 factory = patch_factory(f"{prefix}-patch", 5)
                 await measure(target, "PATCH 1 step", factory, round_number)
-            for target in _paired(versus or "naive", round_number):
+            for target in _in_turn([versus or "naive", "runstore"], round_number):
                 factory = put_factory(f"{prefix}-put-{target}", 50, 50)
                 await measure(target, "PUT 50 steps", factory, round_number)
-            for target in _paired(versus or "naive", round_number):
+            for target in _in_turn([versus or "naive", "runstore"], round_number):
                 await seed_runs(ports[target][0], f"{prefix}-get", 200, 50)
                 factory = get_factory(f"{prefix}-get", 200, 7)
                 await measure(target, "GET 50 steps", factory, round_number)

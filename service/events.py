@@ -331,8 +331,7 @@ class EventBroker:
             yield watcher
         finally:
             self._watchers -= 1
-            watcher.closed = True
-            watcher.let_go()
+            watcher.close()
             feed.watchers.discard(watcher)
 
     def _refuse_if_closed(self) -> None:
@@ -357,5 +356,4 @@ class EventBroker:
         self.closed = True
         for feed in [*self._runs.values(), self._all]:
             for watcher in feed.watchers:
-                watcher.closed = True
-                watcher.let_go()
+                watcher.close()

@@ -182,6 +182,12 @@ class Watcher:
         self.attached = False
         self._wakeup.set()
 
+    def close(self) -> None:
+        """Its stream is over, or the server is stopping: its task sends what it has been
+        handed and ends."""
+        self.closed = True
+        self.let_go()
+
     async def wait(self, seconds: float) -> bool:
         """Wait for work for the stream's task; False once the stream has been silent for
         ``seconds`` (the caller then sends a keep-alive, which counts as sent)."""
